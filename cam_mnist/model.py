@@ -1,0 +1,71 @@
+"""The CAM network: a conv stack, then global average pooling -> bias-free linear -> softmax (Zhou et al. 2016, §2).
+
+Every model built here is a flat Keras functional model with three named layers the CAM family relies on:
+  - ``cam_features``: the (B, h, w, K) activations A^k that GAP averages (the CAM paper's f_k(x, y));
+  - ``logits``: the bias-free Dense layer, S_c = sum_k w_k^c * mean_xy f_k(x, y)  (paper eq. before eq. 1);
+  - ``probs``: softmax over the logits, the model's output.
+Keeping logits and softmax apart makes CAM weights (the Dense kernel) and gradients w.r.t. logits well defined.
+The saved ``model.keras`` needs no custom objects: it takes (N, H, W, 1) float32 in [0, 1], returns probabilities.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from cam_mnist.config import ModelConfig
+
+FEATURES, LOGITS, PROBS = "cam_features", "logits", "probs"
+NUM_CLASSES = 10
+
+
+def _lenet(x, config: ModelConfig):
+    # The TF1 reference exactly: conv5x5x32, pool, conv5x5x64, pool; the second pool's output feeds GAP.
+    x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1")(x)
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = layers.Conv2D(64, 5, padding="same", activation="relu", name="conv2")(x)
+    return layers.MaxPooling2D(name=FEATURES)(x)  # (B, H/4, W/4, 64)
+
+
+def _fast(x, config: ModelConfig):
+    # Ours: a stride-2 first conv and early pooling do the cheap work at full resolution, two 3x3 convs at 1/8
+    # resolution give each map cell a 51-pixel receptive field (a whole 28x28 digit), and the last conv before
+    # GAP is the CAM paper's "extra conv" (§3.1). BN lets Adam use a high learning rate.
+    def conv(x, filters, kernel, stride, name):
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not config.batch_norm,
+                          name=f"{name}")(x)
+        if config.batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return x
+
+    w = config.widths
+    x = layers.ReLU(name="relu1")(conv(x, w[0], 5, 2, "conv1"))  # (B, H/2, W/2, w0)
+    x = layers.MaxPooling2D(name="pool1")(x)  # (B, H/4, W/4, w0)
+    x = layers.ReLU(name="relu2")(conv(x, w[1], 3, 1, "conv2"))
+    x = layers.MaxPooling2D(name="pool2")(x)  # (B, H/8, W/8, w1)
+    for i, width in enumerate(w[2:-1], start=3):
+        x = layers.ReLU(name=f"relu{i}")(conv(x, width, 3, 1, f"conv{i}"))
+    x = conv(x, w[-1], 3, 1, "last_conv")
+    return layers.ReLU(name=FEATURES)(x)  # (B, H/8, W/8, K)
+
+
+def build_model(config: ModelConfig, canvas: int, num_classes: int = NUM_CLASSES) -> keras.Model:
+    """The CAM model for ``canvas x canvas`` grey images; output: class probabilities (B, num_classes)."""
+    if config.arch == "fast" and len(config.widths) < 3:
+        raise ValueError(f"the 'fast' arch needs at least 3 widths, got {config.widths}")
+    inputs = keras.Input((canvas, canvas, 1), name="image")
+    features = {"lenet": _lenet, "fast": _fast}[config.arch](inputs, config)
+    pooled = layers.GlobalAveragePooling2D(name="gap")(features)  # (B, K)
+    logits = layers.Dense(num_classes, use_bias=False, name=LOGITS)(pooled)  # (B, C); kernel w_k^c is (K, C)
+    probs = layers.Softmax(name=PROBS)(logits)
+    return keras.Model(inputs, probs, name=f"cam_{config.arch}")
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """The same weights, outputting logits: what training's loss and every gradient-based map use."""
+    return keras.Model(model.inputs, model.get_layer(LOGITS).output)
+
+
+def architecture_signature(model: keras.Model) -> list[str]:
+    """Names and shapes of every weight: two models can share weights iff their signatures are equal."""
+    return [f"{w.path}:{tuple(w.shape)}" for w in model.weights]

@@ -1,0 +1,86 @@
+"""The fixed panel of test images whose CAMs a training run draws at every heatmap step.
+
+For each panel image and step: ``heatmaps/img_03/step_0000400.png`` shows the CAM of the *true* class and of the
+*predicted* class side by side, the true box outlined; ``heatmaps/grid/step_0000400.png`` puts all panel images
+on one page. At the end of the run each image gets ``evolution.gif`` and the run gets ``index.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+from pathlib import Path
+
+import numpy as np
+
+from cam_mnist import plotting
+from cam_mnist.cams import CAM
+from cam_mnist.data import Split
+
+HEATMAPS = "heatmaps"
+
+
+class Panel:
+    """Draws the CAMs of ``split[:size]`` for a model whose weights change between calls."""
+
+    def __init__(self, model, split: Split, size: int):
+        self.images = split.images[:size]
+        self.float_images = split.float_images(slice(0, size))
+        self.labels = split.labels[:size]
+        self.boxes = split.boxes[:size]
+        self.model = model
+        self.cam = CAM(model, batch_size=size)  # traced once; reads the current weights at every call
+
+    def snapshot(self, run_dir: Path, step: int) -> None:
+        probs = self.model.predict_on_batch(self.float_images)  # (P, classes)
+        predicted = probs.argmax(1)
+        true_maps = self.cam(self.float_images, self.labels)  # (P, H, W)
+        predicted_maps = self.cam(self.float_images, predicted)
+        tiles = []
+        for i in range(len(self.images)):
+            label, guess = int(self.labels[i]), int(predicted[i])
+            pair = plotting.hstack([
+                plotting.captioned(plotting.overlay(self.images[i], true_maps[i], self.boxes[i]),
+                                   f"true {label}  p={probs[i, label]:.2f}"),
+                plotting.captioned(plotting.overlay(self.images[i], predicted_maps[i], self.boxes[i]),
+                                   f"pred {guess}  p={probs[i, guess]:.2f}"),
+            ])
+            plotting.save_png(Path(run_dir) / HEATMAPS / f"img_{i:02d}" / f"step_{step:07d}.png", pair)
+            tiles.append(pair)
+        page = plotting.captioned(plotting.grid(tiles, columns=4), f"step {step}: CAM of true | predicted class")
+        plotting.save_png(Path(run_dir) / HEATMAPS / "grid" / f"step_{step:07d}.png", page)
+
+
+def write_gifs(run_dir: Path) -> int:
+    """One ``evolution.gif`` per panel image from its step PNGs on disk (so resumed runs include every step)."""
+    from PIL import Image
+
+    folders = sorted(p for p in (Path(run_dir) / HEATMAPS).glob("img_*") if p.is_dir())
+    for folder in folders:
+        frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("step_*.png"))]
+        captioned = [plotting.captioned(f, f"step {int(p.stem[5:])}") for f, p in zip(frames, sorted(folder.glob("step_*.png")))]
+        if captioned:
+            plotting.save_gif(folder / "evolution.gif", captioned)
+    return len(folders)
+
+
+def write_index(run_dir: Path, title: str) -> Path:
+    """``index.html``: every grid by step, with validation accuracy beside it, newest first."""
+    run_dir = Path(run_dir)
+    metrics = {}
+    if (run_dir / "metrics.csv").exists():
+        with open(run_dir / "metrics.csv") as f:
+            metrics = {int(r["step"]): r for r in csv.DictReader(f)}
+    rows = []
+    for png in sorted((run_dir / HEATMAPS / "grid").glob("step_*.png"), reverse=True):
+        step = int(png.stem[5:])
+        m = metrics.get(step, {})
+        acc = f"{float(m['val_accuracy']):.2%}" if m.get("val_accuracy") else "n/a"
+        rows.append(f"<tr><td><b>step {step}</b><br>val accuracy {acc}<br>val loss {m.get('val_loss', 'n/a')}</td>"
+                    f"<td><img src='{png.relative_to(run_dir)}' width='800'></td></tr>")
+    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<h1>{html.escape(title)}</h1><p>CAM of the true class (left) and predicted class (right) for a fixed "
+            f"panel of test images; white box: the digit's true box.</p><table>{''.join(rows)}</table>")
+    path = run_dir / "index.html"
+    path.write_text(page)
+    return path

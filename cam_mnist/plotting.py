@@ -1,0 +1,130 @@
+"""Every picture the project makes, so they all look the same. The only module that imports matplotlib.
+
+Overlays and grids are composed as uint8 arrays with numpy and written with Pillow: a training run writes
+hundreds of them, and a matplotlib figure per image would cost more than the training step it shows.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on CI or servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from cam_mnist.mnist import atomic_write_bytes  # noqa: E402
+
+_JET = (matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # (256, 3) LUT
+BOX_COLOUR = np.array([255, 255, 255], np.uint8)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5, scale: int = 2) -> np.ndarray:
+    """The image in grey with ``heatmap`` (H, W) in [0, 1] coloured over it and ``box`` (y0, x0, y1, x1) outlined.
+
+    ``image`` is (H, W) or (H, W, 1), uint8 or float in [0, 1]. Returns (H*scale, W*scale, 3) uint8.
+    """
+    grey = np.asarray(image).squeeze()
+    grey = grey.astype(np.float32) / 255 if grey.dtype == np.uint8 else grey.astype(np.float32)
+    colour = _JET[np.clip(np.asarray(heatmap) * 255, 0, 255).astype(np.uint8)].astype(np.float32)
+    out = ((1 - alpha) * grey[..., None] * 255 + alpha * colour).astype(np.uint8)
+    out = out.repeat(scale, 0).repeat(scale, 1)
+    if box is not None:
+        draw_box(out, np.asarray(box) * scale)
+    return out
+
+
+def draw_box(rgb: np.ndarray, box, colour=BOX_COLOUR, width: int = 1) -> None:
+    """Outline the half-open box (y0, x0, y1, x1) in place on an (H, W, 3) image."""
+    y0, x0, y1, x1 = (int(v) for v in box)
+    y1, x1 = min(y1, rgb.shape[0]) - 1, min(x1, rgb.shape[1]) - 1
+    rgb[y0 : y0 + width, x0 : x1 + 1] = colour
+    rgb[y1 - width + 1 : y1 + 1, x0 : x1 + 1] = colour
+    rgb[y0 : y1 + 1, x0 : x0 + width] = colour
+    rgb[y0 : y1 + 1, x1 - width + 1 : x1 + 1] = colour
+
+
+def captioned(rgb: np.ndarray, caption: str, height: int = 14) -> np.ndarray:
+    """``rgb`` with a black strip above it holding ``caption``."""
+    strip = Image.new("RGB", (rgb.shape[1], height))
+    ImageDraw.Draw(strip).text((2, 1), caption, fill=(255, 255, 255))
+    return np.concatenate([np.asarray(strip), rgb], 0)
+
+
+def hstack(tiles: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Tiles of equal height side by side with a black gap."""
+    spacer = np.zeros((tiles[0].shape[0], gap, 3), np.uint8)
+    return np.concatenate([t for tile in tiles for t in (tile, spacer)][:-1], 1)
+
+
+def grid(tiles: list[np.ndarray], columns: int, gap: int = 4) -> np.ndarray:
+    """Equal-sized tiles in rows of ``columns``."""
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // columns)
+    out = np.zeros((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile
+    return out
+
+
+def save_png(path: Path, rgb: np.ndarray) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def save_gif(path: Path, frames: list[np.ndarray], ms_per_frame: int = 300) -> None:
+    """An animated GIF that loops over ``frames`` (equal-sized RGB arrays), holding the last one longer."""
+    images = [Image.fromarray(f) for f in frames]
+    durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 5]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def save_figure(path: Path, fig) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def line_plot(path: Path, series: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str,
+              title: str, hlines: dict[str, float] | None = None, ylim=None) -> None:
+    """One line per entry of ``series`` (label -> (x, y)), dashed horizontal reference lines from ``hlines``."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, label=label)
+    for label, value in (hlines or {}).items():
+        ax.axhline(value, linestyle="--", color="grey", label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(path, fig)
+
+
+def confusion_plot(path: Path, matrix: np.ndarray, title: str) -> None:
+    """A (C, C) confusion matrix (rows: true class, columns: predicted), counts written in each cell."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
+    ax.set(xlabel="predicted class", ylabel="true class", title=title, xticks=range(len(matrix)), yticks=range(len(matrix)))
+    save_figure(path, fig)
+
+
+def data_samples(path: Path, images: np.ndarray, boxes: np.ndarray, labels: np.ndarray, columns: int = 8) -> None:
+    """A grid of cluttered images with their true boxes drawn and labels written above."""
+    tiles = []
+    for image, box, label in zip(images, boxes, labels):
+        tile = overlay(image, np.zeros(image.shape[:2]), box.reshape(-1, 4)[0], alpha=0.0)
+        for extra in box.reshape(-1, 4)[1:]:
+            draw_box(tile, extra * 2)
+        tiles.append(captioned(tile, f"label {np.atleast_1d(label).tolist()}"))
+    save_png(path, grid(tiles, columns))

@@ -1,0 +1,224 @@
+"""Train the CAM network on cluttered MNIST, drawing the panel's CAMs as it learns; resume exactly after a kill.
+
+A run lives in one folder: ``config.json`` (the resolved settings), ``train.log``, ``metrics.csv`` (validation
+at every heatmap step), ``checkpoints/``, ``heatmaps/``, ``index.html``, and at the end ``model.keras`` and
+``summary.json``. Running again on a folder with checkpoints resumes from the newest valid one; because weights,
+optimizer state and the loss accumulator are checkpointed and the data is a pure function of (seed, step), the
+resumed run ends with the same weights as an uninterrupted one (with op determinism on, on the same machine).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cam_mnist import checkpoint, data, panel
+from cam_mnist.config import RunConfig, TrainConfig
+from cam_mnist.mnist import atomic_write_bytes, load_digits
+
+METRICS_FIELDS = ["step", "epoch", "train_loss", "val_accuracy", "val_loss", "lr", "elapsed_s", "images_per_s"]
+
+
+def make_optimizer(config: TrainConfig):
+    import keras
+
+    lr = config.lr
+    if config.schedule == "cosine":  # linear warm-up to lr, then cosine decay to 0 at the last step
+        lr = keras.optimizers.schedules.CosineDecay(0.0, max(config.steps - config.warmup_steps, 1),
+                                                    warmup_target=config.lr, warmup_steps=config.warmup_steps)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr)
+    if config.weight_decay:
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(lr)
+
+
+def setup_tensorflow(seed: int, deterministic: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)  # Python, numpy and TF seeds: the weights' initial values
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop at the next step boundary (after a checkpoint); a second one aborts."""
+
+    def __init__(self):
+        self.stop = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.stop = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def restore(self):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    lines = [",".join(METRICS_FIELDS)] + [",".join(str(r[k]) for k in METRICS_FIELDS) for r in rows]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def evaluate(predict, split: data.Split, n: int | None = None, batch: int = 500) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``predict`` (float images -> probabilities) on the first ``n`` images."""
+    n = len(split) if n is None else min(n, len(split))
+    probs = np.concatenate([predict(split.float_images(slice(lo, min(lo + batch, n)))) for lo in range(0, n, batch)])
+    labels = split.labels[:n]
+    loss = -np.log(np.clip(probs[np.arange(n), labels], 1e-12, None)).mean()
+    return float((probs.argmax(1) == labels).mean()), float(loss)
+
+
+class Trainer:
+    """One run: model, optimizer, data and the files of ``run_dir``."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, data_dir: Path = data.DATA_DIR, log=print):
+        import keras
+        import tensorflow as tf
+
+        from cam_mnist.model import build_model, logits_model
+
+        self.config, self.run_dir, self.log = config, Path(run_dir), log
+        t = config.train
+        setup_tensorflow(t.seed, t.deterministic)
+        self.digits = load_digits(data.ensure_mnist(Path(data_dir)))
+        data.prepare(config.data, data_dir)
+        folder = data.settings_dir(config.data, data_dir)
+        self.val = data.read_split(folder / "val.npz", "val")
+        self.test = data.read_split(folder / "test.npz", "test")
+        self.model = build_model(config.model, config.data.canvas)
+        self.optimizer = make_optimizer(t)
+        self.optimizer.build(self.model.trainable_variables)
+        self.steps_per_epoch = config.data.train_size // t.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"train_size {config.data.train_size} is smaller than one batch of {t.batch_size}")
+        logits = logits_model(self.model)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        variables = self.model.trainable_variables
+
+        @tf.function(reduce_retracing=True)
+        def train_step(images_u8, labels):  # (B, H, W) uint8, (B,) int32
+            images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (B, H, W, 1) in [0, 1]
+            with tf.GradientTape() as tape:
+                loss = loss_fn(labels, logits(images, training=True))
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        @tf.function(reduce_retracing=True)
+        def predict(images):
+            return self.model(images, training=False)
+
+        self._train_step = train_step
+        self.predict = lambda x: predict(x).numpy()
+        self._epoch, self._epoch_data = None, None
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training batch of global ``step``: regenerated from (seed, epoch), so resuming needs no data state."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch_data = data.train_epoch(self.digits, self.config.data, self.config.train.seed, epoch)
+            self._epoch = epoch
+        b = self.config.train.batch_size
+        return self._epoch_data.images[i * b : (i + 1) * b], self._epoch_data.labels[i * b : (i + 1) * b]
+
+    def learning_rate(self) -> float:
+        return float(np.asarray(self.optimizer.learning_rate))
+
+    def run(self, progress: bool = True) -> dict:
+        """Train to ``config.train.steps`` (resuming if possible); returns the summary written to summary.json."""
+        t, run_dir = self.config.train, self.run_dir
+        state = checkpoint.latest_valid(run_dir, self.model, warn=self.log)
+        acc = {"loss_sum": 0.0, "loss_count": 0, "elapsed_s": 0.0, "window_s": 0.0, "wall_s": 0.0}
+        start = 0
+        if state is not None:
+            checkpoint.restore(state, self.model, self.optimizer)
+            start, acc = state.step, {**acc, **state.extras}
+            self.log(f"resumed from {state.path.name} (step {start})")
+        rows = [r for r in _read_metrics(run_dir / "metrics.csv") if int(r["step"]) <= start]
+        _write_metrics(run_dir / "metrics.csv", rows)  # later rows belonged to steps we are about to redo
+        drawer = panel.Panel(self.model, self.test, t.panel_size)
+        if start == 0:
+            self._snapshot(drawer, 0, acc, rows)
+
+        wall_start, wall_base = time.perf_counter(), acc["wall_s"]  # wall time of earlier sessions of this run
+        bar = _progress(progress, start, t.steps)
+        flag = _StopFlag()
+        try:
+            step = start
+            while step < t.steps and not flag.stop:
+                images, labels = self.batch(step)
+                began = time.perf_counter()
+                loss = float(self._train_step(images, labels.astype(np.int32)))
+                spent = time.perf_counter() - began
+                step += 1
+                acc["loss_sum"] += loss
+                acc["loss_count"] += 1
+                acc["elapsed_s"] += spent
+                acc["window_s"] += spent
+                bar.update(1)
+                if step % t.heatmap_every == 0 or step == t.steps:
+                    bar.set_postfix(self._snapshot(drawer, step, acc, rows))
+                if step % t.checkpoint_every == 0 or step == t.steps or flag.stop:
+                    acc["wall_s"] = wall_base + time.perf_counter() - wall_start
+                    checkpoint.save(run_dir, step, self.model, self.optimizer, acc, t.keep_checkpoints)
+        finally:
+            flag.restore()
+            bar.close()
+        if flag.stop:
+            self.log(f"interrupted: checkpoint written at step {step}; run the same command again to resume")
+            return {"interrupted_at": step}
+        return self._finish()
+
+    def _snapshot(self, drawer: panel.Panel, step: int, acc: dict, rows: list[dict]) -> dict:
+        t = self.config.train
+        drawer.snapshot(self.run_dir, step)
+        val_acc, val_loss = evaluate(self.predict, self.val, t.val_size)
+        count = acc["loss_count"]
+        row = {"step": step, "epoch": f"{step / self.steps_per_epoch:.3f}",
+               "train_loss": f"{acc['loss_sum'] / count:.5f}" if count else "",
+               "val_accuracy": f"{val_acc:.5f}", "val_loss": f"{val_loss:.5f}", "lr": f"{self.learning_rate():.6g}",
+               "elapsed_s": f"{acc['elapsed_s']:.1f}",
+               "images_per_s": f"{count * t.batch_size / acc['window_s']:.1f}" if count else ""}
+        rows.append(row)
+        _write_metrics(self.run_dir / "metrics.csv", rows)
+        self.log(f"step {step}: " + " ".join(f"{k}={row[k]}" for k in METRICS_FIELDS[2:]))
+        acc.update(loss_sum=0.0, loss_count=0, window_s=0.0)
+        return {"val_acc": row["val_accuracy"], "loss": row["train_loss"]}
+
+    def _finish(self) -> dict:
+        test_acc, test_loss = evaluate(self.predict, self.test)
+        state = checkpoint.latest_valid(self.run_dir, self.model, warn=self.log)
+        self.model.save(self.run_dir / ".model.keras.tmp.keras")
+        (self.run_dir / ".model.keras.tmp.keras").replace(self.run_dir / "model.keras")
+        panel.write_gifs(self.run_dir)
+        panel.write_index(self.run_dir, f"{self.run_dir.name}: test accuracy {test_acc:.2%}")
+        t = self.config.train
+        summary = {"preset": self.config.preset, "steps": t.steps, "test_accuracy": test_acc, "test_loss": test_loss,
+                   "train_seconds": round(state.extras["elapsed_s"], 1) if state else None,
+                   "wall_seconds": round(state.extras["wall_s"], 1) if state else None,
+                   "images_per_s": round(t.steps * t.batch_size / state.extras["elapsed_s"], 1) if state else None,
+                   "test_images": len(self.test)}
+        atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        self.log(f"done: test accuracy {test_acc:.4f} (loss {test_loss:.4f}) on {len(self.test)} held-out images")
+        return summary
+
+
+def _progress(enabled: bool, start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.05)
+
