@@ -11,6 +11,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the user's terminal
 
+import numpy as np  # noqa: E402
+
 from cam_mnist import config as cfg  # noqa: E402
 from cam_mnist.mnist import DataError  # noqa: E402
 
@@ -41,9 +43,9 @@ def cmd_data(args) -> None:
     test = data.read_split(folder / "test.npz", "test")
     from cam_mnist import plotting
 
-    OUT.mkdir(exist_ok=True)
-    plotting.data_samples(OUT / "data_samples.png", test.images[:32], test.boxes[:32], test.labels[:32])
-    print(f"sample grid with true boxes -> {OUT / 'data_samples.png'}")
+    samples = Path(args.out) / "data_samples.png"
+    plotting.data_samples(samples, test.images[:32], test.boxes[:32], test.labels[:32])
+    print(f"sample grid with true boxes -> {samples}")
 
 
 # ----------------------------------------------------------------------------------------------------------- train
@@ -89,11 +91,11 @@ def latest_run() -> Path:
 
 
 def mark_latest(run_dir: Path) -> None:
-    """Point ``out/latest`` at ``run_dir`` (a relative symlink, replaced atomically)."""
-    tmp = OUT / f".latest.{os.getpid()}"
+    """Point ``latest`` beside the run (``out/latest`` for runs in out/) at it: a relative symlink, swapped atomically."""
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(os.path.relpath(run_dir.resolve(), OUT.resolve()))
-    os.replace(tmp, OUT / "latest")
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, run_dir.parent / "latest")
 
 
 def cmd_train(args) -> None:
@@ -120,6 +122,66 @@ def cmd_train(args) -> None:
         print(f"heatmaps: {run_dir / 'heatmaps'}  page: {run_dir / 'index.html'}  model: {run_dir / 'model.keras'}")
 
 
+# ------------------------------------------------------------------------------------------------------------ eval
+def cmd_eval(args) -> None:
+    from cam_mnist import evaluate, plotting
+
+    run_dirs = [Path(d) for d in args.run_dir] if args.run_dir else [latest_run()]
+    finals = []
+    for run_dir in run_dirs:
+        rows, final = evaluate.evaluate_run(run_dir, Path(args.data_dir), force=args.force, progress=not args.quiet,
+                                            canvas=args.canvas, distractors=args.distractors, data_seed=args.data_seed)
+        out = run_dir / evaluate.EVAL
+        steps = np.array(sorted(rows))
+        accuracy = np.array([float(rows[s]["test_accuracy"]) for s in steps])
+        stem = final["csv"].stem
+        plotting.line_plot(out / f"{stem}.png", {run_dir.name: (steps, accuracy)}, "step", "test accuracy",
+                           f"{run_dir.name}: held-out test accuracy per step",
+                           hlines={"TF1 reference, reported (leaky test)": evaluate.REFERENCE_ACCURACY})
+        plotting.confusion_plot(out / f"confusion-{stem}.png", final["confusion"],
+                                f"step {final['step']}: accuracy {final['accuracy']:.2%}")
+        print(f"\n{run_dir}: evaluated {len(final['evaluated'])} checkpoint(s), {len(rows)} in {final['csv']}")
+        print(_table(["step", "test_accuracy", "test_loss"], [[s, rows[s]["test_accuracy"], rows[s]["test_loss"]] for s in steps]))
+        summary = {"run": run_dir.name, "preset": evaluate.load_run(run_dir).preset, "steps": final["step"],
+                   "wall_s": rows[final["step"]]["wall_s"], "test_accuracy": f"{final['accuracy']:.4f}"}
+        if args.robustness:
+            robust = evaluate.robustness(run_dir, data_dir=Path(args.data_dir))
+            lines = [[r["distractors"], f"{r['test_accuracy']:.4f}", f"{r['test_loss']:.4f}"] for r in robust]
+            text = _table(["distractors", "test_accuracy", "test_loss"], lines)
+            (out / "robustness.md").write_text(text + "\n")
+            print(f"\nrobustness of step {robust[0]['step']} as clutter grows:\n{text}")
+        finals.append(summary)
+    text = _table(list(finals[0]), [list(f.values()) for f in finals])
+    print(f"\nfinal:\n{text}")
+    for run_dir in run_dirs:
+        (run_dir / evaluate.EVAL / "final.md").write_text(text + "\n")
+    if len(run_dirs) > 1:
+        _compare(run_dirs, args)
+
+
+def _compare(run_dirs: list[Path], args) -> None:
+    """Accuracy against wall time for several runs in one plot: which design wins for a given CPU budget."""
+    from cam_mnist import evaluate, plotting
+
+    series = {}
+    for run_dir in run_dirs:
+        rows = evaluate.read_rows(run_dir / evaluate.EVAL / "accuracy_per_step.csv")
+        steps = sorted(rows)
+        series[f"{run_dir.name}"] = (np.array([float(rows[s]["wall_s"]) / 60 for s in steps]),
+                                     np.array([float(rows[s]["test_accuracy"]) for s in steps]))
+    path = OUT / "comparison.png"
+    plotting.line_plot(path, series, "training wall time (minutes, 2-core CPU)", "held-out test accuracy",
+                       "accuracy per wall time", hlines={"TF1 reference, reported (leaky test)": evaluate.REFERENCE_ACCURACY},
+                       ylim=(0.5, 1.0))
+    print(f"comparison plot -> {path}")
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
 # ------------------------------------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cam_mnist", description=__doc__.split("\n")[0],
@@ -138,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits", type=int, default=1, help="digits per image")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the held-out splits")
     p.add_argument("--force", action="store_true", help="fetch and generate again even if the files exist")
+    p.add_argument("--out", default=str(OUT), help="where data_samples.png goes")
     p.set_defaults(func=cmd_data)
 
     p = commands.add_parser("train", help="train the CAM network, writing heatmaps and checkpoints to out/<run>",
@@ -152,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     cfg.add_config_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("eval", help="test accuracy of every checkpoint of a run (table, plot, confusion matrix)",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n  python -m cam_mnist eval                       # the newest run\n"
+                            "  python -m cam_mnist eval --run-dir out/default-a --run-dir out/seed-a   # compare\n"
+                            "  python -m cam_mnist eval --distractors 16      # on heavier clutter")
+    p.add_argument("--run-dir", action="append", help="run folder (repeat to compare runs; default: out/latest)")
+    p.add_argument("--force", action="store_true", help="re-evaluate checkpoints already in the CSV")
+    p.add_argument("--canvas", type=int, help="evaluate on a test split with this canvas size")
+    p.add_argument("--distractors", type=int, help="evaluate on a test split with this many distractors")
+    p.add_argument("--data-seed", type=int, help="evaluate on a test split generated with this seed")
+    p.add_argument("--robustness", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score the final checkpoint with 0, 4, 8 and 16 distractors")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
 
     for p in commands.choices.values():
         p.add_argument("--data-dir", default="data", help="where MNIST and the generated splits live")

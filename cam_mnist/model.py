@@ -35,7 +35,9 @@ def _fast(x, config: ModelConfig):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not config.batch_norm,
                           name=f"{name}")(x)
         if config.batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+            # momentum 0.9, not Keras' 0.99: the moving statistics must keep up with weights that Adam moves
+            # quickly, or inference-mode accuracy lags training for hundreds of steps (measured: 11% vs 95%).
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
         return x
 
     w = config.widths

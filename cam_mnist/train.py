@@ -19,6 +19,7 @@ import numpy as np
 
 from cam_mnist import checkpoint, data, panel
 from cam_mnist.config import RunConfig, TrainConfig
+from cam_mnist.evaluate import classification_metrics, predict_probs
 from cam_mnist.mnist import atomic_write_bytes, load_digits
 
 METRICS_FIELDS = ["step", "epoch", "train_loss", "val_accuracy", "val_loss", "lr", "elapsed_s", "images_per_s"]
@@ -74,13 +75,11 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def evaluate(predict, split: data.Split, n: int | None = None, batch: int = 500) -> tuple[float, float]:
+def evaluate(predict, split: data.Split, n: int | None = None) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``predict`` (float images -> probabilities) on the first ``n`` images."""
-    n = len(split) if n is None else min(n, len(split))
-    probs = np.concatenate([predict(split.float_images(slice(lo, min(lo + batch, n)))) for lo in range(0, n, batch)])
-    labels = split.labels[:n]
-    loss = -np.log(np.clip(probs[np.arange(n), labels], 1e-12, None)).mean()
-    return float((probs.argmax(1) == labels).mean()), float(loss)
+    probs = predict_probs(predict, split, n)
+    metrics = classification_metrics(probs, split.labels[: len(probs)])
+    return metrics["accuracy"], metrics["loss"]
 
 
 class Trainer:

@@ -38,18 +38,19 @@ class BaseCAM:
 
     name = "base"
     needs_gradients = True
+    default_batch_size = 128  # images per graph call; methods with many forward passes per image use fewer
 
-    def __init__(self, model, layer: str | None = None, use_softmax: bool = False, batch_size: int = 128):
+    def __init__(self, model, layer: str | None = None, use_softmax: bool = False, batch_size: int | None = None):
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.head = Head(model, self.layer, use_softmax)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or self.default_batch_size
         self.num_classes = self.head.num_classes
         self.input_shape = tuple(model.inputs[0].shape[1:])  # (H, W, C)
         self._graph = tf.function(self._batch, reduce_retracing=True)
 
     # --------------------------------------------------------------------------------------- what methods override
-    def channel_weights(self, activations, grads, scores, targets):
+    def channel_weights(self, images, activations, grads, targets):
         """(B, K) or (B, h, w, K) weights for the activations (B, h, w, K). Grads are dy^c/dA (None if unused)."""
         raise NotImplementedError
 
@@ -60,7 +61,7 @@ class BaseCAM:
             targets = tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
             score = tf.gather(scores, targets, batch_dims=1)  # (B,) y^c of each image's own target
         grads = tape.gradient(score, activations) if self.needs_gradients else None
-        weights = self.channel_weights(activations, grads, scores, targets)
+        weights = self.channel_weights(images, activations, grads, targets)
         if weights.shape.rank == 2:
             weights = weights[:, None, None, :]
         return tf.nn.relu(tf.reduce_sum(weights * activations, -1)), targets
@@ -93,10 +94,11 @@ class BaseCAM:
 
     def _check_images(self, images) -> np.ndarray:
         images = np.asarray(images, np.float32)
-        if images.ndim == 3 and self.input_shape[-1] == 1:
+        if images.ndim == 3 and self.input_shape[-1] == 1 and images.shape[1:] == self.input_shape[:2]:
             images = images[..., None]  # (N, H, W) grey images are accepted for 1-channel models
         if images.ndim != 4:
-            raise ValueError(f"images must be (N, H, W, C) (or (N, H, W) for grey models), got shape {images.shape}")
+            hint = " (one image? add a batch axis: images[None])" if images.shape == self.input_shape else ""
+            raise ValueError(f"images must be (N, H, W, C) (or (N, H, W) for grey models), got shape {images.shape}{hint}")
         if images.shape[1:] != self.input_shape:
             raise ValueError(f"images have size {images.shape[1:]}, the model takes {self.input_shape}")
         return images

@@ -12,15 +12,19 @@ def resolve_layer(model: keras.Model, name: str | None):
         try:
             layer = model.get_layer(name)
         except ValueError:
-            names = ", ".join(layer.name for layer in model.layers if _is_4d(layer))
+            names = ", ".join(layer.name for layer in _explainable(model))
             raise ValueError(f"model {model.name!r} has no layer {name!r}; its 4-D layers are: {names}") from None
         if not _is_4d(layer):
             raise ValueError(f"layer {name!r} has output shape {layer.output.shape}, not 4-D (B, h, w, K)")
         return layer
-    for layer in reversed(model.layers):
-        if _is_4d(layer) and not isinstance(layer, keras.layers.InputLayer):
-            return layer
+    candidates = _explainable(model)
+    if candidates:
+        return candidates[-1]
     raise ValueError(f"model {model.name!r} has no layer with a 4-D (B, h, w, K) output to explain")
+
+
+def _explainable(model) -> list:
+    return [layer for layer in model.layers if _is_4d(layer) and not isinstance(layer, keras.layers.InputLayer)]
 
 
 def _is_4d(layer) -> bool:
@@ -48,7 +52,9 @@ class Head:
             scores, self._dense = last.input, last  # logits = input @ kernel + bias, computed in forward()
         else:
             scores = model.outputs[0]
-        self._model = keras.Model(model.inputs, [layer.output, scores])
+        if len(model.inputs) != 1:
+            raise ValueError(f"model {model.name!r} has {len(model.inputs)} inputs; explanations need one image input")
+        self._model = keras.Model(model.inputs[0], [layer.output, scores])
         self.use_softmax = use_softmax
         self.num_classes = int(model.outputs[0].shape[-1])
 

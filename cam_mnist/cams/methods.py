@@ -1,10 +1,14 @@
-"""The channel-weighted methods: each is its weights, with the equation it implements."""
+"""The channel-weighted methods: each one is its weights, with the equation it implements.
+
+Shapes: images (B, H, W, C); activations A (B, h, w, K); grads dy^c/dA (B, h, w, K) or None; targets (B,); the returned weights are (B, K), or (B, h, w, K)
+for methods that weight every cell.
+"""
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from cam_mnist.cams.base import BaseCAM
+from cam_mnist.cams.base import BaseCAM, normalise, upsample
 from cam_mnist.cams.layers import gap_linear_kernel
 
 
@@ -19,14 +23,70 @@ class CAM(BaseCAM):
         super().__init__(model, layer, **kw)
         self.kernel = gap_linear_kernel(model, self.layer)  # (K, classes)
 
-    def channel_weights(self, activations, grads, scores, targets):
+    def channel_weights(self, images, activations, grads, targets):
         return tf.transpose(tf.gather(self.kernel, targets, axis=1))  # (B, K)
 
 
 class GradCAM(BaseCAM):
-    """Grad-CAM. Selvaraju et al. 2017, arXiv 1610.02391, eq. (1): alpha_k^c = mean_ij dy^c / dA^k_ij."""
+    """Grad-CAM. Selvaraju et al. 2017, arXiv 1610.02391, eq. (1): alpha_k^c = mean_ij dy^c / dA^k_ij.
+
+    On a conv -> GAP -> linear model dy^c/dA^k_ij = w_k^c / (h w), so Grad-CAM = CAM / (h w) exactly.
+    """
 
     name = "gradcam"
 
-    def channel_weights(self, activations, grads, scores, targets):
+    def channel_weights(self, images, activations, grads, targets):
         return tf.reduce_mean(grads, axis=(1, 2))  # (B, K)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++. Chattopadhay et al. 2018, arXiv 1710.11063, eq. (19) with the exponential closed form:
+
+        alpha_ij^kc = g^2 / (2 g^2 + sum_ab A^k_ab g^3),   g = dY^c/dA^k_ij,
+        w_k^c = sum_ij alpha_ij^kc ReLU(dS^c/dA^k_ij),   S^c = exp(Y^c).
+
+    For S = exp(Y) on a piecewise-linear network, the n-th derivative is S g^n, so S cancels in alpha; in w it is a
+    positive per-image factor, which we drop (it overflows float32 for logits above 88 and cancels when the map is
+    normalised). As in the authors' code (and tf-keras-vis), alpha is normalised to sum to 1 over positions.
+    """
+
+    name = "gradcam++"
+
+    def channel_weights(self, images, activations, grads, targets):
+        g2 = tf.square(grads)
+        denominator = 2.0 * g2 + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * g2 * grads
+        alpha = tf.math.divide_no_nan(g2, denominator)  # 0 where the gradient is 0
+        alpha = tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha, axis=(1, 2), keepdims=True))
+        return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2))  # (B, K)
+
+
+class LayerCAM(BaseCAM):
+    """Layer-CAM. Jiang et al. 2021, IEEE TIP 30, eq. (4)-(5): every cell weighted by its own positive gradient,
+    w_ij^kc = ReLU(dy^c/dA^k_ij), map = ReLU(sum_k w_ij^kc A^k_ij)."""
+
+    name = "layercam"
+
+    def channel_weights(self, images, activations, grads, targets):
+        return tf.nn.relu(grads)  # (B, h, w, K)
+
+
+class ScoreCAM(BaseCAM):
+    """Score-CAM. Wang et al. 2020, arXiv 1910.01279, Algorithm 1: each channel, upsampled and min-max normalised
+    to a mask H^k, masks the input; its weight is the softmax probability of the target for X * H^k.
+
+    Needs K forward passes per image and no gradients, so it runs on small batches.
+    """
+
+    name = "scorecam"
+    needs_gradients = False
+    default_batch_size = 8
+
+    def channel_weights(self, images, activations, grads, targets):
+        b, k = tf.shape(activations)[0], tf.shape(activations)[3]
+        size = self.input_shape[:2]
+        masks = tf.transpose(activations, (0, 3, 1, 2))  # (B, K, h, w)
+        masks = normalise(upsample(tf.reshape(masks, (-1, *activations.shape[1:3])), size))  # (B*K, H, W)
+        images = tf.repeat(images, k, axis=0) * masks[..., None]  # (B*K, H, W, C)
+        _, masked_scores = self.head.forward(images)  # (B*K, classes)
+        probs = tf.nn.softmax(tf.reshape(masked_scores, (b, k, -1)))  # (B, K, classes)
+        return tf.gather(probs, targets, axis=2, batch_dims=1)  # (B, K)

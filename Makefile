@@ -1,0 +1,37 @@
+# One entry point per job. `make train` and `make test` are all a newcomer needs: they create .venv, install the
+# pinned requirements (once; again only when requirements.txt changes) and fetch MNIST themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: setup data train eval test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+data: setup          ## fetch MNIST (once), generate the held-out splits, draw out/data_samples.png
+	$(PY) -m cam_mnist data $(ARGS)
+
+train: setup         ## train the default model; ARGS="--preset seed" etc. (python -m cam_mnist train --help)
+	$(PY) -m cam_mnist train $(ARGS)
+
+eval: setup          ## test accuracy per checkpoint of the newest run (or ARGS="--run-dir out/<run>")
+	$(PY) -m cam_mnist eval $(ARGS)
+
+test: setup          ## the whole suite, a few minutes on 2 CPU cores
+	$(PY) -m pytest $(ARGS)
+
+bench: setup         ## speed measurements -> bench/results.json (quoted in the README)
+	$(PY) scripts/bench.py $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check cam_mnist scripts tests
+
+clean:               ## remove generated outputs (keeps data/ and .venv)
+	rm -rf out

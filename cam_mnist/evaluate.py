@@ -1,0 +1,149 @@
+"""Test accuracy of every checkpoint of a run, re-runnable at any time with the same numbers.
+
+``evaluate_run`` scores each checkpoint on a held-out split (by default the run's own test split, from MNIST test
+digits only) and keeps the results in ``eval/accuracy_per_step.csv``: checkpoints already scored are skipped
+unless forced, and the file is rewritten atomically, sorted by step. Nothing is written until every checkpoint
+has been read, so bad input leaves the run exactly as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from cam_mnist import checkpoint, data
+from cam_mnist.config import DataConfig, RunConfig
+from cam_mnist.mnist import DataError, atomic_write_bytes
+
+EVAL = "eval"
+REFERENCE_ACCURACY = 0.976  # the TF1 reference repo's reported test accuracy (on a leaky test set)
+
+
+# -------------------------------------------------------------------------------------------------- pure scoring
+def predict_probs(predict, split: data.Split, n: int | None = None, batch: int = 500) -> np.ndarray:
+    """Class probabilities (n, classes) for the first ``n`` images, in fixed-size batches."""
+    n = len(split) if n is None else min(n, len(split))
+    return np.concatenate([predict(split.float_images(slice(lo, min(lo + batch, n)))) for lo in range(0, n, batch)])
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix (rows true, columns predicted)."""
+    n, classes = probs.shape
+    predicted = probs.argmax(1)
+    confusion = np.zeros((classes, classes), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    support = confusion.sum(1)
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(-np.log(np.clip(probs[np.arange(n), labels], 1e-12, None)).mean()),
+        "per_class": np.divide(np.diag(confusion), support, out=np.full(classes, np.nan), where=support > 0),
+        "confusion": confusion,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- a run's model
+def load_run(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise DataError(f"{run_dir}: no such run folder; train one with `make train`")
+    if not path.exists():
+        raise DataError(f"{path}: missing, so {run_dir} is not a training run folder (made by `make train`)")
+    return RunConfig.load(path)
+
+
+def build_for(config: RunConfig, canvas: int | None = None):
+    """The run's model and a compiled ``predict`` (float images -> probabilities). The network is fully
+    convolutional up to GAP, so the same weights serve any canvas size."""
+    import tensorflow as tf
+
+    from cam_mnist.model import build_model
+
+    model = build_model(config.model, canvas or config.data.canvas)
+    compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return model, lambda x: compiled(x).numpy()
+
+
+def split_for(config: RunConfig, data_dir: Path, **changes) -> tuple[DataConfig, data.Split]:
+    """The test split of the run's clutter settings with ``changes`` (canvas, distractors, data_seed) applied."""
+    settings = dataclasses.replace(config.data, **{k: v for k, v in changes.items() if v is not None})
+    folder = data.prepare(settings, data_dir, fetch=False)
+    return settings, data.read_split(folder / "test.npz", "test")
+
+
+# --------------------------------------------------------------------------------------------- checkpoints of a run
+def csv_name(default: DataConfig, settings: DataConfig) -> str:
+    """``accuracy_per_step.csv`` for the run's own test split, a suffixed name for any other clutter."""
+    if settings == default:
+        return "accuracy_per_step.csv"
+    return f"accuracy_per_step-{data.settings_dir(settings).name}.csv"
+
+
+def read_rows(path: Path) -> dict[int, dict]:
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return {int(r["step"]): r for r in csv.DictReader(f)}
+
+
+def write_rows(path: Path, rows: dict[int, dict]) -> None:
+    fields = list(next(iter(rows.values())).keys())
+    lines = [",".join(fields)] + [",".join(str(rows[s][k]) for k in fields) for s in sorted(rows)]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def evaluate_run(run_dir: Path, data_dir: Path = data.DATA_DIR, force: bool = False, progress: bool = True,
+                 log=print, **split_changes) -> tuple[dict[int, dict], dict]:
+    """Score every not-yet-scored checkpoint; returns all rows by step and the newest checkpoint's metrics."""
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    config = load_run(run_dir)
+    found = checkpoint.list_checkpoints(run_dir)
+    if not found:
+        raise DataError(f"{run_dir}: no checkpoints in {run_dir / checkpoint.FOLDER}; "
+                        f"train with `python -m cam_mnist train --run-dir {run_dir}`")
+    settings, split = split_for(config, data_dir, **split_changes)
+    model, predict = build_for(config, settings.canvas)
+    path = run_dir / EVAL / csv_name(config.data, settings)
+    rows = {} if force else read_rows(path)
+    final, evaluated = None, []
+    for step, ckpt in tqdm(found, disable=not progress, unit="ckpt", desc="checkpoints"):
+        if step in rows and step != found[-1][0]:
+            continue
+        try:
+            state = checkpoint.load(ckpt, model)
+        except checkpoint.CheckpointError as e:
+            if "another architecture" in str(e):
+                raise
+            log(f"skipping checkpoint: {e}")
+            continue
+        model.set_weights(state.model_weights)
+        metrics = classification_metrics(predict_probs(predict, split), split.labels)
+        rows[step] = {"step": step, "test_accuracy": f"{metrics['accuracy']:.5f}", "test_loss": f"{metrics['loss']:.5f}",
+                      "wall_s": f"{state.extras.get('wall_s', float('nan')):.1f}",
+                      **{f"acc_class_{c}": f"{a:.5f}" for c, a in enumerate(metrics["per_class"])}}
+        final = (step, metrics)
+        evaluated.append(step)
+    if final is None:
+        raise DataError(f"{run_dir}: no readable checkpoint (all were skipped)")
+    write_rows(path, rows)
+    return rows, {"step": final[0], **final[1], "settings": settings, "csv": path, "evaluated": evaluated}
+
+
+def robustness(run_dir: Path, distractors=(0, 4, 8, 16), data_dir: Path = data.DATA_DIR) -> list[dict]:
+    """Accuracy of the run's newest readable checkpoint as clutter grows."""
+    config = load_run(run_dir)
+    state = checkpoint.latest_valid(run_dir)
+    if state is None:
+        raise DataError(f"{run_dir}: no readable checkpoint")
+    model, predict = build_for(config)
+    model.set_weights(state.model_weights)
+    out = []
+    for d in distractors:
+        settings, split = split_for(config, data_dir, distractors=d)
+        m = classification_metrics(predict_probs(predict, split), split.labels)
+        out.append({"distractors": d, "test_accuracy": m["accuracy"], "test_loss": m["loss"], "step": state.step})
+    return out

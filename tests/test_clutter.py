@@ -1,0 +1,127 @@
+"""Cluttered-MNIST generator invariants on real MNIST digits."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from cam_mnist import clutter, data
+from cam_mnist.config import DataConfig
+from cam_mnist.mnist import Digits
+
+SMALL = DataConfig(canvas=60, distractors=8)
+
+
+@pytest.fixture(scope="module")
+def test_split(digits):
+    return data.held_out(digits, DataConfig(), "test")
+
+
+def test_shapes_and_pixel_range(test_split):
+    s = test_split
+    assert s.images.shape == (10_000, 100, 100) and s.images.dtype == np.uint8
+    assert s.labels.shape == (10_000,) and s.boxes.shape == (10_000, 4) and s.positions.shape == (10_000, 2)
+    assert s.masks.shape == (10_000, 100, 100) and s.masks.dtype == bool
+    assert s.positions.min() >= 0 and s.positions.max() <= 100 - 28
+    f = s.float_images(slice(0, 10))
+    assert f.shape == (10, 100, 100, 1) and f.dtype == np.float32 and 0 <= f.min() and f.max() <= 1
+
+
+def test_one_test_image_per_test_digit(test_split, digits):
+    np.testing.assert_array_equal(test_split.source_index, np.arange(10_000))
+    np.testing.assert_array_equal(test_split.labels, digits["test"].labels)
+    assert test_split.source_split == "test"
+
+
+def test_digit_pixels_present_at_recorded_position(test_split, digits):
+    # Clutter is added and clipped, never subtracted: every image pixel is >= the digit pixel placed there.
+    for i in range(0, 10_000, 97):
+        y, x = test_split.positions[i]
+        window = test_split.images[i, y : y + 28, x : x + 28]
+        assert (window >= digits["test"].images[i]).all()
+
+
+def test_boxes_are_tight_around_masks(test_split):
+    m = test_split.masks
+    rows, cols = m.any(2), m.any(1)  # (N, H), (N, W)
+    y0, x0 = rows.argmax(1), cols.argmax(1)
+    y1, x1 = 100 - rows[:, ::-1].argmax(1), 100 - cols[:, ::-1].argmax(1)
+    np.testing.assert_array_equal(test_split.boxes, np.stack([y0, x0, y1, x1], 1))
+    # and the mask is the digit's own nonzero pixels, so it lies inside the digit's 28x28 square
+    y, x = test_split.positions.T
+    assert (test_split.boxes[:, 0] >= y).all() and (test_split.boxes[:, 2] <= y + 28).all()
+    assert (test_split.boxes[:, 1] >= x).all() and (test_split.boxes[:, 3] <= x + 28).all()
+
+
+def test_digit_box_hand_made():
+    digit = np.zeros((1, 28, 28), np.uint8)
+    digit[0, 5:9, 10:12] = 200  # rows 5..8, cols 10..11
+    np.testing.assert_array_equal(clutter.digit_boxes(digit), [[5, 10, 9, 12]])
+
+
+def test_clutter_is_added_and_clipped():
+    pool = np.full((2, 28, 28), 200, np.uint8)
+    draws = clutter.Draws(digit_index=np.array([[0]]), position=np.array([[[0, 0]]]),
+                          distractor_index=np.array([[1]]), crop_origin=np.array([[[0, 0]]]),
+                          distractor_position=np.array([[[20, 20]]]))
+    image = clutter.compose(pool, draws, canvas=40, size=8)[0]
+    assert image[0, 0] == 200 and image[39, 39] == 0
+    assert image[20, 20] == 255  # 200 + 200 clipped, as the reference clips to [0, 1]
+    assert image[27, 27] == 255 and image[28, 28] == 0
+
+
+def test_same_seed_same_bytes_other_seed_other_images(digits, tmp_path):
+    a = data.held_out(digits, SMALL, "val")
+    b = data.held_out(digits, SMALL, "val")
+    c = data.held_out(digits, dataclasses.replace(SMALL, data_seed=1), "val")
+    arrays = lambda s: data._to_arrays(s)  # noqa: E731
+    assert data.content_hash(arrays(a)) == data.content_hash(arrays(b)) != data.content_hash(arrays(c))
+    bytes_a = data.write_npz(tmp_path / "a.npz", arrays(a))
+    bytes_b = data.write_npz(tmp_path / "b.npz", arrays(b))
+    assert bytes_a == bytes_b  # the file itself, not only its arrays
+
+
+def test_test_images_use_only_test_digits(digits):
+    # Replace every non-test digit by zeros: if any test image drew on them (digit or clutter), it would change.
+    blank = {k: Digits(np.zeros_like(v.images), v.labels) for k, v in digits.items() if k != "test"}
+    a = data.held_out(digits, SMALL, "test")
+    b = data.held_out({**blank, "test": digits["test"]}, SMALL, "test")
+    np.testing.assert_array_equal(a.images, b.images)
+
+
+def test_train_epochs_fresh_and_reproducible(digits):
+    cfg = dataclasses.replace(SMALL, train_size=300)
+    e0, e0_again, e1 = (data.train_epoch(digits, cfg, seed=3, epoch=e) for e in (0, 0, 1))
+    np.testing.assert_array_equal(e0.images, e0_again.images)
+    assert not np.array_equal(e0.images, e1.images)
+    assert e0.source_split == "train" and len(set(e0.source_index.tolist())) == 300  # a shuffled pass, no repeats
+    np.testing.assert_array_equal(e0.labels, digits["train"].labels[e0.source_index])
+
+
+def test_two_digits_distinct_classes_no_overlap(digits):
+    cfg = dataclasses.replace(SMALL, digits=2, canvas=80)
+    s = data.held_out(digits, cfg, "test")
+    assert s.labels.shape == (10_000, 2) and s.boxes.shape == (10_000, 2, 4) and s.masks.shape == (10_000, 2, 80, 80)
+    assert (s.labels[:, 0] != s.labels[:, 1]).all()
+    apart = np.abs(s.positions[:, 0] - s.positions[:, 1]) >= 28
+    assert apart.any(1).all()
+    assert not (s.masks[:, 0] & s.masks[:, 1]).any()
+    np.testing.assert_array_equal(s.source_index[:, 0], np.arange(10_000))  # each test digit leads one image
+
+
+def test_stored_split_round_trip(digits, tmp_path):
+    split = data.held_out(digits, SMALL, "test")
+    data.save_split(tmp_path, split, SMALL)
+    loaded = data.read_split(tmp_path / "test.npz", "test")
+    for field in ("images", "labels", "boxes", "positions", "masks", "source_index"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(split, field))
+    (tmp_path / "test.npz").write_bytes((tmp_path / "test.npz").read_bytes()[:5000])
+    with pytest.raises(data.DataError, match="corrupted split file"):
+        data.read_split(tmp_path / "test.npz", "test")
+
+
+def test_load_split_api(data_dir):
+    s = data.load_split("test", data_dir=data_dir)
+    assert len(s) == 10_000 and s.masks.shape == (10_000, 100, 100)
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        data.load_split("dev", data_dir=data_dir)

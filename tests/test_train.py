@@ -1,0 +1,132 @@
+"""Training runs end to end: outputs, exact resume after SIGKILL, corrupt checkpoints, Ctrl-C, config."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cam_mnist import checkpoint, config
+
+LONG_TINY = ["--preset", "tiny", "--steps", "300", "--checkpoint-every", "4", "--heatmap-every", "100", "--quiet"]
+
+
+def test_tiny_run_writes_everything(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"config.json", "train.log", "metrics.csv", "checkpoints", "heatmaps", "index.html", "model.keras",
+            "summary.json"} <= names
+    steps = [0, 4, 8, 12]
+    for i in range(4):  # per image per step, plus the animation
+        folder = tiny_run / "heatmaps" / f"img_{i:02d}"
+        assert sorted(p.name for p in folder.glob("step_*.png")) == [f"step_{s:07d}.png" for s in steps]
+        assert (folder / "evolution.gif").stat().st_size > 0
+    assert len(list((tiny_run / "heatmaps" / "grid").glob("step_*.png"))) == len(steps)
+    with open(tiny_run / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == steps
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["test_images"] == 10_000
+    assert (tiny_run.parent / "latest").resolve() == tiny_run.resolve()
+
+
+def test_saved_model_loads_with_plain_keras(tiny_run):
+    import keras
+
+    model = keras.models.load_model(tiny_run / "model.keras")  # no custom objects
+    probs = np.asarray(model(np.random.default_rng(0).random((3, 40, 40, 1), np.float32)))
+    assert probs.shape == (3, 10)
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+
+
+def _weights(path):
+    state = checkpoint.load(path)
+    return state.model_weights + state.optimizer_variables
+
+
+def _start(run_dir, data_dir, root):
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-m", "cam_mnist", "train", *LONG_TINY, "--run-dir", str(run_dir),
+                             "--data-dir", str(data_dir)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint(process, run_dir, step, timeout=120):
+    deadline = time.time() + timeout
+    while not checkpoint.path_for(run_dir, step).exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, run_cli, repo_root):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_cli("train", *LONG_TINY, "--run-dir", whole, "--data-dir", data_dir).returncode == 0
+
+    process = _start(killed, data_dir, repo_root)
+    _wait_for_checkpoint(process, killed, 8)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    result = run_cli("train", "--run-dir", killed, "--quiet", "--data-dir", data_dir)  # resumes from its config
+    assert result.returncode == 0, result.stderr
+    assert "resumed from step_" in result.stdout + result.stderr
+
+    for a, b in zip(_weights(checkpoint.path_for(whole, 300)), _weights(checkpoint.path_for(killed, 300)), strict=True):
+        np.testing.assert_array_equal(a, b)  # bit-identical
+    read = lambda p: [(r["step"], r["val_accuracy"], r["val_loss"]) for r in csv.DictReader(open(p / "metrics.csv"))]  # noqa: E731
+    assert read(killed) == read(whole)  # no gap, no duplicate, same numbers
+
+
+def test_ctrl_c_stops_after_a_checkpoint(tmp_path, data_dir, run_cli, repo_root):
+    run_dir = tmp_path / "interrupted"
+    process = _start(run_dir, data_dir, repo_root)
+    _wait_for_checkpoint(process, run_dir, 4)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    step = int(output.split("checkpoint written at step ")[1].split(";")[0])
+    assert checkpoint.path_for(run_dir, step).exists()
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_corrupt_newest_checkpoint_is_skipped(tiny_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run, run_dir)
+    newest = checkpoint.list_checkpoints(run_dir)[-1][1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated, as by a full disk
+    warnings = []
+    state = checkpoint.latest_valid(run_dir, warn=warnings.append)
+    assert state.step == 8 and "step_0000012.npz" in warnings[0] and "unreadable" in warnings[0]
+
+
+def test_resume_refuses_clashing_flags(tiny_run, run_cli, repo_root):
+    result = run_cli("train", "--run-dir", tiny_run, "--batch-size", "64", "--quiet")
+    assert result.returncode == 2
+    assert "started with other settings (batch_size)" in result.stderr
+
+
+def test_only_newest_checkpoints_kept(tmp_path, data_dir, run_cli, repo_root):
+    run_dir = tmp_path / "keep"
+    result = run_cli("train", "--preset", "tiny", "--keep-checkpoints", "2", "--run-dir", run_dir, "--quiet",
+                     "--data-dir", data_dir)
+    assert result.returncode == 0, result.stderr
+    assert [s for s, _ in checkpoint.list_checkpoints(run_dir)] == [8, 12]
+
+
+def test_config_round_trip_and_overrides(tmp_path):
+    parser = __import__("cam_mnist.cli", fromlist=["build_parser"]).build_parser()
+    args = parser.parse_args(["train", "--preset", "seed", "--steps", "7", "--widths", "8", "8", "8", "--no-batch-norm"])
+    c = config.config_from_args(args)
+    assert (c.model.arch, c.train.lr, c.train.steps, c.model.widths, c.model.batch_norm) == ("lenet", 0.5, 7, (8, 8, 8), False)
+    c.save(tmp_path / "config.json")
+    assert config.RunConfig.load(tmp_path / "config.json") == c
+    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+        config.RunConfig.from_dict({"train": {"stepz": 3}})
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
+        config.validate(config.RunConfig.from_dict({"train": {"optimizer": "rmsprop"}}))
