@@ -184,8 +184,10 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 # ------------------------------------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cam_mnist", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cam_mnist", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Class activation maps (Zhou et al. 2016) on cluttered MNIST: data, training, evaluation, maps.",
+        epilog="Each command has --help with examples. `make train`, `make eval`, `make test`, `make bench` call these.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -231,16 +233,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
+    from cam_mnist import explain_cli
+
+    explain_cli.add_parser(commands)
+
+    p = commands.add_parser("bench", help="speed measurements -> bench/results.json (what `make bench` runs)",
+                            add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for scripts/bench.py (--help lists them)")
+    p.set_defaults(func=cmd_bench)
+
     for p in commands.choices.values():
         p.add_argument("--data-dir", default="data", help="where MNIST and the generated splits live")
     return parser
 
 
+def cmd_bench(args) -> None:
+    import runpy
+
+    sys.argv = ["scripts/bench.py", *args.bench_args]
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "bench.py"), run_name="__main__")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except (UserError, DataError, ValueError, FileNotFoundError) as e:
+        return args.func(args) or 0
+    except (UserError, DataError, ValueError, FileNotFoundError) as e:  # bad input: one line, exit status 2
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return 0

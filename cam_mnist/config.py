@@ -36,7 +36,7 @@ class ModelConfig:
     """The network: a conv stack, then conv -> global average pooling -> bias-free linear -> softmax."""
 
     arch: str = _opt("fast", "'lenet' (the reference: conv5x5x32, pool, conv5x5x64, pool) or 'fast' (ours)")
-    widths: tuple[int, ...] = _opt((16, 32, 64, 64), "channels of each conv layer of the 'fast' arch")
+    widths: tuple[int, ...] = _opt((16, 32, 64, 64, 64), "channels of each conv layer of the 'fast' arch")
     batch_norm: bool = _opt(True, "batch norm after each conv of the 'fast' arch")
 
 

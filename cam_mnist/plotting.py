@@ -23,14 +23,16 @@ BOX_COLOUR = np.array([255, 255, 255], np.uint8)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5, scale: int = 2) -> np.ndarray:
-    """The image in grey with ``heatmap`` (H, W) in [0, 1] coloured over it and ``box`` (y0, x0, y1, x1) outlined.
+    """The image with ``heatmap`` (H, W) in [0, 1] coloured over it and ``box`` (y0, x0, y1, x1) outlined.
 
-    ``image`` is (H, W) or (H, W, 1), uint8 or float in [0, 1]. Returns (H*scale, W*scale, 3) uint8.
+    ``image`` is (H, W), (H, W, 1) or (H, W, 3), uint8 or float in [0, 1]. Returns (H*scale, W*scale, 3) uint8.
     """
-    grey = np.asarray(image).squeeze()
-    grey = grey.astype(np.float32) / 255 if grey.dtype == np.uint8 else grey.astype(np.float32)
+    base = np.asarray(image)
+    base = base.astype(np.float32) / 255 if base.dtype == np.uint8 else base.astype(np.float32)
+    base = base[..., :1] if base.ndim == 2 or base.shape[-1] == 1 else base  # (H, W, 1) grey or (H, W, 3) colour
+    base = base[..., None] if base.ndim == 2 else base
     colour = _JET[np.clip(np.asarray(heatmap) * 255, 0, 255).astype(np.uint8)].astype(np.float32)
-    out = ((1 - alpha) * grey[..., None] * 255 + alpha * colour).astype(np.uint8)
+    out = ((1 - alpha) * base * 255 + alpha * colour).astype(np.uint8)
     out = out.repeat(scale, 0).repeat(scale, 1)
     if box is not None:
         draw_box(out, np.asarray(box) * scale)

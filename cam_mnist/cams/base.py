@@ -12,12 +12,25 @@ traces and every later call is graph speed.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 
 from cam_mnist.cams.layers import Head, resolve_layer
 
 PREDICTED = -1  # target sentinel: explain the class the model predicts
+
+
+class _FirstTraceIsNotRetrace(logging.Filter):
+    """TensorFlow warns about "retracing" when several objects of one class each trace their own graph once, as
+    every new explainer must; the warning is wrong here and drowns the CLI's output, so only it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_FirstTraceIsNotRetrace())
 
 
 def normalise(maps: tf.Tensor) -> tf.Tensor:

@@ -1,0 +1,165 @@
+"""``python -m cam_mnist explain``: maps for the user's own images, with a trained run or any Keras model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+MAP_METHODS = ["cam", "gradcam", "gradcam++", "scorecam", "layercam", "guided-gradcam", "occlusion"]
+
+
+class ExplainError(ValueError):
+    """One line for the user; the command exits with status 2."""
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Files as given; a folder becomes the images inside it, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def load_model(model_path: str | None, run_dir: str | None):
+    import keras
+
+    if model_path is None:
+        run = Path(run_dir) if run_dir else Path("out") / "latest"
+        model_path = run / "model.keras"
+        if not model_path.exists():
+            raise ExplainError(f"{model_path}: no trained model; train one with `make train` or pass --model")
+    path = Path(model_path)
+    if not path.is_file():
+        raise ExplainError(f"{path}: no such model file")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as e:  # Keras raises many types for a file that is not a model
+        raise ExplainError(f"{path}: not a Keras model ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise ExplainError(f"{path}: explain needs a model with one (N, H, W, C) image input")
+    return model, path
+
+
+def read_picture(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            return picture.copy()
+    except FileNotFoundError:
+        raise ExplainError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ExplainError(f"{path}: not a readable image ({type(e).__name__})") from None
+
+
+def run(args) -> int:
+    from cam_mnist import plotting
+    from cam_mnist.boxes import boxes_from_maps
+    from cam_mnist.cams import explain, get_method
+    from cam_mnist.images import to_model_input
+
+    model, model_path = load_model(args.model, args.run_dir)
+    _, h, w, c = model.inputs[0].shape
+    methods = MAP_METHODS if args.method == "all" else [args.method]
+    try:
+        get_method(model, methods[0] if args.method != "all" else "gradcam", args.layer)
+    except ValueError as e:
+        raise ExplainError(f"{model_path}: {e}") from None
+    if args.method == "all":  # CAM only where the model has the CAM head; say so instead of failing
+        try:
+            get_method(model, "cam", args.layer)
+        except ValueError:
+            methods = [m for m in methods if m != "cam"]
+            print(f"note: {model_path.name} has no GAP -> Dense head at that layer, so CAM is skipped", file=sys.stderr)
+
+    failures, inputs, names = 0, [], []
+    for path in expand(args.images):
+        try:
+            array, notes = to_model_input(read_picture(path), (h, w), c, args.fit, args.invert)
+        except ExplainError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        for note in notes:
+            print(f"note: {path.name}: {note}", file=sys.stderr)
+        inputs.append(array)
+        names.append(path)
+    if not inputs:
+        return 2
+
+    images = np.stack(inputs)  # (N, H, W, C)
+    probs = np.asarray(model.predict(images, verbose=0))
+    k = 1 if args.class_index is not None else args.top_k
+    classes = np.full((len(images), 1), args.class_index) if k == 1 and args.class_index is not None \
+        else np.argsort(-probs, 1)[:, :k]  # (N, k)
+    if args.class_index is not None and not 0 <= args.class_index < probs.shape[1]:
+        raise ExplainError(f"--class {args.class_index} out of range: the model has {probs.shape[1]} classes")
+    maps = {}
+    for method in methods:
+        try:
+            maps[method] = explain(model, np.repeat(images, k, 0), method, classes.reshape(-1),
+                                   layer=args.layer).reshape(len(images), k, h, w)
+        except ValueError as e:
+            raise ExplainError(f"{model_path}: {method}: {e}") from None
+
+    out = Path(args.out)
+    records = []
+    box_method = methods[0]
+    for i, path in enumerate(names):
+        box = boxes_from_maps(maps[box_method][i, :1])[0]
+        rows = []
+        for method in methods:
+            tiles = [plotting.captioned(plotting.overlay(images[i], np.zeros((h, w)), alpha=0.0), path.name[:24])]
+            for j, cls in enumerate(classes[i]):
+                tiles.append(plotting.captioned(plotting.overlay(images[i], maps[method][i, j], box if j == 0 else None),
+                                                f"{method}: {cls} p={probs[i, cls]:.2f}"))
+            rows.append(plotting.hstack(tiles))
+        target = out / f"{path.stem}_explained.png"
+        plotting.save_png(target, np.concatenate(rows, 0))
+        records.append({"image": str(path), "output": str(target), "box_method": box_method,
+                        "box": [int(v) for v in box],
+                        "classes": [{"class": int(cls), "probability": round(float(probs[i, cls]), 5)} for cls in classes[i]]})
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        print(f"{'image':30s} {'class':>5s} {'prob':>7s}  box (y0, x0, y1, x1) from {box_method}")
+        for r in records:
+            top = r["classes"][0]
+            print(f"{Path(r['image']).name[:30]:30s} {top['class']:5d} {top['probability']:7.4f}  {tuple(r['box'])}"
+                  f"  -> {r['output']}")
+    return 2 if failures else 0
+
+
+def add_parser(commands) -> None:
+    import argparse
+
+    p = commands.add_parser("explain", help="maps for your own images, with a trained run or any Keras model",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="examples:\n  python -m cam_mnist explain digit.png --fit canvas\n"
+                            "  python -m cam_mnist explain photos/ --method all --top-k 5 --out out/explained\n"
+                            "  python -m cam_mnist explain cat.jpg --model my_model.keras --layer conv5 --json")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run-dir", help="a training run (default: out/latest); uses its model.keras")
+    source.add_argument("--model", help="any Keras 3 functional image classifier saved as .keras")
+    p.add_argument("--layer", help="the 4-D layer to explain (default: the last one)")
+    p.add_argument("--method", default="cam", choices=MAP_METHODS + ["guided-backprop", "all"],
+                   help="which map; 'all' draws every method, one row each")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="class_index", type=int, help="explain this class")
+    which.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
+    p.add_argument("--fit", choices=["resize", "canvas"], default="resize",
+                   help="resize: stretch to the model's input; canvas: centre on a black canvas of that size")
+    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                   help="invert dark-on-light pictures (auto: when the picture is mostly bright)")
+    p.add_argument("--out", default="out/explained", help="folder for the PNGs")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=run)

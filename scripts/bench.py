@@ -1,0 +1,198 @@
+"""`make bench`: speed measurements on this machine, written to bench/results.json and bench/results.md.
+
+1. float32 matmul peak (GFLOP/s) of this CPU through TensorFlow: the yardstick for the training numbers;
+2. training throughput (images/s) of each preset's network, and the share of that peak it reaches
+   (training FLOPs = 3 x forward FLOPs: one forward, two backward matmul-equivalents);
+3. maps per second of every CAM-family method on a trained model, and of tf-keras-vis 0.8.7's Gradcam and
+   GradcamPlusPlus on the same model and images, with the correlation of their maps with ours.
+
+Usage: python scripts/bench.py [--run-dir out/<run>] [--images 10000] [--slow-images 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cam_mnist import config as cfg  # noqa: E402
+from cam_mnist.cams import METHODS, get_method  # noqa: E402
+from cam_mnist.data import load_split  # noqa: E402
+from cam_mnist.model import build_model, logits_model  # noqa: E402
+from cam_mnist.train import make_optimizer  # noqa: E402
+
+SLOW = {"scorecam", "occlusion"}  # many forward passes per map: measured on a subset
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Fastest of ``repeats`` timed calls (seconds), after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def matmul_peak(n: int = 2048) -> float:
+    a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
+    f = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
+    return 2 * n**3 / best_of(lambda: f().numpy(), 5) / 1e9
+
+
+def forward_flops(model: keras.Model) -> float:
+    """Multiply-adds x 2 of the convolutions and dense layers for one image."""
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            macs += h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            macs += int(np.prod(layer.kernel.shape))
+    return 2.0 * macs
+
+
+def training_throughput(preset: str, steps: int = 10) -> dict:
+    config = cfg.preset(preset)
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, config.data.canvas)
+    logits, optimizer = logits_model(model), make_optimizer(config.train)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variables = model.trainable_variables
+    b = config.train.batch_size
+    images = tf.random.uniform((b, config.data.canvas, config.data.canvas, 1))
+    labels = tf.random.uniform((b,), 0, 10, tf.int32)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, logits(images, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    seconds = best_of(lambda: [step() for _ in range(steps)][-1].numpy())
+    rate = b * steps / seconds
+    flops = forward_flops(model)
+    return {"preset": preset, "batch_size": b, "images_per_s": round(rate, 1), "params": model.count_params(),
+            "forward_mflops_per_image": round(flops / 1e6, 1),
+            "train_gflops_per_s": round(3 * flops * rate / 1e9, 1)}
+
+
+def cam_family(model, images, slow_images: int) -> list[dict]:
+    rows = []
+    for name in METHODS:
+        n = min(slow_images, len(images)) if name in SLOW else len(images)
+        explainer = get_method(model, name)
+        explainer(images[: explainer.batch_size])  # trace once
+        seconds = best_of(lambda: explainer(images[:n], "predicted"), repeats=1)
+        rows.append({"method": name, "images": n, "maps_per_s": round(n / seconds, 1)})
+        print(f"  {name:16s} {n / seconds:10.1f} maps/s ({n} images)", flush=True)
+    return rows
+
+
+def tf_keras_vis(model, images, n: int, batch: int = 128) -> list[dict]:
+    """tf-keras-vis 0.8.7 on the same model (on its logits, so no model modifier) and the same images."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    logits = logits_model(model)
+    targets = np.asarray(model.predict(images[:n], batch_size=500, verbose=0)).argmax(1)
+    rows = []
+    for name, tool_class, ours in (("gradcam", Gradcam, "gradcam"), ("gradcam++", GradcamPlusPlus, "gradcam++")):
+        tool = tool_class(logits, clone=False)
+
+        def run():
+            return np.concatenate([tool(CategoricalScore(list(targets[lo : lo + batch])), images[lo : lo + batch],
+                                        penultimate_layer="cam_features") for lo in range(0, n, batch)])
+
+        run_first = run()  # warm-up, and the maps to compare
+        seconds = best_of(run, repeats=1)
+        mine = get_method(model, ours)(images[:n], targets)
+        corr = np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(run_first, mine) if b.std() > 0])
+        rows.append({"method": f"tf-keras-vis {tool_class.__name__}", "images": n, "maps_per_s": round(n / seconds, 1),
+                     "mean_correlation_with_ours": round(float(corr), 5)})
+        print(f"  {rows[-1]['method']:28s} {n / seconds:10.1f} maps/s, correlation with ours {corr:.5f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", default="out/latest", help="trained run whose model.keras the CAM part uses")
+    parser.add_argument("--images", type=int, default=10_000, help="test images for the fast CAM methods")
+    parser.add_argument("--slow-images", type=int, default=500, help="test images for Score-CAM and occlusion")
+    parser.add_argument("--reference-images", type=int, default=2000, help="test images for tf-keras-vis")
+    parser.add_argument("--out", default="bench", help="folder for results.json and results.md")
+    args = parser.parse_args()
+
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                           "tensorflow": tf.__version__, "keras": keras.__version__},
+               "date": time.strftime("%Y-%m-%d")}
+    peak = matmul_peak()
+    results["matmul_peak_gflops"] = round(peak, 1)
+    print(f"float32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
+    results["training"] = []
+    for preset in ("default", "seed"):
+        row = training_throughput(preset)
+        row["share_of_matmul_peak"] = round(row["train_gflops_per_s"] / peak, 3)
+        results["training"].append(row)
+        print(f"training {preset}: {row['images_per_s']} images/s, {row['share_of_matmul_peak']:.1%} of peak", flush=True)
+
+    model_path = Path(args.run_dir) / "model.keras"
+    if model_path.exists():
+        model = keras.models.load_model(model_path)
+        run_config = cfg.RunConfig.load(Path(args.run_dir) / "config.json")
+        images = load_split("test", run_config.data).float_images(slice(0, args.images))
+        print(f"CAM family on {model_path.resolve().parent.name} ({len(images)} test images):", flush=True)
+        results["cam_run"] = model_path.resolve().parent.name
+        results["cams"] = cam_family(model, images, args.slow_images)
+        results["reference"] = tf_keras_vis(model, images, min(args.reference_images, len(images)))
+        ours = {r["method"]: r["maps_per_s"] for r in results["cams"]}
+        theirs = {r["method"].split()[-1]: r["maps_per_s"] for r in results["reference"]}
+        results["speedup"] = {"gradcam_vs_tf_keras_vis_gradcam": round(ours["gradcam"] / theirs["Gradcam"], 1),
+                              "gradcam++_vs_tf_keras_vis_gradcam++": round(ours["gradcam++"] / theirs["GradcamPlusPlus"], 1),
+                              "cam_vs_tf_keras_vis_gradcam": round(ours["cam"] / theirs["Gradcam"], 1)}
+        print(f"speed-ups: {results['speedup']}")
+    else:
+        print(f"no trained model at {model_path}: CAM-family timings skipped (run `make train` first)")
+
+    out = Path(args.out)
+    out.mkdir(exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(to_markdown(results))
+    print(f"-> {out / 'results.json'}, {out / 'results.md'}")
+
+
+def to_markdown(r: dict) -> str:
+    lines = [f"Measured {r['date']} on {r['machine']['cpus']} CPU cores, TensorFlow {r['machine']['tensorflow']}, "
+             f"Keras {r['machine']['keras']}. float32 matmul peak: {r['matmul_peak_gflops']} GFLOP/s.", "",
+             "| preset | batch | images/s | forward MFLOP/image | training GFLOP/s | share of matmul peak |",
+             "|---|---|---|---|---|---|"]
+    for t in r["training"]:
+        lines.append(f"| {t['preset']} | {t['batch_size']} | {t['images_per_s']} | {t['forward_mflops_per_image']} | "
+                     f"{t['train_gflops_per_s']} | {t['share_of_matmul_peak']:.1%} |")
+    if "cams" in r:
+        lines += ["", f"Maps per second on `{r['cam_run']}` (100x100 test images, predicted class):", "",
+                  "| method | images | maps/s |", "|---|---|---|"]
+        lines += [f"| {c['method']} | {c['images']} | {c['maps_per_s']} |" for c in r["cams"]]
+        lines += [f"| {c['method']} (correlation with ours {c['mean_correlation_with_ours']}) | {c['images']} | "
+                  f"{c['maps_per_s']} |" for c in r["reference"]]
+        lines += ["", "Speed-ups: " + ", ".join(f"{k} {v}x" for k, v in r["speedup"].items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

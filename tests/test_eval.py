@@ -1,0 +1,96 @@
+"""`python -m cam_mnist eval`: per-step accuracy, idempotence, --force, robustness, and bad input."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from cam_mnist import checkpoint, evaluate
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A private copy of the tiny run, so a test may evaluate or damage it."""
+    return shutil.copytree(tiny_run, tmp_path / "run")
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_eval_twice_same_csv(run_copy, run_cli, data_dir):
+    first = run_cli("eval", "--run-dir", run_copy, "--quiet", "--data-dir", data_dir)
+    assert first.returncode == 0, first.stderr
+    csv = run_copy / "eval" / "accuracy_per_step.csv"
+    before = csv.read_bytes()
+    assert "evaluated 3 checkpoint(s)" in first.stdout
+    second = run_cli("eval", "--run-dir", run_copy, "--quiet", "--no-robustness", "--data-dir", data_dir)
+    assert "evaluated 1 checkpoint(s)" in second.stdout  # only the newest, re-scored for its confusion matrix
+    assert csv.read_bytes() == before
+    forced = run_cli("eval", "--run-dir", run_copy, "--quiet", "--force", "--no-robustness", "--data-dir", data_dir)
+    assert "evaluated 3 checkpoint(s)" in forced.stdout and csv.read_bytes() == before
+    for name in ("accuracy_per_step.png", "confusion-accuracy_per_step.png", "final.md", "robustness.md"):
+        assert (run_copy / "eval" / name).stat().st_size > 0
+    assert [line.split("|")[1].strip() for line in (run_copy / "eval" / "robustness.md").read_text().splitlines()[2:]] \
+        == ["0", "4", "8", "16"]
+
+
+def test_rows_match_training_metrics(run_copy, data_dir):
+    rows, final = evaluate.evaluate_run(run_copy, data_dir, progress=False)
+    assert sorted(rows) == [4, 8, 12] and final["step"] == 12
+    assert final["confusion"].sum() == 10_000
+    import json
+
+    summary = json.loads((run_copy / "summary.json").read_text())
+    assert float(rows[12]["test_accuracy"]) == pytest.approx(summary["test_accuracy"], abs=1e-5)
+    per_class = np.array([float(rows[12][f"acc_class_{c}"]) for c in range(10)])
+    support = final["confusion"].sum(1)
+    assert (per_class * support).sum() / support.sum() == pytest.approx(final["accuracy"], abs=1e-4)
+
+
+def test_other_clutter_gets_its_own_csv(run_copy, data_dir):
+    _, final = evaluate.evaluate_run(run_copy, data_dir, progress=False, distractors=0)
+    assert final["csv"].name == "accuracy_per_step-clutter-c40-d0x8-k1-s0.csv"
+
+
+def test_no_checkpoints(tmp_path, tiny_run, run_cli, data_dir):
+    run = tmp_path / "empty"
+    run.mkdir()
+    shutil.copy(tiny_run / "config.json", run / "config.json")
+    result = run_cli("eval", "--run-dir", run, "--data-dir", data_dir)
+    assert result.returncode == 2
+    assert "no checkpoints in" in result.stderr and "train --run-dir" in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # nothing written
+
+
+def test_not_a_run(tmp_path, run_cli):
+    result = run_cli("eval", "--run-dir", tmp_path / "nowhere")
+    assert result.returncode == 2 and "no such run folder" in result.stderr
+
+
+def test_checkpoint_from_another_architecture(run_copy, run_cli, data_dir):
+    before = _snapshot(run_copy)
+    config = (run_copy / "config.json").read_text().replace('"widths": [\n      4,', '"widths": [\n      6,')
+    (run_copy / "config.json").write_text(config)
+    result = run_cli("eval", "--run-dir", run_copy, "--data-dir", data_dir)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "written by another architecture" in errors[0]
+    after = _snapshot(run_copy)
+    del before[next(k for k in before if k.name == "config.json")], after[next(k for k in after if k.name == "config.json")]
+    assert after == before
+
+
+def test_missing_data_names_make_data(run_copy, run_cli, tmp_path):
+    result = run_cli("eval", "--run-dir", run_copy, "--data-dir", tmp_path / "no-data")
+    assert result.returncode == 2
+    assert "no MNIST file; run `make data`" in result.stderr
+    assert not (run_copy / "eval").exists()
+
+
+def test_corrupt_checkpoint_skipped_not_fatal(run_copy, data_dir):
+    path = checkpoint.path_for(run_copy, 8)
+    path.write_bytes(path.read_bytes()[:100])
+    messages = []
+    rows, _ = evaluate.evaluate_run(run_copy, data_dir, progress=False, log=messages.append)
+    assert sorted(rows) == [4, 12] and "step_0000008.npz" in messages[0]
