@@ -14,23 +14,49 @@ PAPER_THRESHOLD = 0.2  # fraction of the map's maximum (CAM paper §3.1)
 IOU_CORRECT = 0.5
 
 
-def largest_component_box(mask: np.ndarray) -> np.ndarray:
-    """Tight box of the largest 8-connected component of a (H, W) bool mask; (0, 0, 0, 0) if the mask is empty."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+# 8-connectivity within an image, none across the batch axis: one ndimage.label call labels a whole batch.
+_PER_IMAGE_8_CONNECTED = np.zeros((3, 3, 3), bool)
+_PER_IMAGE_8_CONNECTED[1] = True
+
+
+def tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) tight half-open box of each mask's True pixels; (0, 0, 0, 0) for an empty mask."""
+    rows, cols = masks.any(2), masks.any(1)  # (N, H), (N, W)
+    h, w = masks.shape[1:]
+    boxes = np.stack([rows.argmax(1), cols.argmax(1), h - rows[:, ::-1].argmax(1), w - cols[:, ::-1].argmax(1)], 1)
+    return np.where(rows.any(1)[:, None], boxes, 0).astype(np.int64)
+
+
+def largest_component_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) tight box of each image's largest 8-connected component; (0, 0, 0, 0) if empty.
+    Ties go to the component found first (top-most, then left-most)."""
+    masks = np.asarray(masks, bool)
+    n = len(masks)
+    labels, count = ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTED)
     if count == 0:
-        return np.zeros(4, np.int64)
-    sizes = np.bincount(labels.ravel())[1:]  # pixels per component, background excluded
-    rows, cols = ndimage.find_objects(labels)[int(sizes.argmax())]
-    return np.array([rows.start, cols.start, rows.stop, cols.stop], np.int64)
+        return np.zeros((n, 4), np.int64)
+    sizes = np.bincount(labels[labels > 0], minlength=count + 1)[1:]  # (count,) pixels per component
+    # label() numbers components in scan order, image after image: image n holds the labels up to the running
+    # maximum of the labels in images 0..n, so one searchsorted gives every component's image.
+    running_max = np.maximum.accumulate(labels.reshape(n, -1).max(1))
+    image = np.searchsorted(running_max, np.arange(1, count + 1))
+    order = np.lexsort((-sizes, image))  # by image, then largest first (stable: first-found wins ties)
+    first = order[np.r_[True, image[order][1:] != image[order][:-1]]]
+    chosen = np.zeros(n, labels.dtype)
+    chosen[image[first]] = first + 1
+    return tight_boxes(labels == chosen[:, None, None]) * (chosen > 0)[:, None]
+
+
+def keep_above(maps: np.ndarray, threshold: float) -> np.ndarray:
+    """(N, H, W) bool: pixels above ``threshold`` x each map's maximum. The maximum itself is always kept, so a
+    constant nonzero map keeps everything; an all-zero map keeps nothing."""
+    peak = maps.reshape(len(maps), -1).max(1)[:, None, None]  # (N, 1, 1)
+    return ((maps > threshold * peak) | (maps == peak)) & (peak > 0)
 
 
 def boxes_from_maps(maps: np.ndarray, threshold: float = PAPER_THRESHOLD) -> np.ndarray:
     """(N, H, W) maps -> (N, 4) boxes by the paper's protocol. An all-zero map gives the empty box."""
-    maps = np.asarray(maps, np.float32)
-    peak = maps.reshape(len(maps), -1).max(1)[:, None, None]  # (N, 1, 1)
-    keep = (maps > threshold * peak) & (peak > 0)  # strictly above: a constant map keeps everything...
-    keep |= (maps == peak) & (peak > 0)  # ...and the maximum itself always survives
-    return np.stack([largest_component_box(k) for k in keep]) if len(maps) else np.zeros((0, 4), np.int64)
+    return largest_component_boxes(keep_above(np.asarray(maps, np.float32), threshold))
 
 
 def box_area(boxes: np.ndarray) -> np.ndarray:

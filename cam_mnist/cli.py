@@ -133,15 +133,17 @@ def cmd_eval(args) -> None:
                                             canvas=args.canvas, distractors=args.distractors, data_seed=args.data_seed)
         out = run_dir / evaluate.EVAL
         steps = np.array(sorted(rows))
-        accuracy = np.array([float(rows[s]["test_accuracy"]) for s in steps])
+        column = lambda name: np.array([float(rows[s][name]) for s in steps])  # noqa: E731
         stem = final["csv"].stem
-        plotting.line_plot(out / f"{stem}.png", {run_dir.name: (steps, accuracy)}, "step", "test accuracy",
-                           f"{run_dir.name}: held-out test accuracy per step",
-                           hlines={"TF1 reference, reported (leaky test)": evaluate.REFERENCE_ACCURACY})
+        plotting.line_plot(out / f"{stem}.png", {"test accuracy": (steps, column("test_accuracy")),
+                                                 "CAM top-1 localization": (steps, column("cam_top1_loc"))},
+                           "step", "fraction of test images", f"{run_dir.name}: accuracy and localization per step",
+                           hlines={"TF1 reference accuracy, reported (leaky test)": evaluate.REFERENCE_ACCURACY})
         plotting.confusion_plot(out / f"confusion-{stem}.png", final["confusion"],
                                 f"step {final['step']}: accuracy {final['accuracy']:.2%}")
         print(f"\n{run_dir}: evaluated {len(final['evaluated'])} checkpoint(s), {len(rows)} in {final['csv']}")
-        print(_table(["step", "test_accuracy", "test_loss"], [[s, rows[s]["test_accuracy"], rows[s]["test_loss"]] for s in steps]))
+        columns = ["step", "test_accuracy", "test_loss", "cam_top1_loc", "cam_gt_known_loc"]
+        print(_table(columns, [[rows[s][c] for c in columns] for s in steps]))
         summary = {"run": run_dir.name, "preset": evaluate.load_run(run_dir).preset, "steps": final["step"],
                    "wall_s": rows[final["step"]]["wall_s"], "test_accuracy": f"{final['accuracy']:.4f}"}
         if args.robustness:
@@ -151,6 +153,10 @@ def cmd_eval(args) -> None:
             (out / "robustness.md").write_text(text + "\n")
             print(f"\nrobustness of step {robust[0]['step']} as clutter grows:\n{text}")
         finals.append(summary)
+        if args.localize:
+            from cam_mnist import localize_cli
+
+            localize_cli.run(localize_cli.default_args(run_dir=str(run_dir), data_dir=args.data_dir))
     text = _table(list(finals[0]), [list(f.values()) for f in finals])
     print(f"\nfinal:\n{text}")
     for run_dir in run_dirs:
@@ -230,11 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, help="evaluate on a test split generated with this seed")
     p.add_argument("--robustness", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the final checkpoint with 0, 4, 8 and 16 distractors")
+    p.add_argument("--localize", action="store_true", help="also run `localize` on the final checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
-    from cam_mnist import explain_cli
+    from cam_mnist import explain_cli, localize_cli
 
+    localize_cli.add_parser(commands)
     explain_cli.add_parser(commands)
 
     p = commands.add_parser("bench", help="speed measurements -> bench/results.json (what `make bench` runs)",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cam_mnist.boxes import tight_boxes
+
 DIGIT = 28  # side of an MNIST digit
 _CHUNK = 4096  # images composed at once: bounds the uint16 scratch canvas to ~80 MB at 100x100
 
@@ -112,10 +114,7 @@ def compose(pool: np.ndarray, draws: Draws, canvas: int, size: int) -> np.ndarra
 
 def digit_boxes(pool: np.ndarray) -> np.ndarray:
     """Tight box (y0, x0, y1, x1), half-open, of each 28x28 digit's nonzero pixels. (P, 28, 28) -> (P, 4)."""
-    rows, cols = pool.any(2), pool.any(1)  # (P, 28) each
-    first = lambda a: a.argmax(1)  # noqa: E731 - index of the first True
-    last = lambda a: DIGIT - a[:, ::-1].argmax(1)  # noqa: E731 - one past the last True
-    return np.stack([first(rows), first(cols), last(rows), last(cols)], 1).astype(np.int32)
+    return tight_boxes(pool > 0).astype(np.int32)
 
 
 def ground_truth_boxes(pool: np.ndarray, draws: Draws) -> np.ndarray:

@@ -44,6 +44,21 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def cam_localization(model, split: data.Split, predicted: np.ndarray) -> tuple[float, float]:
+    """CAM's top-1 and GT-known localization accuracy (CAM paper protocol) for the model's current weights."""
+    from cam_mnist.boxes import IOU_CORRECT, boxes_from_maps, iou
+    from cam_mnist.cams import get_method
+
+    cam = get_method(model, "cam")  # reads the current weights at every call
+    hit = iou(boxes_from_maps(cam(split.float_images(), split.labels)), split.boxes) >= IOU_CORRECT
+    wrong = np.flatnonzero(predicted != split.labels)  # the predicted-class map differs only where the class does
+    hit_predicted = hit.copy()
+    if len(wrong):
+        images = split.float_images(wrong)
+        hit_predicted[wrong] = iou(boxes_from_maps(cam(images, predicted[wrong])), split.boxes[wrong]) >= IOU_CORRECT
+    return float((hit_predicted & (predicted == split.labels)).mean()), float(hit.mean())
+
+
 # --------------------------------------------------------------------------------------------------- a run's model
 def load_run(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
@@ -121,8 +136,11 @@ def evaluate_run(run_dir: Path, data_dir: Path = data.DATA_DIR, force: bool = Fa
             log(f"skipping checkpoint: {e}")
             continue
         model.set_weights(state.model_weights)
-        metrics = classification_metrics(predict_probs(predict, split), split.labels)
+        probs = predict_probs(predict, split)
+        metrics = classification_metrics(probs, split.labels)
+        top1, gt_known = cam_localization(model, split, probs.argmax(1))
         rows[step] = {"step": step, "test_accuracy": f"{metrics['accuracy']:.5f}", "test_loss": f"{metrics['loss']:.5f}",
+                      "cam_top1_loc": f"{top1:.5f}", "cam_gt_known_loc": f"{gt_known:.5f}",
                       "wall_s": f"{state.extras.get('wall_s', float('nan')):.1f}",
                       **{f"acc_class_{c}": f"{a:.5f}" for c, a in enumerate(metrics["per_class"])}}
         final = (step, metrics)

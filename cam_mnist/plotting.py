@@ -130,3 +130,31 @@ def data_samples(path: Path, images: np.ndarray, boxes: np.ndarray, labels: np.n
             draw_box(tile, extra * 2)
         tiles.append(captioned(tile, f"label {np.atleast_1d(label).tolist()}"))
     save_png(path, grid(tiles, columns))
+
+
+def histograms(path: Path, series: dict[str, np.ndarray], xlabel: str, title: str, bins: int = 20) -> None:
+    """One step histogram per entry of ``series`` (label -> values in [0, 1]), on shared bins."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    edges = np.linspace(0, 1, bins + 1)
+    for label, values in series.items():
+        ax.hist(values, bins=edges, histtype="step", linewidth=1.5, label=label,
+                linestyle="--" if label.startswith("baseline") else "-")
+    ax.set(xlabel=xlabel, ylabel="images", title=title)
+    ax.legend(fontsize=7)
+    save_figure(path, fig)
+
+
+def method_grid(path: Path, images: np.ndarray, true_boxes: np.ndarray, methods: dict) -> None:
+    """Rows: images; columns: methods (name -> (maps, boxes)). Each tile: the map, its box (white) and the true
+    box (green)."""
+    green = np.array([0, 255, 0], np.uint8)
+    rows = []
+    for i, (image, truth) in enumerate(zip(images, true_boxes)):
+        tiles = []
+        for name, (maps, boxes) in methods.items():
+            tile = overlay(image, maps[i], boxes[i])
+            draw_box(tile, np.asarray(truth) * 2, colour=green)
+            tiles.append(captioned(tile, name[:30]) if i == 0 else tile)
+        rows.append(hstack(tiles))
+    width = max(r.shape[1] for r in rows)
+    save_png(path, np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows], 0))
