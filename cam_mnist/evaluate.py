@@ -109,8 +109,14 @@ def write_rows(path: Path, rows: dict[int, dict]) -> None:
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def evaluate_run(run_dir: Path, data_dir: Path = data.DATA_DIR, force: bool = False, progress: bool = True,
-                 log=print, **split_changes) -> tuple[dict[int, dict], dict]:
+def evaluate_run(
+    run_dir: Path,
+    data_dir: Path = data.DATA_DIR,
+    force: bool = False,
+    progress: bool = True,
+    log=print,
+    **split_changes,
+) -> tuple[dict[int, dict], dict]:
     """Score every not-yet-scored checkpoint; returns all rows by step and the newest checkpoint's metrics."""
     from tqdm import tqdm
 
@@ -118,8 +124,10 @@ def evaluate_run(run_dir: Path, data_dir: Path = data.DATA_DIR, force: bool = Fa
     config = load_run(run_dir)
     found = checkpoint.list_checkpoints(run_dir)
     if not found:
-        raise DataError(f"{run_dir}: no checkpoints in {run_dir / checkpoint.FOLDER}; "
-                        f"train with `python -m cam_mnist train --run-dir {run_dir}`")
+        raise DataError(
+            f"{run_dir}: no checkpoints in {run_dir / checkpoint.FOLDER}; "
+            f"train with `python -m cam_mnist train --run-dir {run_dir}`"
+        )
     settings, split = split_for(config, data_dir, **split_changes)
     model, predict = build_for(config, settings.canvas)
     path = run_dir / EVAL / csv_name(config.data, settings)
@@ -139,10 +147,15 @@ def evaluate_run(run_dir: Path, data_dir: Path = data.DATA_DIR, force: bool = Fa
         probs = predict_probs(predict, split)
         metrics = classification_metrics(probs, split.labels)
         top1, gt_known = cam_localization(model, split, probs.argmax(1))
-        rows[step] = {"step": step, "test_accuracy": f"{metrics['accuracy']:.5f}", "test_loss": f"{metrics['loss']:.5f}",
-                      "cam_top1_loc": f"{top1:.5f}", "cam_gt_known_loc": f"{gt_known:.5f}",
-                      "wall_s": f"{state.extras.get('wall_s', float('nan')):.1f}",
-                      **{f"acc_class_{c}": f"{a:.5f}" for c, a in enumerate(metrics["per_class"])}}
+        rows[step] = {
+            "step": step,
+            "test_accuracy": f"{metrics['accuracy']:.5f}",
+            "test_loss": f"{metrics['loss']:.5f}",
+            "cam_top1_loc": f"{top1:.5f}",
+            "cam_gt_known_loc": f"{gt_known:.5f}",
+            "wall_s": f"{state.extras.get('wall_s', float('nan')):.1f}",
+            **{f"acc_class_{c}": f"{a:.5f}" for c, a in enumerate(metrics["per_class"])},
+        }
         final = (step, metrics)
         evaluated.append(step)
     if final is None:

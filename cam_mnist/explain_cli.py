@@ -98,15 +98,19 @@ def run(args) -> int:
     images = np.stack(inputs)  # (N, H, W, C)
     probs = np.asarray(model.predict(images, verbose=0))
     k = 1 if args.class_index is not None else args.top_k
-    classes = np.full((len(images), 1), args.class_index) if k == 1 and args.class_index is not None \
-        else np.argsort(-probs, 1)[:, :k]  # (N, k)
+    classes = (
+        np.full((len(images), 1), args.class_index)
+        if k == 1 and args.class_index is not None
+        else np.argsort(-probs, 1)[:, :k]
+    )  # (N, k)
     if args.class_index is not None and not 0 <= args.class_index < probs.shape[1]:
         raise ExplainError(f"--class {args.class_index} out of range: the model has {probs.shape[1]} classes")
     maps = {}
     for method in methods:
         try:
-            maps[method] = explain(model, np.repeat(images, k, 0), method, classes.reshape(-1),
-                                   layer=args.layer).reshape(len(images), k, h, w)
+            maps[method] = explain(
+                model, np.repeat(images, k, 0), method, classes.reshape(-1), layer=args.layer
+            ).reshape(len(images), k, h, w)
         except ValueError as e:
             raise ExplainError(f"{model_path}: {method}: {e}") from None
 
@@ -119,47 +123,74 @@ def run(args) -> int:
         for method in methods:
             tiles = [plotting.captioned(plotting.overlay(images[i], np.zeros((h, w)), alpha=0.0), path.name[:24])]
             for j, cls in enumerate(classes[i]):
-                tiles.append(plotting.captioned(plotting.overlay(images[i], maps[method][i, j], box if j == 0 else None),
-                                                f"{method}: {cls} p={probs[i, cls]:.2f}"))
+                tiles.append(
+                    plotting.captioned(
+                        plotting.overlay(images[i], maps[method][i, j], box if j == 0 else None),
+                        f"{method}: {cls} p={probs[i, cls]:.2f}",
+                    )
+                )
             rows.append(plotting.hstack(tiles))
         target = out / f"{path.stem}_explained.png"
         plotting.save_png(target, np.concatenate(rows, 0))
-        records.append({"image": str(path), "output": str(target), "box_method": box_method,
-                        "box": [int(v) for v in box],
-                        "classes": [{"class": int(cls), "probability": round(float(probs[i, cls]), 5)} for cls in classes[i]]})
+        records.append(
+            {
+                "image": str(path),
+                "output": str(target),
+                "box_method": box_method,
+                "box": [int(v) for v in box],
+                "classes": [{"class": int(cls), "probability": round(float(probs[i, cls]), 5)} for cls in classes[i]],
+            }
+        )
     if args.json:
         print(json.dumps(records, indent=2))
     else:
         print(f"{'image':30s} {'class':>5s} {'prob':>7s}  box (y0, x0, y1, x1) from {box_method}")
         for r in records:
             top = r["classes"][0]
-            print(f"{Path(r['image']).name[:30]:30s} {top['class']:5d} {top['probability']:7.4f}  {tuple(r['box'])}"
-                  f"  -> {r['output']}")
+            print(
+                f"{Path(r['image']).name[:30]:30s} {top['class']:5d} {top['probability']:7.4f}  {tuple(r['box'])}"
+                f"  -> {r['output']}"
+            )
     return 2 if failures else 0
 
 
 def add_parser(commands) -> None:
     import argparse
 
-    p = commands.add_parser("explain", help="maps for your own images, with a trained run or any Keras model",
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="examples:\n  python -m cam_mnist explain digit.png --fit canvas\n"
-                            "  python -m cam_mnist explain photos/ --method all --top-k 5 --out out/explained\n"
-                            "  python -m cam_mnist explain cat.jpg --model my_model.keras --layer conv5 --json")
+    p = commands.add_parser(
+        "explain",
+        help="maps for your own images, with a trained run or any Keras model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m cam_mnist explain digit.png --fit canvas\n"
+        "  python -m cam_mnist explain photos/ --method all --top-k 5 --out out/explained\n"
+        "  python -m cam_mnist explain cat.jpg --model my_model.keras --layer conv5 --json",
+    )
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--run-dir", help="a training run (default: out/latest); uses its model.keras")
     source.add_argument("--model", help="any Keras 3 functional image classifier saved as .keras")
     p.add_argument("--layer", help="the 4-D layer to explain (default: the last one)")
-    p.add_argument("--method", default="cam", choices=MAP_METHODS + ["guided-backprop", "all"],
-                   help="which map; 'all' draws every method, one row each")
+    p.add_argument(
+        "--method",
+        default="cam",
+        choices=MAP_METHODS + ["guided-backprop", "all"],
+        help="which map; 'all' draws every method, one row each",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--class", dest="class_index", type=int, help="explain this class")
     which.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
-    p.add_argument("--fit", choices=["resize", "canvas"], default="resize",
-                   help="resize: stretch to the model's input; canvas: centre on a black canvas of that size")
-    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
-                   help="invert dark-on-light pictures (auto: when the picture is mostly bright)")
+    p.add_argument(
+        "--fit",
+        choices=["resize", "canvas"],
+        default="resize",
+        help="resize: stretch to the model's input; canvas: centre on a black canvas of that size",
+    )
+    p.add_argument(
+        "--invert",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="invert dark-on-light pictures (auto: when the picture is mostly bright)",
+    )
     p.add_argument("--out", default="out/explained", help="folder for the PNGs")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=run)

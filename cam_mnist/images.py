@@ -6,8 +6,9 @@ import numpy as np
 from PIL import Image
 
 
-def to_model_input(picture: Image.Image, size: tuple[int, int], channels: int, fit: str = "resize",
-                   invert: str = "auto") -> tuple[np.ndarray, list[str]]:
+def to_model_input(
+    picture: Image.Image, size: tuple[int, int], channels: int, fit: str = "resize", invert: str = "auto"
+) -> tuple[np.ndarray, list[str]]:
     """A PIL picture -> (H, W, C) float32 in [0, 1] for a model taking ``size`` (H, W) and ``channels``.
 
     fit: "resize" stretches to the model's size; "canvas" keeps the aspect ratio, shrinks the picture only if it

@@ -20,26 +20,38 @@ POINTING_TOLERANCE = 3  # pixels
 
 
 # ---------------------------------------------------------------------------------------------------------- boxes
-def box_metrics(maps_true: np.ndarray, maps_predicted: np.ndarray, correct: np.ndarray, true_boxes: np.ndarray,
-                threshold: float = bx.PAPER_THRESHOLD) -> dict:
+def box_metrics(
+    maps_true: np.ndarray,
+    maps_predicted: np.ndarray,
+    correct: np.ndarray,
+    true_boxes: np.ndarray,
+    threshold: float = bx.PAPER_THRESHOLD,
+) -> dict:
     """Top-1 localization (right class and IoU >= 0.5, predicted-class map), GT-known localization (true-class
     map), mean IoU, and MaxBoxAcc (GT-known accuracy at the best threshold)."""
     iou_true = bx.iou(bx.boxes_from_maps(maps_true, threshold), true_boxes)
     iou_predicted = bx.iou(bx.boxes_from_maps(maps_predicted, threshold), true_boxes)
-    per_threshold = [float((bx.iou(bx.boxes_from_maps(maps_true, t), true_boxes) >= bx.IOU_CORRECT).mean())
-                     for t in MAXBOX_THRESHOLDS]
+    per_threshold = [
+        float((bx.iou(bx.boxes_from_maps(maps_true, t), true_boxes) >= bx.IOU_CORRECT).mean())
+        for t in MAXBOX_THRESHOLDS
+    ]
     best = int(np.argmax(per_threshold))
-    return {"top1_loc": float((correct & (iou_predicted >= bx.IOU_CORRECT)).mean()),
-            "gt_known_loc": float((iou_true >= bx.IOU_CORRECT).mean()),
-            "mean_iou": float(iou_true.mean()),
-            "max_box_acc": per_threshold[best], "max_box_acc_threshold": float(MAXBOX_THRESHOLDS[best]),
-            "iou": iou_true}
+    return {
+        "top1_loc": float((correct & (iou_predicted >= bx.IOU_CORRECT)).mean()),
+        "gt_known_loc": float((iou_true >= bx.IOU_CORRECT).mean()),
+        "mean_iou": float(iou_true.mean()),
+        "max_box_acc": per_threshold[best],
+        "max_box_acc_threshold": float(MAXBOX_THRESHOLDS[best]),
+        "iou": iou_true,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ points and masks
 def pointing_metrics(maps: np.ndarray, masks: np.ndarray) -> dict:
-    return {"pointing": float(bx.pointing_game(maps, masks).mean()),
-            f"pointing_{POINTING_TOLERANCE}px": float(bx.pointing_game(maps, masks, POINTING_TOLERANCE).mean())}
+    return {
+        "pointing": float(bx.pointing_game(maps, masks).mean()),
+        f"pointing_{POINTING_TOLERANCE}px": float(bx.pointing_game(maps, masks, POINTING_TOLERANCE).mean()),
+    }
 
 
 def pixel_average_precision(maps: np.ndarray, masks: np.ndarray, bins: int = 1000) -> float:
@@ -57,22 +69,26 @@ def pixel_average_precision(maps: np.ndarray, masks: np.ndarray, bins: int = 100
 
 
 def segmentation_metrics(maps: np.ndarray, masks: np.ndarray, threshold: float = bx.PAPER_THRESHOLD) -> dict:
-    return {"mask_iou": float(bx.mask_iou(bx.keep_above(maps, threshold), masks).mean()),
-            "pixel_ap": pixel_average_precision(maps, masks)}
+    return {
+        "mask_iou": float(bx.mask_iou(bx.keep_above(maps, threshold), masks).mean()),
+        "pixel_ap": pixel_average_precision(maps, masks),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- faithfulness
-def average_drop_increase(predict, images: np.ndarray, maps: np.ndarray, targets: np.ndarray,
-                          batch: int = 500) -> dict:
+def average_drop_increase(predict, images: np.ndarray, maps: np.ndarray, targets: np.ndarray, batch: int = 500) -> dict:
     """Grad-CAM++ §5.1: Average Drop % = mean max(0, Y - O) / Y * 100, Increase in Confidence = % of images with
     O > Y, where Y is the target's probability on the image and O on the image multiplied by its map."""
     n = len(images)
     idx = np.arange(n)
     full = np.concatenate([predict(images[lo : lo + batch]) for lo in range(0, n, batch)])[idx, targets]
-    masked = np.concatenate([predict(images[lo : lo + batch] * maps[lo : lo + batch, ..., None])
-                             for lo in range(0, n, batch)])[idx, targets]
-    return {"average_drop_pct": float(np.mean(np.maximum(0, full - masked) / np.maximum(full, 1e-12)) * 100),
-            "increase_in_confidence_pct": float(np.mean(masked > full) * 100)}
+    masked = np.concatenate(
+        [predict(images[lo : lo + batch] * maps[lo : lo + batch, ..., None]) for lo in range(0, n, batch)]
+    )[idx, targets]
+    return {
+        "average_drop_pct": float(np.mean(np.maximum(0, full - masked) / np.maximum(full, 1e-12)) * 100),
+        "increase_in_confidence_pct": float(np.mean(masked > full) * 100),
+    }
 
 
 def auc(y: np.ndarray) -> np.ndarray:
@@ -80,8 +96,9 @@ def auc(y: np.ndarray) -> np.ndarray:
     return (y[..., 1:] + y[..., :-1]).sum(-1) / (2 * (y.shape[-1] - 1))
 
 
-def deletion_insertion(predict, images: np.ndarray, maps: np.ndarray, targets: np.ndarray, steps: int = 20,
-                       blur_sigma: float = 5.0) -> dict:
+def deletion_insertion(
+    predict, images: np.ndarray, maps: np.ndarray, targets: np.ndarray, steps: int = 20, blur_sigma: float = 5.0
+) -> dict:
     """RISE (Petsiuk et al. 2018): delete the most salient pixels first (to 0) / insert them first into a blurred
     image, in ``steps`` equal chunks; the AUC of the target's probability. Low deletion and high insertion are
     better. images (N, H, W, 1), maps (N, H, W)."""
@@ -95,7 +112,9 @@ def deletion_insertion(predict, images: np.ndarray, maps: np.ndarray, targets: n
     for k in np.linspace(0, h * w, steps + 1).astype(int):
         revealed = rank < k  # the k most salient pixels
         curves["deletion"].append(predict(np.where(revealed, 0.0, images).astype(np.float32))[np.arange(n), targets])
-        curves["insertion"].append(predict(np.where(revealed, images, blurred).astype(np.float32))[np.arange(n), targets])
+        curves["insertion"].append(
+            predict(np.where(revealed, images, blurred).astype(np.float32))[np.arange(n), targets]
+        )
     return {f"{name}_auc": float(auc(np.stack(values, 1)).mean()) for name, values in curves.items()}
 
 

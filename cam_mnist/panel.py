@@ -39,12 +39,18 @@ class Panel:
         tiles = []
         for i in range(len(self.images)):
             label, guess = int(self.labels[i]), int(predicted[i])
-            pair = plotting.hstack([
-                plotting.captioned(plotting.overlay(self.images[i], true_maps[i], self.boxes[i]),
-                                   f"true {label}  p={probs[i, label]:.2f}"),
-                plotting.captioned(plotting.overlay(self.images[i], predicted_maps[i], self.boxes[i]),
-                                   f"pred {guess}  p={probs[i, guess]:.2f}"),
-            ])
+            pair = plotting.hstack(
+                [
+                    plotting.captioned(
+                        plotting.overlay(self.images[i], true_maps[i], self.boxes[i]),
+                        f"true {label}  p={probs[i, label]:.2f}",
+                    ),
+                    plotting.captioned(
+                        plotting.overlay(self.images[i], predicted_maps[i], self.boxes[i]),
+                        f"pred {guess}  p={probs[i, guess]:.2f}",
+                    ),
+                ]
+            )
             plotting.save_png(Path(run_dir) / HEATMAPS / f"img_{i:02d}" / f"step_{step:07d}.png", pair)
             tiles.append(pair)
         page = plotting.captioned(plotting.grid(tiles, columns=4), f"step {step}: CAM of true | predicted class")
@@ -58,7 +64,10 @@ def write_gifs(run_dir: Path) -> int:
     folders = sorted(p for p in (Path(run_dir) / HEATMAPS).glob("img_*") if p.is_dir())
     for folder in folders:
         frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("step_*.png"))]
-        captioned = [plotting.captioned(f, f"step {int(p.stem[5:])}") for f, p in zip(frames, sorted(folder.glob("step_*.png")))]
+        captioned = [
+            plotting.captioned(f, f"step {int(p.stem[5:])}")
+            for f, p in zip(frames, sorted(folder.glob("step_*.png")), strict=True)
+        ]
         if captioned:
             plotting.save_gif(folder / "evolution.gif", captioned)
     return len(folders)
@@ -76,11 +85,15 @@ def write_index(run_dir: Path, title: str) -> Path:
         step = int(png.stem[5:])
         m = metrics.get(step, {})
         acc = f"{float(m['val_accuracy']):.2%}" if m.get("val_accuracy") else "n/a"
-        rows.append(f"<tr><td><b>step {step}</b><br>val accuracy {acc}<br>val loss {m.get('val_loss', 'n/a')}</td>"
-                    f"<td><img src='{png.relative_to(run_dir)}' width='800'></td></tr>")
-    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<h1>{html.escape(title)}</h1><p>CAM of the true class (left) and predicted class (right) for a fixed "
-            f"panel of test images; white box: the digit's true box.</p><table>{''.join(rows)}</table>")
+        rows.append(
+            f"<tr><td><b>step {step}</b><br>val accuracy {acc}<br>val loss {m.get('val_loss', 'n/a')}</td>"
+            f"<td><img src='{png.relative_to(run_dir)}' width='800'></td></tr>"
+        )
+    page = (
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<h1>{html.escape(title)}</h1><p>CAM of the true class (left) and predicted class (right) for a fixed "
+        f"panel of test images; white box: the digit's true box.</p><table>{''.join(rows)}</table>"
+    )
     path = run_dir / "index.html"
     path.write_text(page)
     return path

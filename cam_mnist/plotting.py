@@ -95,8 +95,15 @@ def save_figure(path: Path, fig) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def line_plot(path: Path, series: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ylabel: str,
-              title: str, hlines: dict[str, float] | None = None, ylim=None) -> None:
+def line_plot(
+    path: Path,
+    series: dict[str, tuple[np.ndarray, np.ndarray]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    hlines: dict[str, float] | None = None,
+    ylim=None,
+) -> None:
     """One line per entry of ``series`` (label -> (x, y)), dashed horizontal reference lines from ``hlines``."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for label, (x, y) in series.items():
@@ -117,14 +124,16 @@ def confusion_plot(path: Path, matrix: np.ndarray, title: str) -> None:
     ax.imshow(np.log1p(matrix), cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
-    ax.set(xlabel="predicted class", ylabel="true class", title=title, xticks=range(len(matrix)), yticks=range(len(matrix)))
+    ax.set(
+        xlabel="predicted class", ylabel="true class", title=title, xticks=range(len(matrix)), yticks=range(len(matrix))
+    )
     save_figure(path, fig)
 
 
 def data_samples(path: Path, images: np.ndarray, boxes: np.ndarray, labels: np.ndarray, columns: int = 8) -> None:
     """A grid of cluttered images with their true boxes drawn and labels written above."""
     tiles = []
-    for image, box, label in zip(images, boxes, labels):
+    for image, box, label in zip(images, boxes, labels, strict=True):
         tile = overlay(image, np.zeros(image.shape[:2]), box.reshape(-1, 4)[0], alpha=0.0)
         for extra in box.reshape(-1, 4)[1:]:
             draw_box(tile, extra * 2)
@@ -137,8 +146,14 @@ def histograms(path: Path, series: dict[str, np.ndarray], xlabel: str, title: st
     fig, ax = plt.subplots(figsize=(7, 4))
     edges = np.linspace(0, 1, bins + 1)
     for label, values in series.items():
-        ax.hist(values, bins=edges, histtype="step", linewidth=1.5, label=label,
-                linestyle="--" if label.startswith("baseline") else "-")
+        ax.hist(
+            values,
+            bins=edges,
+            histtype="step",
+            linewidth=1.5,
+            label=label,
+            linestyle="--" if label.startswith("baseline") else "-",
+        )
     ax.set(xlabel=xlabel, ylabel="images", title=title)
     ax.legend(fontsize=7)
     save_figure(path, fig)
@@ -149,7 +164,7 @@ def method_grid(path: Path, images: np.ndarray, true_boxes: np.ndarray, methods:
     box (green)."""
     green = np.array([0, 255, 0], np.uint8)
     rows = []
-    for i, (image, truth) in enumerate(zip(images, true_boxes)):
+    for i, (image, truth) in enumerate(zip(images, true_boxes, strict=True)):
         tiles = []
         for name, (maps, boxes) in methods.items():
             tile = overlay(image, maps[i], boxes[i])

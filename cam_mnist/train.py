@@ -30,8 +30,9 @@ def make_optimizer(config: TrainConfig):
 
     lr = config.lr
     if config.schedule == "cosine":  # linear warm-up to lr, then cosine decay to 0 at the last step
-        lr = keras.optimizers.schedules.CosineDecay(0.0, max(config.steps - config.warmup_steps, 1),
-                                                    warmup_target=config.lr, warmup_steps=config.warmup_steps)
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, max(config.steps - config.warmup_steps, 1), warmup_target=config.lr, warmup_steps=config.warmup_steps
+        )
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(lr)
     if config.weight_decay:
@@ -114,7 +115,7 @@ class Trainer:
             images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (B, H, W, 1) in [0, 1]
             with tf.GradientTape() as tape:
                 loss = loss_fn(labels, logits(images, training=True))
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
             return loss
 
         @tf.function(reduce_retracing=True)
@@ -187,11 +188,16 @@ class Trainer:
         drawer.snapshot(self.run_dir, step)
         val_acc, val_loss = evaluate(self.predict, self.val, t.val_size)
         count = acc["loss_count"]
-        row = {"step": step, "epoch": f"{step / self.steps_per_epoch:.3f}",
-               "train_loss": f"{acc['loss_sum'] / count:.5f}" if count else "",
-               "val_accuracy": f"{val_acc:.5f}", "val_loss": f"{val_loss:.5f}", "lr": f"{self.learning_rate():.6g}",
-               "elapsed_s": f"{acc['elapsed_s']:.1f}",
-               "images_per_s": f"{count * t.batch_size / acc['window_s']:.1f}" if count else ""}
+        row = {
+            "step": step,
+            "epoch": f"{step / self.steps_per_epoch:.3f}",
+            "train_loss": f"{acc['loss_sum'] / count:.5f}" if count else "",
+            "val_accuracy": f"{val_acc:.5f}",
+            "val_loss": f"{val_loss:.5f}",
+            "lr": f"{self.learning_rate():.6g}",
+            "elapsed_s": f"{acc['elapsed_s']:.1f}",
+            "images_per_s": f"{count * t.batch_size / acc['window_s']:.1f}" if count else "",
+        }
         rows.append(row)
         _write_metrics(self.run_dir / "metrics.csv", rows)
         self.log(f"step {step}: " + " ".join(f"{k}={row[k]}" for k in METRICS_FIELDS[2:]))
@@ -206,11 +212,16 @@ class Trainer:
         panel.write_gifs(self.run_dir)
         panel.write_index(self.run_dir, f"{self.run_dir.name}: test accuracy {test_acc:.2%}")
         t = self.config.train
-        summary = {"preset": self.config.preset, "steps": t.steps, "test_accuracy": test_acc, "test_loss": test_loss,
-                   "train_seconds": round(state.extras["elapsed_s"], 1) if state else None,
-                   "wall_seconds": round(state.extras["wall_s"], 1) if state else None,
-                   "images_per_s": round(t.steps * t.batch_size / state.extras["elapsed_s"], 1) if state else None,
-                   "test_images": len(self.test)}
+        summary = {
+            "preset": self.config.preset,
+            "steps": t.steps,
+            "test_accuracy": test_acc,
+            "test_loss": test_loss,
+            "train_seconds": round(state.extras["elapsed_s"], 1) if state else None,
+            "wall_seconds": round(state.extras["wall_s"], 1) if state else None,
+            "images_per_s": round(t.steps * t.batch_size / state.extras["elapsed_s"], 1) if state else None,
+            "test_images": len(self.test),
+        }
         atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         self.log(f"done: test accuracy {test_acc:.4f} (loss {test_loss:.4f}) on {len(self.test)} held-out images")
         return summary
@@ -220,4 +231,3 @@ def _progress(enabled: bool, start: int, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.05)
-

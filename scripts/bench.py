@@ -80,15 +80,20 @@ def training_throughput(preset: str, steps: int = 10) -> dict:
     def step():
         with tf.GradientTape() as tape:
             loss = loss_fn(labels, logits(images, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
     seconds = best_of(lambda: [step() for _ in range(steps)][-1].numpy())
     rate = b * steps / seconds
     flops = forward_flops(model)
-    return {"preset": preset, "batch_size": b, "images_per_s": round(rate, 1), "params": model.count_params(),
-            "forward_mflops_per_image": round(flops / 1e6, 1),
-            "train_gflops_per_s": round(3 * flops * rate / 1e9, 1)}
+    return {
+        "preset": preset,
+        "batch_size": b,
+        "images_per_s": round(rate, 1),
+        "params": model.count_params(),
+        "forward_mflops_per_image": round(flops / 1e6, 1),
+        "train_gflops_per_s": round(3 * flops * rate / 1e9, 1),
+    }
 
 
 def cam_family(model, images, slow_images: int) -> list[dict]:
@@ -97,7 +102,7 @@ def cam_family(model, images, slow_images: int) -> list[dict]:
         n = min(slow_images, len(images)) if name in SLOW else len(images)
         explainer = get_method(model, name)
         explainer(images[: explainer.batch_size])  # trace once
-        seconds = best_of(lambda: explainer(images[:n], "predicted"), repeats=1)
+        seconds = best_of(lambda explainer=explainer, n=n: explainer(images[:n], "predicted"), repeats=1)
         rows.append({"method": name, "images": n, "maps_per_s": round(n / seconds, 1)})
         print(f"  {name:16s} {n / seconds:10.1f} maps/s ({n} images)", flush=True)
     return rows
@@ -112,19 +117,35 @@ def tf_keras_vis(model, images, n: int, batch: int = 128) -> list[dict]:
     logits = logits_model(model)
     targets = np.asarray(model.predict(images[:n], batch_size=500, verbose=0)).argmax(1)
     rows = []
-    for name, tool_class, ours in (("gradcam", Gradcam, "gradcam"), ("gradcam++", GradcamPlusPlus, "gradcam++")):
+    for tool_class, ours in ((Gradcam, "gradcam"), (GradcamPlusPlus, "gradcam++")):
         tool = tool_class(logits, clone=False)
 
-        def run():
-            return np.concatenate([tool(CategoricalScore(list(targets[lo : lo + batch])), images[lo : lo + batch],
-                                        penultimate_layer="cam_features") for lo in range(0, n, batch)])
+        def run(tool=tool):
+            return np.concatenate(
+                [
+                    tool(
+                        CategoricalScore(list(targets[lo : lo + batch])),
+                        images[lo : lo + batch],
+                        penultimate_layer="cam_features",
+                    )
+                    for lo in range(0, n, batch)
+                ]
+            )
 
         run_first = run()  # warm-up, and the maps to compare
         seconds = best_of(run, repeats=1)
         mine = get_method(model, ours)(images[:n], targets)
-        corr = np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(run_first, mine) if b.std() > 0])
-        rows.append({"method": f"tf-keras-vis {tool_class.__name__}", "images": n, "maps_per_s": round(n / seconds, 1),
-                     "mean_correlation_with_ours": round(float(corr), 5)})
+        corr = np.mean(
+            [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(run_first, mine, strict=True) if b.std() > 0]
+        )
+        rows.append(
+            {
+                "method": f"tf-keras-vis {tool_class.__name__}",
+                "images": n,
+                "maps_per_s": round(n / seconds, 1),
+                "mean_correlation_with_ours": round(float(corr), 5),
+            }
+        )
         print(f"  {rows[-1]['method']:28s} {n / seconds:10.1f} maps/s, correlation with ours {corr:.5f}", flush=True)
     return rows
 
@@ -138,9 +159,16 @@ def main() -> None:
     parser.add_argument("--out", default="bench", help="folder for results.json and results.md")
     args = parser.parse_args()
 
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                           "tensorflow": tf.__version__, "keras": keras.__version__},
-               "date": time.strftime("%Y-%m-%d")}
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "date": time.strftime("%Y-%m-%d"),
+    }
     peak = matmul_peak()
     results["matmul_peak_gflops"] = round(peak, 1)
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
@@ -149,7 +177,9 @@ def main() -> None:
         row = training_throughput(preset)
         row["share_of_matmul_peak"] = round(row["train_gflops_per_s"] / peak, 3)
         results["training"].append(row)
-        print(f"training {preset}: {row['images_per_s']} images/s, {row['share_of_matmul_peak']:.1%} of peak", flush=True)
+        print(
+            f"training {preset}: {row['images_per_s']} images/s, {row['share_of_matmul_peak']:.1%} of peak", flush=True
+        )
 
     model_path = Path(args.run_dir) / "model.keras"
     if model_path.exists():
@@ -162,9 +192,11 @@ def main() -> None:
         results["reference"] = tf_keras_vis(model, images, min(args.reference_images, len(images)))
         ours = {r["method"]: r["maps_per_s"] for r in results["cams"]}
         theirs = {r["method"].split()[-1]: r["maps_per_s"] for r in results["reference"]}
-        results["speedup"] = {"gradcam_vs_tf_keras_vis_gradcam": round(ours["gradcam"] / theirs["Gradcam"], 1),
-                              "gradcam++_vs_tf_keras_vis_gradcam++": round(ours["gradcam++"] / theirs["GradcamPlusPlus"], 1),
-                              "cam_vs_tf_keras_vis_gradcam": round(ours["cam"] / theirs["Gradcam"], 1)}
+        results["speedup"] = {
+            "gradcam_vs_tf_keras_vis_gradcam": round(ours["gradcam"] / theirs["Gradcam"], 1),
+            "gradcam++_vs_tf_keras_vis_gradcam++": round(ours["gradcam++"] / theirs["GradcamPlusPlus"], 1),
+            "cam_vs_tf_keras_vis_gradcam": round(ours["cam"] / theirs["Gradcam"], 1),
+        }
         print(f"speed-ups: {results['speedup']}")
     else:
         print(f"no trained model at {model_path}: CAM-family timings skipped (run `make train` first)")
@@ -177,19 +209,32 @@ def main() -> None:
 
 
 def to_markdown(r: dict) -> str:
-    lines = [f"Measured {r['date']} on {r['machine']['cpus']} CPU cores, TensorFlow {r['machine']['tensorflow']}, "
-             f"Keras {r['machine']['keras']}. float32 matmul peak: {r['matmul_peak_gflops']} GFLOP/s.", "",
-             "| preset | batch | images/s | forward MFLOP/image | training GFLOP/s | share of matmul peak |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {r['date']} on {r['machine']['cpus']} CPU cores, TensorFlow {r['machine']['tensorflow']}, "
+        f"Keras {r['machine']['keras']}. float32 matmul peak: {r['matmul_peak_gflops']} GFLOP/s.",
+        "",
+        "| preset | batch | images/s | forward MFLOP/image | training GFLOP/s | share of matmul peak |",
+        "|---|---|---|---|---|---|",
+    ]
     for t in r["training"]:
-        lines.append(f"| {t['preset']} | {t['batch_size']} | {t['images_per_s']} | {t['forward_mflops_per_image']} | "
-                     f"{t['train_gflops_per_s']} | {t['share_of_matmul_peak']:.1%} |")
+        lines.append(
+            f"| {t['preset']} | {t['batch_size']} | {t['images_per_s']} | {t['forward_mflops_per_image']} | "
+            f"{t['train_gflops_per_s']} | {t['share_of_matmul_peak']:.1%} |"
+        )
     if "cams" in r:
-        lines += ["", f"Maps per second on `{r['cam_run']}` (100x100 test images, predicted class):", "",
-                  "| method | images | maps/s |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Maps per second on `{r['cam_run']}` (100x100 test images, predicted class):",
+            "",
+            "| method | images | maps/s |",
+            "|---|---|---|",
+        ]
         lines += [f"| {c['method']} | {c['images']} | {c['maps_per_s']} |" for c in r["cams"]]
-        lines += [f"| {c['method']} (correlation with ours {c['mean_correlation_with_ours']}) | {c['images']} | "
-                  f"{c['maps_per_s']} |" for c in r["reference"]]
+        lines += [
+            f"| {c['method']} (correlation with ours {c['mean_correlation_with_ours']}) | {c['images']} | "
+            f"{c['maps_per_s']} |"
+            for c in r["reference"]
+        ]
         lines += ["", "Speed-ups: " + ", ".join(f"{k} {v}x" for k, v in r["speedup"].items())]
     return "\n".join(lines) + "\n"
 

@@ -72,8 +72,9 @@ def _tf_keras_vis(kind, model, images, targets, layer):
     from tf_keras_vis.utils.scores import CategoricalScore
 
     tool = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus}[kind](model, clone=True)
-    return np.asarray(tool(CategoricalScore(list(targets)), images, penultimate_layer=layer, normalize_cam=False,
-                           expand_cam=False))
+    return np.asarray(
+        tool(CategoricalScore(list(targets)), images, penultimate_layer=layer, normalize_cam=False, expand_cam=False)
+    )
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
@@ -83,7 +84,7 @@ def test_agrees_with_tf_keras_vis(method, images):
     _, ours = explain(model, images, method, targets, layer="target", raw=True)
     theirs = _tf_keras_vis(method, model, images, targets, "target")
     assert ours.shape == theirs.shape == (N, 16, 16)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         if b.max() > 0:
             assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999
 
@@ -133,7 +134,9 @@ def test_guided_backprop_blocks_negative_gradients():
     inputs = keras.Input((4, 4, 1))
     conv = layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", name="features")(inputs)
     act = layers.ReLU(name="relu")(conv)
-    logits = layers.Dense(1, use_bias=False, kernel_initializer="ones", name="logits")(layers.GlobalAveragePooling2D()(act))
+    logits = layers.Dense(1, use_bias=False, kernel_initializer="ones", name="logits")(
+        layers.GlobalAveragePooling2D()(act)
+    )
     model = keras.Model(inputs, logits)
     image = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 4, 4, 1)
     _, raw = explain(model, image, "guided-backprop", 0, raw=True, layer="features")
@@ -189,17 +192,26 @@ def test_second_call_reuses_the_graph(model, images):
     assert explainer._graph.experimental_get_tracing_count() == traced
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m, x: explain(m, x, "gradcamm"), "unknown method 'gradcamm'"),
-    (lambda m, x: explain(m, x, "gradcam", layer="nope"), "has no layer 'nope'; its 4-D layers are: conv, features"),
-    (lambda m, x: explain(m, x, "gradcam", layer="gap"), "layer 'gap' has output shape .* not 4-D"),
-    (lambda m, x: explain(m, x, "cam", targets=3), "class index 3 out of range: the model has 3 classes"),
-    (lambda m, x: explain(m, x, "cam", targets=[0, 1]), "got 2 targets for 6 images"),
-    (lambda m, x: explain(m, x[0], "cam"), r"images must be \(N, H, W, C\).*add a batch axis"),
-    (lambda m, x: explain(m, np.zeros((2, 20, 20, 1)), "cam"), r"images have size \(20, 20, 1\), the model takes \(16, 16, 1\)"),
-    (lambda m, x: explain(m, x, "cam", targets="true"), "targets must be 'predicted'"),
-    (lambda m, x: explain(m, x, "occlusion", patch=40), "occlusion patch must be in 1..16"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, x: explain(m, x, "gradcamm"), "unknown method 'gradcamm'"),
+        (
+            lambda m, x: explain(m, x, "gradcam", layer="nope"),
+            "has no layer 'nope'; its 4-D layers are: conv, features",
+        ),
+        (lambda m, x: explain(m, x, "gradcam", layer="gap"), "layer 'gap' has output shape .* not 4-D"),
+        (lambda m, x: explain(m, x, "cam", targets=3), "class index 3 out of range: the model has 3 classes"),
+        (lambda m, x: explain(m, x, "cam", targets=[0, 1]), "got 2 targets for 6 images"),
+        (lambda m, x: explain(m, x[0], "cam"), r"images must be \(N, H, W, C\).*add a batch axis"),
+        (
+            lambda m, x: explain(m, np.zeros((2, 20, 20, 1)), "cam"),
+            r"images have size \(20, 20, 1\), the model takes \(16, 16, 1\)",
+        ),
+        (lambda m, x: explain(m, x, "cam", targets="true"), "targets must be 'predicted'"),
+        (lambda m, x: explain(m, x, "occlusion", patch=40), "occlusion patch must be in 1..16"),
+    ],
+)
 def test_bad_input_messages(call, message, model, images):
     with pytest.raises(ValueError, match=message):
         call(model, images)

@@ -61,9 +61,13 @@ def test_digit_box_hand_made():
 
 def test_clutter_is_added_and_clipped():
     pool = np.full((2, 28, 28), 200, np.uint8)
-    draws = clutter.Draws(digit_index=np.array([[0]]), position=np.array([[[0, 0]]]),
-                          distractor_index=np.array([[1]]), crop_origin=np.array([[[0, 0]]]),
-                          distractor_position=np.array([[[20, 20]]]))
+    draws = clutter.Draws(
+        digit_index=np.array([[0]]),
+        position=np.array([[[0, 0]]]),
+        distractor_index=np.array([[1]]),
+        crop_origin=np.array([[[0, 0]]]),
+        distractor_position=np.array([[[20, 20]]]),
+    )
     image = clutter.compose(pool, draws, canvas=40, size=8)[0]
     assert image[0, 0] == 200 and image[39, 39] == 0
     assert image[20, 20] == 255  # 200 + 200 clipped, as the reference clips to [0, 1]

@@ -31,8 +31,9 @@ def test_eval_twice_same_csv(run_copy, run_cli, data_dir):
     assert "evaluated 3 checkpoint(s)" in forced.stdout and csv.read_bytes() == before
     for name in ("accuracy_per_step.png", "confusion-accuracy_per_step.png", "final.md", "robustness.md"):
         assert (run_copy / "eval" / name).stat().st_size > 0
-    assert [line.split("|")[1].strip() for line in (run_copy / "eval" / "robustness.md").read_text().splitlines()[2:]] \
-        == ["0", "4", "8", "16"]
+    assert [
+        line.split("|")[1].strip() for line in (run_copy / "eval" / "robustness.md").read_text().splitlines()[2:]
+    ] == ["0", "4", "8", "16"]
 
 
 def test_rows_match_training_metrics(run_copy, data_dir):
@@ -77,7 +78,10 @@ def test_checkpoint_from_another_architecture(run_copy, run_cli, data_dir):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "written by another architecture" in errors[0]
     after = _snapshot(run_copy)
-    del before[next(k for k in before if k.name == "config.json")], after[next(k for k in after if k.name == "config.json")]
+    del (
+        before[next(k for k in before if k.name == "config.json")],
+        after[next(k for k in after if k.name == "config.json")],
+    )
     assert after == before
 
 

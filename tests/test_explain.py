@@ -43,8 +43,19 @@ def test_colour_jpeg_of_another_size(tiny_run, tmp_path, run_cli):
     picture = np.full((75, 120, 3), 235, np.uint8)
     picture[20:55, 50:62] = (30, 30, 160)  # a dark stroke on light paper
     Image.fromarray(picture).save(tmp_path / "photo.jpg")
-    result = run_cli("explain", tmp_path / "photo.jpg", "--run-dir", tiny_run, "--fit", "canvas", "--top-k", "3",
-                     "--out", tmp_path / "out", "--json")
+    result = run_cli(
+        "explain",
+        tmp_path / "photo.jpg",
+        "--run-dir",
+        tiny_run,
+        "--fit",
+        "canvas",
+        "--top-k",
+        "3",
+        "--out",
+        tmp_path / "out",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert "inverted (dark on light)" in result.stderr and "resized 120x75" in result.stderr
     record = json.loads(result.stdout)[0]
@@ -88,8 +99,17 @@ def test_cam_needs_gap_head_but_gradcam_works(test_png, tmp_path, run_cli):
     model.save(tmp_path / "flat_head.keras")
     result = run_cli("explain", test_png[0], "--model", tmp_path / "flat_head.keras", "--method", "cam")
     assert result.returncode == 2 and "CAM needs the layer 'conv'" in result.stderr
-    result = run_cli("explain", test_png[0], "--model", tmp_path / "flat_head.keras", "--method", "gradcam",
-                     "--out", tmp_path, "--json")
+    result = run_cli(
+        "explain",
+        test_png[0],
+        "--model",
+        tmp_path / "flat_head.keras",
+        "--method",
+        "gradcam",
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["box_method"] == "gradcam"
 

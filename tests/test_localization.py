@@ -87,7 +87,9 @@ def test_baselines():
     truth = np.array([[0, 0, 20, 10], [50, 50, 70, 60]])
     centre = loc.baseline_maps("centre", truth, (2, 100, 100))
     np.testing.assert_array_equal(bx.boxes_from_maps(centre), [[40, 45, 60, 55]] * 2)
-    np.testing.assert_array_equal(bx.boxes_from_maps(loc.baseline_maps("full", truth, (2, 100, 100))), [[0, 0, 100, 100]] * 2)
+    np.testing.assert_array_equal(
+        bx.boxes_from_maps(loc.baseline_maps("full", truth, (2, 100, 100))), [[0, 0, 100, 100]] * 2
+    )
     random = loc.baseline_maps("random", truth, (2, 100, 100))
     assert random.shape == (2, 100, 100) and 0 <= random.min() and random.max() <= 1
 
@@ -111,7 +113,9 @@ def test_average_drop_and_increase(brightness_model):
     darker = loc.average_drop_increase(brightness_model, images, half, np.array([1, 1]))
     full, dimmed = brightness_model(images)[0, 1], brightness_model(images * 0.5)[0, 1]
     assert darker["average_drop_pct"] == pytest.approx((full - dimmed) / full * 100, rel=1e-5)
-    assert loc.average_drop_increase(brightness_model, images, half, np.array([0, 0]))["increase_in_confidence_pct"] == 100
+    assert (
+        loc.average_drop_increase(brightness_model, images, half, np.array([0, 0]))["increase_in_confidence_pct"] == 100
+    )
 
 
 def test_deletion_insertion_directions(brightness_model):

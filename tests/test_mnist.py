@@ -34,7 +34,10 @@ def test_unpickler_admits_numpy_arrays():
 
 def test_real_mnist_splits(digits):
     assert {k: v.images.shape for k, v in digits.items()} == {
-        "train": (50_000, 28, 28), "val": (10_000, 28, 28), "test": (10_000, 28, 28)}
+        "train": (50_000, 28, 28),
+        "val": (10_000, 28, 28),
+        "test": (10_000, 28, 28),
+    }
     assert all(v.images.dtype == np.uint8 for v in digits.values())
     # The classic split's first labels (LeCun's files start 5 0 4 1 9 / 7 2 1 0 4).
     assert digits["train"].labels[:5].tolist() == [5, 0, 4, 1, 9]
@@ -106,8 +109,13 @@ def test_idx_folder_gives_classic_split(tmp_path, digits):
 
 def test_keras_npz_wrong_shape(tmp_path):
     path = tmp_path / "mnist.npz"
-    np.savez(path, x_train=np.zeros((60_000, 32, 32), np.uint8), y_train=np.zeros(60_000, np.uint8),
-             x_test=np.zeros((10_000, 28, 28), np.uint8), y_test=np.zeros(10_000, np.uint8))
+    np.savez(
+        path,
+        x_train=np.zeros((60_000, 32, 32), np.uint8),
+        y_train=np.zeros(60_000, np.uint8),
+        x_test=np.zeros((10_000, 28, 28), np.uint8),
+        y_test=np.zeros(10_000, np.uint8),
+    )
     with pytest.raises(DataError, match=r"train images have shape \(60000, 32, 32\)"):
         mnist.digits_from_keras_npz(path)
     path.write_bytes(path.read_bytes()[:1000])

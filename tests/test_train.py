@@ -18,8 +18,16 @@ LONG_TINY = ["--preset", "tiny", "--steps", "300", "--checkpoint-every", "4", "-
 
 def test_tiny_run_writes_everything(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
-    assert {"config.json", "train.log", "metrics.csv", "checkpoints", "heatmaps", "index.html", "model.keras",
-            "summary.json"} <= names
+    assert {
+        "config.json",
+        "train.log",
+        "metrics.csv",
+        "checkpoints",
+        "heatmaps",
+        "index.html",
+        "model.keras",
+        "summary.json",
+    } <= names
     steps = [0, 4, 8, 12]
     for i in range(4):  # per image per step, plus the animation
         folder = tiny_run / "heatmaps" / f"img_{i:02d}"
@@ -49,9 +57,24 @@ def _weights(path):
 
 def _start(run_dir, data_dir, root):
     env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, "-m", "cam_mnist", "train", *LONG_TINY, "--run-dir", str(run_dir),
-                             "--data-dir", str(data_dir)], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cam_mnist",
+            "train",
+            *LONG_TINY,
+            "--run-dir",
+            str(run_dir),
+            "--data-dir",
+            str(data_dir),
+        ],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint(process, run_dir, step, timeout=120):
@@ -113,17 +136,26 @@ def test_resume_refuses_clashing_flags(tiny_run, run_cli, repo_root):
 
 def test_only_newest_checkpoints_kept(tmp_path, data_dir, run_cli, repo_root):
     run_dir = tmp_path / "keep"
-    result = run_cli("train", "--preset", "tiny", "--keep-checkpoints", "2", "--run-dir", run_dir, "--quiet",
-                     "--data-dir", data_dir)
+    result = run_cli(
+        "train", "--preset", "tiny", "--keep-checkpoints", "2", "--run-dir", run_dir, "--quiet", "--data-dir", data_dir
+    )
     assert result.returncode == 0, result.stderr
     assert [s for s, _ in checkpoint.list_checkpoints(run_dir)] == [8, 12]
 
 
 def test_config_round_trip_and_overrides(tmp_path):
     parser = __import__("cam_mnist.cli", fromlist=["build_parser"]).build_parser()
-    args = parser.parse_args(["train", "--preset", "seed", "--steps", "7", "--widths", "8", "8", "8", "--no-batch-norm"])
+    args = parser.parse_args(
+        ["train", "--preset", "seed", "--steps", "7", "--widths", "8", "8", "8", "--no-batch-norm"]
+    )
     c = config.config_from_args(args)
-    assert (c.model.arch, c.train.lr, c.train.steps, c.model.widths, c.model.batch_norm) == ("lenet", 0.5, 7, (8, 8, 8), False)
+    assert (c.model.arch, c.train.lr, c.train.steps, c.model.widths, c.model.batch_norm) == (
+        "lenet",
+        0.5,
+        7,
+        (8, 8, 8),
+        False,
+    )
     c.save(tmp_path / "config.json")
     assert config.RunConfig.load(tmp_path / "config.json") == c
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):

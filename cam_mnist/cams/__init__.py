@@ -10,8 +10,9 @@ from cam_mnist.cams.base import BaseCAM
 from cam_mnist.cams.methods import CAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from cam_mnist.cams.pixels import GuidedBackprop, GuidedGradCAM, Occlusion
 
-METHODS: dict[str, type[BaseCAM]] = {m.name: m for m in (
-    CAM, GradCAM, GradCAMPlusPlus, ScoreCAM, LayerCAM, GuidedBackprop, GuidedGradCAM, Occlusion)}
+METHODS: dict[str, type[BaseCAM]] = {
+    m.name: m for m in (CAM, GradCAM, GradCAMPlusPlus, ScoreCAM, LayerCAM, GuidedBackprop, GuidedGradCAM, Occlusion)
+}
 
 # One method object per (model, method, layer, options): its traced graph is reused, so a second call is fast.
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -28,8 +29,16 @@ def get_method(model, method: str = "gradcam", layer: str | None = None, **optio
     return per_model[key]
 
 
-def explain(model, images, method: str = "gradcam", targets="predicted", layer: str | None = None,
-            top_k: int | None = None, raw: bool = False, **options):
+def explain(
+    model,
+    images,
+    method: str = "gradcam",
+    targets="predicted",
+    layer: str | None = None,
+    top_k: int | None = None,
+    raw: bool = False,
+    **options,
+):
     """Explanation maps of ``model`` for ``images`` (N, H, W[, C]): (N, H, W) float32 in [0, 1].
 
     Args:
@@ -63,5 +72,17 @@ def explain(model, images, method: str = "gradcam", targets="predicted", layer: 
     return tuple(map(reshape, result)) if raw else reshape(result)
 
 
-__all__ = ["BaseCAM", "CAM", "GradCAM", "GradCAMPlusPlus", "ScoreCAM", "LayerCAM", "GuidedBackprop",
-           "GuidedGradCAM", "Occlusion", "METHODS", "explain", "get_method"]
+__all__ = [
+    "BaseCAM",
+    "CAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "ScoreCAM",
+    "LayerCAM",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "Occlusion",
+    "METHODS",
+    "explain",
+    "get_method",
+]

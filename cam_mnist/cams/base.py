@@ -99,7 +99,7 @@ class BaseCAM:
             if n < b and len(images) > b:  # pad the last batch so the graph keeps one shape
                 x = np.concatenate([x, np.repeat(x[-1:], b - n, 0)])
                 t = np.concatenate([t, np.repeat(t[-1:], b - n, 0)])
-            for out, value in zip(outs, self._graph(tf.constant(x), tf.constant(t))):
+            for out, value in zip(outs, self._graph(tf.constant(x), tf.constant(t)), strict=True):
                 out.append(value.numpy()[:n])
         maps, raw_maps, explained = (np.concatenate(o) for o in outs)
         self.last_targets = explained  # (N,) the classes explained, predicted ones resolved
@@ -111,7 +111,9 @@ class BaseCAM:
             images = images[..., None]  # (N, H, W) grey images are accepted for 1-channel models
         if images.ndim != 4:
             hint = " (one image? add a batch axis: images[None])" if images.shape == self.input_shape else ""
-            raise ValueError(f"images must be (N, H, W, C) (or (N, H, W) for grey models), got shape {images.shape}{hint}")
+            raise ValueError(
+                f"images must be (N, H, W, C) (or (N, H, W) for grey models), got shape {images.shape}{hint}"
+            )
         if images.shape[1:] != self.input_shape:
             raise ValueError(f"images have size {images.shape[1:]}, the model takes {self.input_shape}")
         return images

@@ -85,4 +85,5 @@ def gap_linear_kernel(model: keras.Model, layer) -> tf.Variable:
                     return dense.kernel
     raise ValueError(
         f"CAM needs the layer {layer.name!r} to feed GlobalAveragePooling2D -> Dense directly (the CAM paper's "
-        f"architecture); model {model.name!r} has no such head: use gradcam instead")
+        f"architecture); model {model.name!r} has no such head: use gradcam instead"
+    )

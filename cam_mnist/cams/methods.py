@@ -1,7 +1,7 @@
 """The channel-weighted methods: each one is its weights, with the equation it implements.
 
-Shapes: images (B, H, W, C); activations A (B, h, w, K); grads dy^c/dA (B, h, w, K) or None; targets (B,); the returned weights are (B, K), or (B, h, w, K)
-for methods that weight every cell.
+Shapes: images (B, H, W, C); activations A (B, h, w, K); grads dy^c/dA (B, h, w, K) or None; targets (B,);
+the returned weights are (B, K), or (B, h, w, K) for methods that weight every cell.
 """
 
 from __future__ import annotations

@@ -103,5 +103,7 @@ class Occlusion(BaseCAM):
         occluded = images[:, None] * keep + self.baseline * (1.0 - keep)  # (B, P, H, W, C)
         _, occluded_scores = self.head.forward(tf.reshape(occluded, (-1, *self.input_shape)))  # (B*P, classes)
         occluded_scores = tf.reshape(occluded_scores, (b, p, -1))
-        drop = tf.gather(scores, targets, batch_dims=1)[:, None] - tf.gather(occluded_scores, targets, axis=2, batch_dims=1)
+        drop = tf.gather(scores, targets, batch_dims=1)[:, None] - tf.gather(
+            occluded_scores, targets, axis=2, batch_dims=1
+        )
         return tf.nn.relu(tf.einsum("bp,phw->bhw", drop, self.masks) / self.coverage), targets  # (B, H, W)
