@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: setup data train eval test bench lint clean
+.PHONY: setup data train eval localize test bench lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ train: setup         ## train the default model; ARGS="--preset seed" etc. (pyth
 
 eval: setup          ## test accuracy per checkpoint of the newest run (or ARGS="--run-dir out/<run>")
 	$(PY) -m cam_mnist eval $(ARGS)
+
+localize: setup      ## localization, segmentation and faithfulness of every CAM method on the newest run
+	$(PY) -m cam_mnist localize $(ARGS)
 
 test: setup          ## the whole suite, a few minutes on 2 CPU cores
 	$(PY) -m pytest $(ARGS)

@@ -42,8 +42,9 @@ def _fast(x, config: ModelConfig):
         return x
 
     w = config.widths
-    x = layers.ReLU(name="relu1")(conv(x, w[0], 5, 2, "conv1"))  # (B, H/2, W/2, w0)
-    x = layers.MaxPooling2D(name="pool1")(x)  # (B, H/4, W/4, w0)
+    x = layers.ReLU(name="relu1")(conv(x, w[0], 5, config.stem_stride, "conv1"))  # (B, H/s, W/s, w0)
+    if config.stem_stride == 2:
+        x = layers.MaxPooling2D(name="pool1")(x)  # (B, H/4, W/4, w0)
     x = layers.ReLU(name="relu2")(conv(x, w[1], 3, 1, "conv2"))
     x = layers.MaxPooling2D(name="pool2")(x)  # (B, H/8, W/8, w1)
     for i, width in enumerate(w[2:-1], start=3):
