@@ -220,6 +220,12 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ the parser
+def command_parser(commands, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with its examples, each one a line of ``python -m cam_mnist ...``."""
+    epilog = "examples:\n" + "\n".join(f"  python -m cam_mnist {name} {e}".rstrip() for e in examples)
+    return commands.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cam_mnist",
@@ -228,14 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each command has --help with examples. `make train`, `make eval`, `make test`, `make bench`...",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    p = commands.add_parser(
+    p = command_parser(
+        commands,
         "data",
-        help="fetch MNIST (once) and generate the held-out cluttered splits",
-        formatter_class=fmt,
-        epilog="examples:\n  python -m cam_mnist data\n"
-        "  python -m cam_mnist data --source keras-npz --path ~/mnist.npz",
+        "fetch MNIST (once) and generate the held-out cluttered splits",
+        ["", "--source keras-npz --path ~/mnist.npz", "--distractors 16   # heavier clutter"],
     )
     p.add_argument(
         "--source",
@@ -252,13 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(OUT), help="where data_samples.png goes")
     p.set_defaults(func=cmd_data)
 
-    p = commands.add_parser(
+    p = command_parser(
+        commands,
         "train",
-        help="train the CAM network, writing heatmaps and checkpoints to out/<run>",
-        epilog="examples:\n  python -m cam_mnist train\n  python -m cam_mnist train --preset seed\n"
-        "  python -m cam_mnist train --preset tiny --run-dir out/try\n"
-        "  python -m cam_mnist train --resume        # continue the newest run",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train the CAM network, writing heatmaps and checkpoints to out/<run>",
+        ["", "--preset seed", "--preset tiny --run-dir out/try", "--resume        # continue the newest run"],
     )
     p.add_argument(
         "--preset",
@@ -272,13 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser(
+    p = command_parser(
+        commands,
         "eval",
-        help="test accuracy of every checkpoint of a run (table, plot, confusion matrix)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python -m cam_mnist eval                       # the newest run\n"
-        "  python -m cam_mnist eval --run-dir out/default-a --run-dir out/seed-a   # compare\n"
-        "  python -m cam_mnist eval --distractors 16      # on heavier clutter",
+        "test accuracy of every checkpoint of a run (table, plot, confusion matrix)",
+        [
+            "                       # the newest run",
+            "--run-dir out/default --run-dir out/seed   # compare",
+            "--distractors 16      # on heavier clutter",
+        ],
     )
     p.add_argument("--run-dir", action="append", help="run folder (repeat to compare runs; default: out/latest)")
     p.add_argument("--force", action="store_true", help="re-evaluate checkpoints already in the CSV")

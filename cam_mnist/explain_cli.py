@@ -155,15 +155,17 @@ def run(args) -> int:
 
 
 def add_parser(commands) -> None:
-    import argparse
+    from cam_mnist.cli import command_parser
 
-    p = commands.add_parser(
+    p = command_parser(
+        commands,
         "explain",
-        help="maps for your own images, with a trained run or any Keras model",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python -m cam_mnist explain digit.png --fit canvas\n"
-        "  python -m cam_mnist explain photos/ --method all --top-k 5 --out out/explained\n"
-        "  python -m cam_mnist explain cat.jpg --model my_model.keras --layer conv5 --json",
+        "maps for your own images, with a trained run or any Keras model",
+        [
+            "digit.png --fit canvas",
+            "photos/ --method all --top-k 5 --out out/explained",
+            "cat.jpg --model my_model.keras --layer conv5 --json",
+        ],
     )
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
     source = p.add_mutually_exclusive_group()

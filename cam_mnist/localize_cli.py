@@ -146,14 +146,13 @@ def markdown(rows: list[dict], split_name: str) -> str:
 
 
 def add_parser(commands) -> None:
-    import argparse
+    from cam_mnist.cli import command_parser
 
-    p = commands.add_parser(
+    p = command_parser(
+        commands,
         "localize",
-        help="localization, segmentation and faithfulness of every method",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python -m cam_mnist localize                  # newest run, all methods\n"
-        "  python -m cam_mnist localize --methods cam gradcam --images 2000",
+        "localization, segmentation and faithfulness of every method",
+        ["                  # newest run, all methods", "--methods cam gradcam --images 2000"],
     )
     _arguments(p)
     p.set_defaults(func=run)
