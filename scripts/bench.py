@@ -124,8 +124,8 @@ def tf_keras_vis(model, images, n: int, batch: int = 128) -> list[dict]:
             return np.concatenate(
                 [
                     tool(
-                        CategoricalScore(list(targets[lo : lo + batch])),
-                        images[lo : lo + batch],
+                        CategoricalScore(list(targets[lo : min(lo + batch, n)])),
+                        images[lo : min(lo + batch, n)],
                         penultimate_layer="cam_features",
                     )
                     for lo in range(0, n, batch)
@@ -154,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", default="out/latest", help="trained run whose model.keras the CAM part uses")
     parser.add_argument("--images", type=int, default=10_000, help="test images for the fast CAM methods")
-    parser.add_argument("--slow-images", type=int, default=500, help="test images for Score-CAM and occlusion")
+    parser.add_argument("--slow-images", type=int, default=200, help="test images for Score-CAM and occlusion")
     parser.add_argument("--reference-images", type=int, default=2000, help="test images for tf-keras-vis")
     parser.add_argument("--out", default="bench", help="folder for results.json and results.md")
     args = parser.parse_args()
