@@ -29,8 +29,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5
     """
     base = np.asarray(image)
     base = base.astype(np.float32) / 255 if base.dtype == np.uint8 else base.astype(np.float32)
-    base = base[..., :1] if base.ndim == 2 or base.shape[-1] == 1 else base  # (H, W, 1) grey or (H, W, 3) colour
-    base = base[..., None] if base.ndim == 2 else base
+    base = base[..., None] if base.ndim == 2 else base  # (H, W, 1) grey or (H, W, 3) colour
     colour = _JET[np.clip(np.asarray(heatmap) * 255, 0, 255).astype(np.uint8)].astype(np.float32)
     out = ((1 - alpha) * base * 255 + alpha * colour).astype(np.uint8)
     out = out.repeat(scale, 0).repeat(scale, 1)
