@@ -63,13 +63,11 @@ def write_gifs(run_dir: Path) -> int:
 
     folders = sorted(p for p in (Path(run_dir) / HEATMAPS).glob("img_*") if p.is_dir())
     for folder in folders:
-        frames = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("step_*.png"))]
-        captioned = [
-            plotting.captioned(f, f"step {int(p.stem[5:])}")
-            for f, p in zip(frames, sorted(folder.glob("step_*.png")), strict=True)
-        ]
-        if captioned:
-            plotting.save_gif(folder / "evolution.gif", captioned)
+        steps = sorted(folder.glob("step_*.png"))
+        read = lambda p: np.asarray(Image.open(p).convert("RGB"))  # noqa: E731
+        frames = [plotting.captioned(read(p), f"step {int(p.stem[5:])}") for p in steps]
+        if frames:
+            plotting.save_gif(folder / "evolution.gif", frames)
     return len(folders)
 
 
