@@ -97,14 +97,13 @@ def run(args) -> int:
 
     images = np.stack(inputs)  # (N, H, W, C)
     probs = np.asarray(model.predict(images, verbose=0))
-    k = 1 if args.class_index is not None else args.top_k
-    classes = (
-        np.full((len(images), 1), args.class_index)
-        if k == 1 and args.class_index is not None
-        else np.argsort(-probs, 1)[:, :k]
-    )  # (N, k)
-    if args.class_index is not None and not 0 <= args.class_index < probs.shape[1]:
+    if args.class_index is None:
+        classes = np.argsort(-probs, 1)[:, : args.top_k]  # (N, k), most probable first
+    elif 0 <= args.class_index < probs.shape[1]:
+        classes = np.full((len(images), 1), args.class_index)  # (N, 1)
+    else:
         raise ExplainError(f"--class {args.class_index} out of range: the model has {probs.shape[1]} classes")
+    k = classes.shape[1]
     maps = {}
     for method in methods:
         try:

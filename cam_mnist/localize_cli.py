@@ -48,6 +48,7 @@ def score(name, maps_true, maps_predicted, split, n, correct, predicted, predict
 
 def run(args) -> None:
     from cam_mnist import checkpoint, evaluate, localization, plotting
+    from cam_mnist.boxes import boxes_from_maps
     from cam_mnist.cams import explain
 
     run_dir = Path(args.run_dir) if args.run_dir else Path("out") / "latest"
@@ -107,7 +108,7 @@ def run(args) -> None:
         out / "localization_examples.png",
         split.images[: args.examples],
         split.boxes[: args.examples],
-        {name: (maps, localization.bx.boxes_from_maps(maps)) for name, maps in examples.items()},
+        {name: (maps, boxes_from_maps(maps)) for name, maps in examples.items()},
     )
     table = markdown(rows, split_name=f"{run_dir.name}, step {state.step}, test accuracy {correct.mean():.4f}")
     clean = [{k: v for k, v in r.items() if k != "iou"} for r in rows]

@@ -181,7 +181,7 @@ class Trainer:
         if flag.stop:
             self.log(f"interrupted: checkpoint written at step {step}; run the same command again to resume")
             return {"interrupted_at": step}
-        return self._finish()
+        return self._finish(acc)
 
     def _snapshot(self, drawer: panel.Panel, step: int, acc: dict, rows: list[dict]) -> dict:
         t = self.config.train
@@ -204,9 +204,9 @@ class Trainer:
         acc.update(loss_sum=0.0, loss_count=0, window_s=0.0)
         return {"val_acc": row["val_accuracy"], "loss": row["train_loss"]}
 
-    def _finish(self) -> dict:
+    def _finish(self, acc: dict) -> dict:
+        """Test score, model.keras, GIFs, index.html and summary.json; ``acc`` holds the run's time counters."""
         test_acc, test_loss = evaluate(self.predict, self.test)
-        state = checkpoint.latest_valid(self.run_dir, self.model, warn=self.log)
         self.model.save(self.run_dir / ".model.keras.tmp.keras")
         (self.run_dir / ".model.keras.tmp.keras").replace(self.run_dir / "model.keras")
         panel.write_gifs(self.run_dir)
@@ -217,9 +217,9 @@ class Trainer:
             "steps": t.steps,
             "test_accuracy": test_acc,
             "test_loss": test_loss,
-            "train_seconds": round(state.extras["elapsed_s"], 1) if state else None,
-            "wall_seconds": round(state.extras["wall_s"], 1) if state else None,
-            "images_per_s": round(t.steps * t.batch_size / state.extras["elapsed_s"], 1) if state else None,
+            "train_seconds": round(acc["elapsed_s"], 1),
+            "wall_seconds": round(acc["wall_s"], 1),
+            "images_per_s": round(t.steps * t.batch_size / acc["elapsed_s"], 1),
             "test_images": len(self.test),
         }
         atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
