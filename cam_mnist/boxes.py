@@ -33,18 +33,19 @@ def largest_component_boxes(masks: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks, bool)
     n = len(masks)
     labels, count = ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTED)
+    boxes = np.zeros((n, 4), np.int64)
     if count == 0:
-        return np.zeros((n, 4), np.int64)
-    sizes = np.bincount(labels[labels > 0], minlength=count + 1)[1:]  # (count,) pixels per component
-    # label() numbers components in scan order, image after image: image n holds the labels up to the running
-    # maximum of the labels in images 0..n, so one searchsorted gives every component's image.
-    running_max = np.maximum.accumulate(labels.reshape(n, -1).max(1))
-    image = np.searchsorted(running_max, np.arange(1, count + 1))
+        return boxes
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]  # (count,) pixels per component
+    # find_objects gives every component's bounding slices (image, rows, cols) in one pass over the labels.
+    slices = ndimage.find_objects(labels)
+    image = np.fromiter((s[0].start for s in slices), np.int64, count)
     order = np.lexsort((-sizes, image))  # by image, then largest first (stable: first-found wins ties)
     first = order[np.r_[True, image[order][1:] != image[order][:-1]]]
-    chosen = np.zeros(n, labels.dtype)
-    chosen[image[first]] = first + 1
-    return tight_boxes(labels == chosen[:, None, None]) * (chosen > 0)[:, None]
+    for label in first:
+        _, rows, cols = slices[label]
+        boxes[image[label]] = rows.start, cols.start, rows.stop, cols.stop
+    return boxes
 
 
 def keep_above(maps: np.ndarray, threshold: float) -> np.ndarray:

@@ -44,19 +44,56 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def cam_localization(model, split: data.Split, predicted: np.ndarray) -> tuple[float, float]:
-    """CAM's top-1 and GT-known localization accuracy (CAM paper protocol) for the model's current weights."""
+def multilabel_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Several digits per image, a sigmoid per class. labels (N, K): the K distinct true classes of each image.
+    A class is predicted when its probability exceeds 0.5; ``accuracy`` is the exact match (the predicted set
+    is the true set), ``per_digit`` the fraction of true digits found, ``loss`` the mean binary cross-entropy."""
+    n, classes = probs.shape
+    truth = multi_hot(labels, classes)
+    predicted = probs > 0.5
+    p = np.clip(probs, 1e-12, 1 - 1e-12)
+    return {
+        "accuracy": float((predicted == truth).all(1).mean()),
+        "per_digit": float(np.take_along_axis(predicted, labels, 1).mean()),
+        "loss": float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean()),
+    }
+
+
+def multi_hot(labels: np.ndarray, classes: int) -> np.ndarray:
+    """(N, K) class indices -> (N, classes) float32 with a 1 at each."""
+    out = np.zeros((len(labels), classes), np.float32)
+    np.put_along_axis(out, np.asarray(labels), 1.0, 1)
+    return out
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """The metrics that fit the labels: one class per image (N,) or several (N, K)."""
+    return classification_metrics(probs, labels) if labels.ndim == 1 else multilabel_metrics(probs, labels)
+
+
+def detected(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per true digit, whether the model names its class: (N,) argmax == label for one digit per image,
+    (N, K) probability above 0.5 for several."""
+    if labels.ndim == 1:
+        return probs.argmax(1) == labels
+    return np.take_along_axis(probs, labels, 1) > 0.5
+
+
+def cam_localization(model, split: data.Split, probs: np.ndarray) -> tuple[float, float]:
+    """CAM's top-1 and GT-known localization accuracy (CAM paper protocol) for the model's current weights.
+
+    Each digit is scored with the map of its true class against its box. Top-1 also needs the class predicted
+    (argmax, or p > 0.5 with several digits); where it is, the predicted class's map is that same map."""
     from cam_mnist.boxes import IOU_CORRECT, boxes_from_maps, iou
     from cam_mnist.cams import get_method
 
     cam = get_method(model, "cam")  # reads the current weights at every call
-    hit = iou(boxes_from_maps(cam(split.float_images(), split.labels)), split.boxes) >= IOU_CORRECT
-    wrong = np.flatnonzero(predicted != split.labels)  # the predicted-class map differs only where the class does
-    hit_predicted = hit.copy()
-    if len(wrong):
-        images = split.float_images(wrong)
-        hit_predicted[wrong] = iou(boxes_from_maps(cam(images, predicted[wrong])), split.boxes[wrong]) >= IOU_CORRECT
-    return float((hit_predicted & (predicted == split.labels)).mean()), float(hit.mean())
+    labels, boxes, images = split.labels, split.boxes, split.float_images()
+    if labels.ndim == 2:  # several digits: one map per (image, digit)
+        images, labels, boxes = np.repeat(images, labels.shape[1], 0), labels.ravel(), boxes.reshape(-1, 4)
+    hit = iou(boxes_from_maps(cam(images, labels)), boxes) >= IOU_CORRECT
+    found = detected(probs, split.labels).ravel()
+    return float((hit & found).mean()), float(hit.mean())
 
 
 # --------------------------------------------------------------------------------------------------- a run's model
@@ -113,16 +150,19 @@ def evaluate_run(
     run_dir: Path,
     data_dir: Path = data.DATA_DIR,
     force: bool = False,
+    every: int = 1,
     progress: bool = True,
     log=print,
     **split_changes,
 ) -> tuple[dict[int, dict], dict]:
-    """Score every not-yet-scored checkpoint; returns all rows by step and the newest checkpoint's metrics."""
+    """Score every not-yet-scored checkpoint (or every ``every``-th one, and always the newest); returns all rows
+    by step and the newest checkpoint's metrics."""
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
     config = load_run(run_dir)
     found = checkpoint.list_checkpoints(run_dir)
+    found = found[::-1][::every][::-1]  # counted back from the newest, so the newest is always scored
     if not found:
         raise DataError(
             f"{run_dir}: no checkpoints in {run_dir / checkpoint.FOLDER}; "
@@ -145,8 +185,8 @@ def evaluate_run(
             continue
         model.set_weights(state.model_weights)
         probs = predict_probs(predict, split)
-        metrics = classification_metrics(probs, split.labels)
-        top1, gt_known = cam_localization(model, split, probs.argmax(1))
+        metrics = score(probs, split.labels)
+        top1, gt_known = cam_localization(model, split, probs)
         rows[step] = {
             "step": step,
             "test_accuracy": f"{metrics['accuracy']:.5f}",
@@ -154,7 +194,8 @@ def evaluate_run(
             "cam_top1_loc": f"{top1:.5f}",
             "cam_gt_known_loc": f"{gt_known:.5f}",
             "wall_s": f"{state.extras.get('wall_s', float('nan')):.1f}",
-            **{f"acc_class_{c}": f"{a:.5f}" for c, a in enumerate(metrics["per_class"])},
+            **({"per_digit_accuracy": f"{metrics['per_digit']:.5f}"} if "per_digit" in metrics else {}),
+            **{f"acc_class_{c}": f"{a:.5f}" for c, a in enumerate(metrics.get("per_class", []))},
         }
         final = (step, metrics)
         evaluated.append(step)
@@ -175,6 +216,6 @@ def robustness(run_dir: Path, distractors=(0, 4, 8, 16), data_dir: Path = data.D
     out = []
     for d in distractors:
         settings, split = split_for(config, data_dir, distractors=d)
-        m = classification_metrics(predict_probs(predict, split), split.labels)
+        m = score(predict_probs(predict, split), split.labels)
         out.append({"distractors": d, "test_accuracy": m["accuracy"], "test_loss": m["loss"], "step": state.step})
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 FAST = ["cam", "gradcam", "gradcam++", "layercam", "guided-backprop", "guided-gradcam"]
+DIGITS_DEFAULT = ["cam", "gradcam", "gradcam++"]  # several digits per image: the class-discriminative maps
 SLOW = ["scorecam", "occlusion"]  # many forward passes per map: scored on the first --slow-images test images
 BASELINES = ["centre", "full", "random"]
 COLUMNS = [
@@ -33,14 +34,15 @@ COLUMNS = [
 ]
 
 
-def score(name, maps_true, maps_predicted, split, n, correct, predicted, predict, images, faithful_n) -> dict:
+def score(name, maps_true, maps_predicted, split, n, probs, predict, images, faithful_n) -> dict:
     """Every metric for one method (or baseline) on the first ``n`` test images."""
     from cam_mnist import localization as loc
 
-    result = loc.box_metrics(maps_true, maps_predicted, correct[:n], split.boxes[:n])
+    predicted = probs.argmax(1)
+    result = loc.box_metrics(maps_true, predicted[:n] == split.labels[:n], split.boxes[:n])
     result |= loc.pointing_metrics(maps_true, split.masks[:n])
     result |= loc.segmentation_metrics(maps_true, split.masks[:n])
-    result |= loc.average_drop_increase(predict, images[:n], maps_predicted, predicted[:n])
+    result |= loc.average_drop_increase(predict, images[:n], maps_predicted, predicted[:n], probs[:n])
     f = min(n, faithful_n)
     result |= loc.deletion_insertion(predict, images[:f], maps_predicted[:f], predicted[:f])
     return {"method": name, "images": n, **result}
@@ -64,13 +66,15 @@ def run(args) -> None:
     model.set_weights(state.model_weights)
     _, split = evaluate.split_for(config, Path(args.data_dir))
     n = min(args.images or len(split), len(split))
+    if split.labels.ndim == 2:
+        return run_digits(args, run_dir, state.step, model, predict, split, n)
     images = split.float_images(slice(0, n))
     probs = evaluate.predict_probs(predict, split, n)
     labels, predicted = split.labels[:n], probs.argmax(1)
     correct = predicted == labels
     wrong = np.flatnonzero(~correct)
     rows, examples = [], {}
-    for method in args.methods:
+    for method in args.methods or FAST + SLOW:
         m = min(n, args.slow_images) if method in SLOW else n
         began = time.perf_counter()
         maps_true = explain(model, images[:m], method, labels[:m])
@@ -78,9 +82,7 @@ def run(args) -> None:
         w = wrong[wrong < m]
         if len(w):
             maps_predicted[w] = explain(model, images[w], method, predicted[w])
-        row = score(
-            method, maps_true, maps_predicted, split, m, correct, predicted, predict, images, args.faithful_images
-        )
+        row = score(method, maps_true, maps_predicted, split, m, probs, predict, images, args.faithful_images)
         row["seconds"] = round(time.perf_counter() - began, 1)
         rows.append(row)
         examples[method] = maps_true[: args.examples]
@@ -90,9 +92,7 @@ def run(args) -> None:
         )
     for kind in BASELINES:
         maps = localization.baseline_maps(kind, split.boxes[:n], (n, *images.shape[1:3]))
-        row = score(
-            f"baseline: {kind}", maps, maps, split, n, correct, predicted, predict, images, args.faithful_images
-        )
+        row = score(f"baseline: {kind}", maps, maps, split, n, probs, predict, images, args.faithful_images)
         rows.append({**row, "seconds": 0.0})
         examples[f"baseline: {kind}"] = maps[: args.examples]
 
@@ -128,19 +128,78 @@ def run(args) -> None:
     )
 
 
-def markdown(rows: list[dict], split_name: str) -> str:
+DIGIT_COLUMNS = [
+    ("top1_loc", "top-1 loc"),
+    ("gt_known_loc", "GT-known loc"),
+    ("pointing", "pointing"),
+    ("pointing_3px", "pointing ±3px"),
+    ("points_at_other_digit", "points at the other digit"),
+    ("images", "images"),
+    ("seconds", "seconds"),
+]
+
+
+def run_digits(args, run_dir: Path, step: int, model, predict, split, n: int) -> None:
+    """Several digits per image: each digit scored with the map of its own class (see
+    :func:`cam_mnist.localization.per_digit_metrics`); writes ``eval/localization_digits.{json,md,png}``."""
+    from cam_mnist import evaluate, localization, plotting
+    from cam_mnist.boxes import boxes_from_maps
+    from cam_mnist.cams import explain
+
+    probs = evaluate.predict_probs(predict, split, n)
+    labels = split.labels[:n]
+    found = evaluate.detected(probs, labels)  # (n, K)
+    metrics = evaluate.multilabel_metrics(probs, labels)
+    k = labels.shape[1]
+    rows, examples = [], {}
+    for method in args.methods or DIGITS_DEFAULT:
+        m = min(n, args.slow_images) if method in SLOW else n
+        began = time.perf_counter()
+        images = split.float_images(slice(0, m))
+        maps = np.stack([explain(model, images, method, labels[:m, j]) for j in range(k)], 1)  # (m, K, H, W)
+        row = localization.per_digit_metrics(maps, split.boxes[:m], split.masks[:m], found[:m])
+        rows.append({"method": method, **row, "images": m, "seconds": round(time.perf_counter() - began, 1)})
+        print(f"  {method:16s} top-1 loc {row['top1_loc']:.4f}  pointing {row['pointing']:.4f}", flush=True)
+        for j in range(k):
+            examples[f"{method}: class {j + 1}"] = maps[: args.examples, j]
+    for kind in ("centre", "random"):
+        flat = localization.baseline_maps(kind, split.boxes[:n].reshape(-1, 4), (n * k, *split.images.shape[1:]))
+        maps = flat.reshape(n, k, *flat.shape[1:])
+        row = localization.per_digit_metrics(maps, split.boxes[:n], split.masks[:n], found)
+        rows.append({"method": f"baseline: {kind}", **row, "images": n, "seconds": 0.0})
+
+    out = run_dir / evaluate.EVAL
+    out.mkdir(exist_ok=True)
+    plotting.method_grid(
+        out / "localization_digits_examples.png",
+        split.images[: args.examples],
+        split.boxes[: args.examples],
+        {name: (maps, boxes_from_maps(maps)) for name, maps in examples.items()},
+    )
+    title = (
+        f"{run_dir.name}, step {step}, {k} digits per image: exact match {metrics['accuracy']:.4f}, "
+        f"per digit {metrics['per_digit']:.4f}; each digit scored with its own class's map"
+    )
+    table = markdown(rows, title, DIGIT_COLUMNS)
+    record = {"run": run_dir.name, "step": step, "images": n, **metrics, "methods": rows}
+    (out / "localization_digits.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "localization_digits.md").write_text(table + "\n")
+    print(f"\n{table}\n\n-> {out / 'localization_digits.json'}, {out / 'localization_digits_examples.png'}")
+
+
+def markdown(rows: list[dict], split_name: str, columns=COLUMNS) -> str:
     lines = [
         f"Localization on the held-out test split ({split_name}).",
         "",
-        "| method | " + " | ".join(label for _, label in COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        "| method | " + " | ".join(label for _, label in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for r in rows:
         cells = [
             f"{r[k]:.4f}"
             if isinstance(r[k], float) and not k.endswith(("pct", "seconds"))
             else (f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]))
-            for k, _ in COLUMNS
+            for k, _ in columns
         ]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -174,7 +233,12 @@ def default_args(**overrides):
 def _arguments(p) -> None:
     p.add_argument("--run-dir", help="training run (default: out/latest)")
     p.add_argument("--step", type=int, help="checkpoint step (default: the newest readable)")
-    p.add_argument("--methods", nargs="+", default=FAST + SLOW, choices=FAST + SLOW, help="methods to score")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=FAST + SLOW,
+        help=f"methods to score (default: all; with several digits per image: {' '.join(DIGITS_DEFAULT)})",
+    )
     p.add_argument("--images", type=int, help="score only the first N test images (default: all 10k)")
     p.add_argument("--slow-images", type=int, default=1000, help="test images for Score-CAM and occlusion")
     p.add_argument("--faithful-images", type=int, default=1000, help="test images for deletion/insertion AUC")

@@ -3,7 +3,7 @@
 Every model built here is a flat Keras functional model with three named layers the CAM family relies on:
   - ``cam_features``: the (B, h, w, K) activations A^k that GAP averages (the CAM paper's f_k(x, y));
   - ``logits``: the bias-free Dense layer, S_c = sum_k w_k^c * mean_xy f_k(x, y)  (paper eq. before eq. 1);
-  - ``probs``: softmax over the logits, the model's output.
+  - ``probs``: softmax over the logits (or a sigmoid per class for several digits per image), the model's output.
 Keeping logits and softmax apart makes CAM weights (the Dense kernel) and gradients w.r.t. logits well defined.
 The saved ``model.keras`` needs no custom objects: it takes (N, H, W, 1) float32 in [0, 1], returns probabilities.
 """
@@ -45,7 +45,9 @@ def _fast(x, config: ModelConfig):
     x = layers.ReLU(name="relu1")(conv(x, w[0], 5, config.stem_stride, "conv1"))  # (B, H/s, W/s, w0)
     if config.stem_stride == 2:
         x = layers.MaxPooling2D(name="pool1")(x)  # (B, H/4, W/4, w0)
-    x = layers.ReLU(name="relu2")(conv(x, w[1], 3, 1, "conv2"))
+    for j in range(config.mid_convs):  # 3x3 convs at 1/4 resolution, where strokes are still 1-2 cells wide
+        name = "conv2" if j == 0 else f"conv2{'abcdefgh'[j]}"
+        x = layers.ReLU(name=name.replace("conv", "relu"))(conv(x, w[1], 3, 1, name))
     x = layers.MaxPooling2D(name="pool2")(x)  # (B, H/8, W/8, w1)
     for i, width in enumerate(w[2:-1], start=3):
         x = layers.ReLU(name=f"relu{i}")(conv(x, width, 3, 1, f"conv{i}"))
@@ -61,7 +63,12 @@ def build_model(config: ModelConfig, canvas: int, num_classes: int = NUM_CLASSES
     features = {"lenet": _lenet, "fast": _fast}[config.arch](inputs, config)
     pooled = layers.GlobalAveragePooling2D(name="gap")(features)  # (B, K)
     logits = layers.Dense(num_classes, use_bias=False, name=LOGITS)(pooled)  # (B, C); kernel w_k^c is (K, C)
-    probs = layers.Softmax(name=PROBS)(logits)
+    # softmax: exactly one digit per image; sigmoid: each class present or not (several digits, multi-label).
+    probs = (
+        layers.Softmax(name=PROBS)(logits)
+        if config.head == "softmax"
+        else layers.Activation("sigmoid", name=PROBS)(logits)
+    )
     return keras.Model(inputs, probs, name=f"cam_{config.arch}")
 
 

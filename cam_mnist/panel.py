@@ -1,7 +1,8 @@
 """The fixed panel of test images whose CAMs a training run draws at every heatmap step.
 
 For each panel image and step: ``heatmaps/img_03/step_0000400.png`` shows the CAM of the *true* class and of the
-*predicted* class side by side, the true box outlined; ``heatmaps/grid/step_0000400.png`` puts all panel images
+*predicted* class side by side, the true box outlined (with several digits: the map of each true class, every
+true box outlined); ``heatmaps/grid/step_0000400.png`` puts all panel images
 on one page. At the end of the run each image gets ``evolution.gif`` and the run gets ``index.html``.
 """
 
@@ -33,27 +34,27 @@ class Panel:
 
     def snapshot(self, run_dir: Path, step: int) -> None:
         probs = self.model.predict_on_batch(self.float_images)  # (P, classes)
-        predicted = probs.argmax(1)
-        true_maps = self.cam(self.float_images, self.labels)  # (P, H, W)
-        predicted_maps = self.cam(self.float_images, predicted)
+        if self.labels.ndim == 2:  # several digits: the map of each true class, every true box drawn
+            classes = [self.labels[:, k] for k in range(self.labels.shape[1])]
+            names = ["class"] * len(classes)
+            what = "CAM of each true class"
+        else:
+            classes, names, what = [self.labels, probs.argmax(1)], ["true", "pred"], "CAM of true | predicted class"
+        maps = [self.cam(self.float_images, c) for c in classes]  # each (P, H, W)
         tiles = []
         for i in range(len(self.images)):
-            label, guess = int(self.labels[i]), int(predicted[i])
             pair = plotting.hstack(
                 [
                     plotting.captioned(
-                        plotting.overlay(self.images[i], true_maps[i], self.boxes[i]),
-                        f"true {label}  p={probs[i, label]:.2f}",
-                    ),
-                    plotting.captioned(
-                        plotting.overlay(self.images[i], predicted_maps[i], self.boxes[i]),
-                        f"pred {guess}  p={probs[i, guess]:.2f}",
-                    ),
+                        plotting.overlay(self.images[i], m[i], self.boxes[i]),
+                        f"{name} {int(c[i])}  p={probs[i, c[i]]:.2f}",
+                    )
+                    for name, c, m in zip(names, classes, maps, strict=True)
                 ]
             )
             plotting.save_png(Path(run_dir) / HEATMAPS / f"img_{i:02d}" / f"step_{step:07d}.png", pair)
             tiles.append(pair)
-        page = plotting.captioned(plotting.grid(tiles, columns=4), f"step {step}: CAM of true | predicted class")
+        page = plotting.captioned(plotting.grid(tiles, columns=4), f"step {step}: {what}")
         plotting.save_png(Path(run_dir) / HEATMAPS / "grid" / f"step_{step:07d}.png", page)
 
 

@@ -23,7 +23,8 @@ BOX_COLOUR = np.array([255, 255, 255], np.uint8)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5, scale: int = 2) -> np.ndarray:
-    """The image with ``heatmap`` (H, W) in [0, 1] coloured over it and ``box`` (y0, x0, y1, x1) outlined.
+    """The image with ``heatmap`` (H, W) in [0, 1] coloured over it and ``box`` (y0, x0, y1, x1) outlined
+    (or boxes (K, 4): one per digit).
 
     ``image`` is (H, W), (H, W, 1) or (H, W, 3), uint8 or float in [0, 1]. Returns (H*scale, W*scale, 3) uint8.
     """
@@ -34,7 +35,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5
     out = ((1 - alpha) * base * 255 + alpha * colour).astype(np.uint8)
     out = out.repeat(scale, 0).repeat(scale, 1)
     if box is not None:
-        draw_box(out, np.asarray(box) * scale)
+        for b in np.asarray(box).reshape(-1, 4):
+            draw_box(out, b * scale)
     return out
 
 
@@ -160,14 +162,15 @@ def histograms(path: Path, series: dict[str, np.ndarray], xlabel: str, title: st
 
 def method_grid(path: Path, images: np.ndarray, true_boxes: np.ndarray, methods: dict) -> None:
     """Rows: images; columns: methods (name -> (maps, boxes)). Each tile: the map, its box (white) and the true
-    box (green)."""
+    box (green); ``true_boxes`` is (N, 4), or (N, K, 4) for K digits per image."""
     green = np.array([0, 255, 0], np.uint8)
     rows = []
     for i, (image, truth) in enumerate(zip(images, true_boxes, strict=True)):
         tiles = []
         for name, (maps, boxes) in methods.items():
             tile = overlay(image, maps[i], boxes[i])
-            draw_box(tile, np.asarray(truth) * 2, colour=green)
+            for box in np.asarray(truth).reshape(-1, 4):
+                draw_box(tile, box * 2, colour=green)
             tiles.append(captioned(tile, name[:30]) if i == 0 else tile)
         rows.append(hstack(tiles))
     width = max(r.shape[1] for r in rows)

@@ -19,8 +19,9 @@ import numpy as np
 
 from cam_mnist import checkpoint, data, panel
 from cam_mnist.config import RunConfig, TrainConfig
-from cam_mnist.evaluate import classification_metrics, predict_probs
+from cam_mnist.evaluate import multi_hot, predict_probs, score
 from cam_mnist.mnist import atomic_write_bytes, load_digits
+from cam_mnist.model import NUM_CLASSES
 
 METRICS_FIELDS = ["step", "epoch", "train_loss", "val_accuracy", "val_loss", "lr", "elapsed_s", "images_per_s"]
 
@@ -77,9 +78,10 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def evaluate(predict, split: data.Split, n: int | None = None) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of ``predict`` (float images -> probabilities) on the first ``n`` images."""
+    """Accuracy (the exact match, with several digits) and mean cross-entropy of ``predict`` (float images ->
+    probabilities) on the first ``n`` images."""
     probs = predict_probs(predict, split, n)
-    metrics = classification_metrics(probs, split.labels[: len(probs)])
+    metrics = score(probs, split.labels[: len(probs)])
     return metrics["accuracy"], metrics["loss"]
 
 
@@ -107,14 +109,17 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"train_size {config.data.train_size} is smaller than one batch of {t.batch_size}")
         logits = logits_model(self.model)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if config.model.head == "sigmoid":  # targets: multi-hot (B, classes); one binary cross-entropy per class
+            loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+        else:  # targets: class indices (B,)
+            loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         variables = self.model.trainable_variables
 
         @tf.function(reduce_retracing=True)
-        def train_step(images_u8, labels):  # (B, H, W) uint8, (B,) int32
+        def train_step(images_u8, targets):  # (B, H, W) uint8; (B,) int32 or (B, classes) float32
             images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (B, H, W, 1) in [0, 1]
             with tf.GradientTape() as tape:
-                loss = loss_fn(labels, logits(images, training=True))
+                loss = loss_fn(targets, logits(images, training=True))
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
             return loss
 
@@ -127,13 +132,16 @@ class Trainer:
         self._epoch, self._epoch_data = None, None
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """The training batch of global ``step``: regenerated from (seed, epoch), so resuming needs no data state."""
+        """The training batch of global ``step``: regenerated from (seed, epoch), so resuming needs no data state.
+        Returns the uint8 images and the loss's targets (class indices, or multi-hot for several digits)."""
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch_data = data.train_epoch(self.digits, self.config.data, self.config.train.seed, epoch)
             self._epoch = epoch
         b = self.config.train.batch_size
-        return self._epoch_data.images[i * b : (i + 1) * b], self._epoch_data.labels[i * b : (i + 1) * b]
+        labels = self._epoch_data.labels[i * b : (i + 1) * b]
+        targets = multi_hot(labels, NUM_CLASSES) if labels.ndim == 2 else labels.astype(np.int32)
+        return self._epoch_data.images[i * b : (i + 1) * b], targets
 
     def learning_rate(self) -> float:
         return float(np.asarray(self.optimizer.learning_rate))
@@ -160,9 +168,9 @@ class Trainer:
         try:
             step = start
             while step < t.steps and not flag.stop:
-                images, labels = self.batch(step)
+                images, targets = self.batch(step)
                 began = time.perf_counter()
-                loss = float(self._train_step(images, labels.astype(np.int32)))
+                loss = float(self._train_step(images, targets))
                 spent = time.perf_counter() - began
                 step += 1
                 acc["loss_sum"] += loss

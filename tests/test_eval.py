@@ -98,3 +98,10 @@ def test_corrupt_checkpoint_skipped_not_fatal(run_copy, data_dir):
     messages = []
     rows, _ = evaluate.evaluate_run(run_copy, data_dir, progress=False, log=messages.append)
     assert sorted(rows) == [4, 12] and "step_0000008.npz" in messages[0]
+
+
+def test_every_scores_every_nth_checkpoint_and_the_newest(run_copy, data_dir, run_cli):
+    rows, final = evaluate.evaluate_run(run_copy, data_dir, progress=False, every=2)
+    assert sorted(rows) == [4, 12] and final["step"] == 12
+    bad = run_cli("eval", "--run-dir", run_copy, "--every", "0", "--data-dir", data_dir)
+    assert bad.returncode == 2 and "--every must be at least 1" in bad.stderr

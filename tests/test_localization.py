@@ -78,7 +78,7 @@ def test_box_metrics_counts_class_and_iou():
     maps[:, 2:6, 2:6] = 1
     maps[2] = 0
     maps[2, 0:2, 0:2] = 1  # wrong place
-    r = loc.box_metrics(maps, maps, np.array([True, False, True]), truth)
+    r = loc.box_metrics(maps, np.array([True, False, True]), truth)
     assert r["top1_loc"] == pytest.approx(1 / 3)  # image 1 is boxed right but misclassified
     assert r["gt_known_loc"] == pytest.approx(2 / 3) and r["max_box_acc"] == pytest.approx(2 / 3)
 

@@ -1,0 +1,108 @@
+"""Two digits per image: the multi-label head, its metrics, per-digit localization, and a tiny run end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cam_mnist import evaluate, localization
+from cam_mnist.config import preset, validate
+
+
+# ------------------------------------------------------------------------------------------------ hand-made inputs
+def test_multilabel_metrics_hand_made():
+    labels = np.array([[3, 7], [0, 1], [2, 5]])
+    probs = np.full((3, 10), 0.1)
+    probs[0, [3, 7]] = 0.9  # both found, nothing else: exact
+    probs[1, [0]] = 0.9  # one of two found
+    probs[2, [2, 5, 9]] = 0.9  # both found plus a false one: not exact
+    m = evaluate.multilabel_metrics(probs, labels)
+    assert m["accuracy"] == pytest.approx(1 / 3)
+    assert m["per_digit"] == pytest.approx(5 / 6)
+    truth = evaluate.multi_hot(labels, 10)
+    assert truth.sum() == 6 and truth[0, 3] == truth[0, 7] == 1
+    expected = -np.mean(truth * np.log(probs) + (1 - truth) * np.log(1 - probs))
+    assert m["loss"] == pytest.approx(expected)
+    np.testing.assert_array_equal(evaluate.detected(probs, labels), [[1, 1], [1, 0], [1, 1]])
+
+
+def _two_digit_truth():
+    """One 40x40 image, digit 1 in the top-left, digit 2 in the bottom-right."""
+    masks = np.zeros((1, 2, 40, 40), bool)
+    masks[0, 0, 2:12, 4:10] = True
+    masks[0, 1, 25:37, 28:36] = True
+    boxes = np.array([[[2, 4, 12, 10], [25, 28, 37, 36]]])
+    return masks, boxes
+
+
+def test_per_digit_metrics_right_and_swapped_maps():
+    masks, boxes = _two_digit_truth()
+    right = masks.astype(np.float32)  # each class's map lies exactly on its own digit
+    m = localization.per_digit_metrics(right, boxes, masks, np.array([[True, True]]))
+    assert m["top1_loc"] == m["gt_known_loc"] == m["pointing"] == 1.0
+    assert m["points_at_other_digit"] == 0.0
+    swapped = right[:, ::-1]  # each class's map on the *other* digit: found a digit, but not its own
+    m = localization.per_digit_metrics(swapped, boxes, masks, np.array([[True, True]]))
+    assert m["gt_known_loc"] == m["pointing"] == 0.0 and m["points_at_other_digit"] == 1.0
+    m = localization.per_digit_metrics(right, boxes, masks, np.array([[True, False]]))
+    assert m["top1_loc"] == 0.5 and m["gt_known_loc"] == 1.0  # top-1 needs the class detected
+
+
+def test_per_digit_metrics_zero_map_is_defined():
+    masks, boxes = _two_digit_truth()
+    m = localization.per_digit_metrics(np.zeros((1, 2, 40, 40), np.float32), boxes, masks, np.ones((1, 2), bool))
+    assert all(np.isfinite(v) for v in m.values())
+    assert m["top1_loc"] == m["gt_known_loc"] == 0.0
+
+
+def test_two_digits_need_the_sigmoid_head():
+    config = preset("two-digits")
+    assert config.data.digits == 2 and config.model.head == "sigmoid"
+    config.model.head = "softmax"
+    with pytest.raises(ValueError, match="multi-label head"):
+        validate(config)
+
+
+# --------------------------------------------------------------------------------------------------- a tiny run
+@pytest.fixture(scope="module")
+def tiny_two_digit_run(tmp_path_factory, run_cli, data_dir):
+    run_dir = tmp_path_factory.mktemp("runs") / "two"
+    result = run_cli(
+        "train", "--preset", "tiny", "--digits", "2", "--head", "sigmoid", "--canvas", "60",
+        "--run-dir", run_dir, "--quiet", "--data-dir", data_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_tiny_run_model_is_multilabel(tiny_two_digit_run):
+    import keras
+
+    model = keras.models.load_model(tiny_two_digit_run / "model.keras")
+    probs = model.predict(np.random.default_rng(0).random((3, 60, 60, 1), np.float32), verbose=0)
+    assert probs.shape == (3, 10) and ((probs > 0) & (probs < 1)).all()
+    assert not np.allclose(probs.sum(1), 1.0)  # a sigmoid per class, not a softmax
+    summary = json.loads((tiny_two_digit_run / "summary.json").read_text())
+    assert 0 <= summary["test_accuracy"] <= 1
+
+
+def test_tiny_run_draws_both_classes(tiny_two_digit_run):
+    one = np.asarray(Image.open(tiny_two_digit_run / "heatmaps" / "img_00" / "step_0000012.png"))
+    assert one.shape[1] == 2 * 120 + 2  # two 60-pixel maps at scale 2, side by side
+    assert (tiny_two_digit_run / "heatmaps" / "img_00" / "evolution.gif").exists()
+
+
+def test_tiny_run_eval_and_localize(tiny_two_digit_run, run_cli, data_dir):
+    result = run_cli("eval", "--run-dir", tiny_two_digit_run, "--quiet", "--no-robustness", "--data-dir", data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "per_digit_accuracy" in result.stdout
+    rows, final = evaluate.evaluate_run(tiny_two_digit_run, data_dir, progress=False)
+    assert 0 <= float(rows[12]["per_digit_accuracy"]) <= 1 and "confusion" not in final
+    result = run_cli("localize", "--run-dir", tiny_two_digit_run, "--images", "200", "--data-dir", data_dir)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tiny_two_digit_run / "eval" / "localization_digits.json").read_text())
+    assert [r["method"] for r in record["methods"]] == ["cam", "gradcam", "gradcam++", "baseline: centre",
+                                                       "baseline: random"]  # fmt: skip
+    assert all(r["images"] == 200 for r in record["methods"])
+    assert (tiny_two_digit_run / "eval" / "localization_digits_examples.png").stat().st_size > 0
