@@ -83,11 +83,13 @@ def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> np.ndarray:
     """(N,) bool: the map's maximum lies on the digit (within ``tolerance`` pixels of it). Zhang et al. 2016."""
     n, h, w = maps.shape
-    flat = maps.reshape(n, -1).argmax(1)
-    y, x = np.divmod(flat, w)
-    if tolerance:
-        masks = ndimage.binary_dilation(masks, structure=_disc(tolerance)[None])
-    return masks[np.arange(n), y, x]
+    y, x = np.divmod(maps.reshape(n, -1).argmax(1), w)
+    return (near(masks, tolerance) if tolerance else masks)[np.arange(n), y, x]
+
+
+def near(masks: np.ndarray, tolerance: int) -> np.ndarray:
+    """(N, H, W) bool: the pixels within ``tolerance`` pixels of each mask (a disc-shaped dilation)."""
+    return ndimage.binary_dilation(masks, structure=_disc(tolerance)[None])
 
 
 def _disc(radius: int) -> np.ndarray:

@@ -41,7 +41,6 @@ class ModelConfig:
     widths: tuple[int, ...] = _opt((16, 32, 64, 64, 64), "channels of each conv layer of the 'fast' arch")
     batch_norm: bool = _opt(True, "batch norm after each conv of the 'fast' arch")
     head: str = _opt("softmax", "'softmax' (one digit per image) or 'sigmoid' (multi-label: several digits)")
-    mid_convs: int = _opt(1, "3x3 convs of width widths[1] at 1/4 resolution in the 'fast' arch")
     stem_stride: int = _opt(2, "stride of the 'fast' arch's first 5x5 conv: 2 (then a 2x2 pool) or 4 (no pool)")
 
 
@@ -202,7 +201,6 @@ def validate(config: RunConfig) -> None:
             f"{d.digits} digits per image need the multi-label head: add --head sigmoid",
         ),
         (m.arch in ("lenet", "fast"), f"arch must be 'lenet' or 'fast', got {m.arch!r}"),
-        (1 <= m.mid_convs <= 8, f"mid_convs must be in 1..8, got {m.mid_convs}"),
         (m.stem_stride in (2, 4), f"stem_stride must be 2 or 4, got {m.stem_stride}"),
         (t.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {t.optimizer!r}"),
         (t.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {t.schedule!r}"),

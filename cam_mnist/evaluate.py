@@ -51,7 +51,7 @@ def multilabel_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     n, classes = probs.shape
     truth = multi_hot(labels, classes)
     predicted = probs > 0.5
-    p = np.clip(probs, 1e-12, 1 - 1e-12)
+    p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)  # in float32, 1 - 1e-12 would round to 1: log(0)
     return {
         "accuracy": float((predicted == truth).all(1).mean()),
         "per_digit": float(np.take_along_axis(predicted, labels, 1).mean()),

@@ -45,9 +45,7 @@ def _fast(x, config: ModelConfig):
     x = layers.ReLU(name="relu1")(conv(x, w[0], 5, config.stem_stride, "conv1"))  # (B, H/s, W/s, w0)
     if config.stem_stride == 2:
         x = layers.MaxPooling2D(name="pool1")(x)  # (B, H/4, W/4, w0)
-    for j in range(config.mid_convs):  # 3x3 convs at 1/4 resolution, where strokes are still 1-2 cells wide
-        name = "conv2" if j == 0 else f"conv2{'abcdefgh'[j]}"
-        x = layers.ReLU(name=name.replace("conv", "relu"))(conv(x, w[1], 3, 1, name))
+    x = layers.ReLU(name="relu2")(conv(x, w[1], 3, 1, "conv2"))
     x = layers.MaxPooling2D(name="pool2")(x)  # (B, H/8, W/8, w1)
     for i, width in enumerate(w[2:-1], start=3):
         x = layers.ReLU(name=f"relu{i}")(conv(x, width, 3, 1, f"conv{i}"))

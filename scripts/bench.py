@@ -96,21 +96,8 @@ def training_throughput(preset: str, steps: int = 10) -> dict:
     }
 
 
-def forward_only(model, images, batch: int = 500) -> dict:
-    """The model's own forward pass over the same images: the floor under any map that needs the activations."""
-    f = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    run = lambda: [f(images[lo : lo + batch]).numpy() for lo in range(0, len(images), batch)]  # noqa: E731
-    seconds = best_of(run, repeats=1)
-    print(f"  {'forward pass only':16s} {len(images) / seconds:10.1f} images/s", flush=True)
-    return {
-        "method": "forward pass only (no map)",
-        "images": len(images),
-        "maps_per_s": round(len(images) / seconds, 1),
-    }
-
-
 def cam_family(model, images, slow_images: int) -> list[dict]:
-    rows = [forward_only(model, images)]
+    rows = []
     for name in METHODS:
         n = min(slow_images, len(images)) if name in SLOW else len(images)
         explainer = get_method(model, name)
@@ -210,18 +197,6 @@ def main() -> None:
             "gradcam++_vs_tf_keras_vis_gradcam++": round(ours["gradcam++"] / theirs["GradcamPlusPlus"], 1),
             "cam_vs_tf_keras_vis_gradcam": round(ours["cam"] / theirs["Gradcam"], 1),
         }
-        # What "CAM 20x faster than tf-keras-vis's Grad-CAM" would take: 20x their rate, each map at least one
-        # forward pass of this model.
-        flops = forward_flops(model)
-        needed = 20 * theirs["Gradcam"] * flops / 1e9
-        results["cam_20x"] = {
-            "maps_per_s_needed": round(20 * theirs["Gradcam"], 1),
-            "forward_mflops_per_image": round(flops / 1e6, 1),
-            "gflops_per_s_needed": round(needed, 1),
-            "share_of_matmul_peak_needed": round(needed / peak, 2),
-            "forward_pass_share_of_peak_now": round(ours["forward pass only (no map)"] * flops / 1e9 / peak, 3),
-        }
-        print(f"CAM at 20x tf-keras-vis: {results['cam_20x']}")
         print(f"speed-ups: {results['speedup']}")
     else:
         print(f"no trained model at {model_path}: CAM-family timings skipped (run `make train` first)")
@@ -261,14 +236,6 @@ def to_markdown(r: dict) -> str:
             for c in r["reference"]
         ]
         lines += ["", "Speed-ups: " + ", ".join(f"{k} {v}x" for k, v in r["speedup"].items())]
-        c = r["cam_20x"]
-        lines += [
-            "",
-            f"CAM 20x faster than tf-keras-vis's Grad-CAM would be {c['maps_per_s_needed']} maps/s; at "
-            f"{c['forward_mflops_per_image']} MFLOP per forward pass that is {c['gflops_per_s_needed']} GFLOP/s, "
-            f"{c['share_of_matmul_peak_needed']:.0%} of this machine's float32 matmul peak (the forward pass alone "
-            f"runs at {c['forward_pass_share_of_peak_now']:.0%} of it).",
-        ]
     return "\n".join(lines) + "\n"
 
 

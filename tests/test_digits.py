@@ -25,6 +25,9 @@ def test_multilabel_metrics_hand_made():
     expected = -np.mean(truth * np.log(probs) + (1 - truth) * np.log(1 - probs))
     assert m["loss"] == pytest.approx(expected)
     np.testing.assert_array_equal(evaluate.detected(probs, labels), [[1, 1], [1, 0], [1, 1]])
+    certain = np.zeros((1, 10), np.float32)
+    certain[0, [3, 7]] = 1.0  # a saturated float32 sigmoid: the loss must stay finite (it is 0 here)
+    assert evaluate.multilabel_metrics(certain, labels[:1])["loss"] == pytest.approx(0, abs=1e-9)
 
 
 def _two_digit_truth():
