@@ -19,6 +19,7 @@ from cam_mnist.config import DataConfig, RunConfig
 from cam_mnist.mnist import DataError, atomic_write_bytes
 
 EVAL = "eval"
+PRESENT = 0.5  # a sigmoid head names a class when its probability exceeds this
 REFERENCE_ACCURACY = 0.976  # the TF1 reference repo's reported test accuracy (on a leaky test set)
 
 
@@ -46,15 +47,14 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 def multilabel_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Several digits per image, a sigmoid per class. labels (N, K): the K distinct true classes of each image.
-    A class is predicted when its probability exceeds 0.5; ``accuracy`` is the exact match (the predicted set
+    A class is predicted when its probability exceeds PRESENT; ``accuracy`` is the exact match (the predicted set
     is the true set), ``per_digit`` the fraction of true digits found, ``loss`` the mean binary cross-entropy."""
     n, classes = probs.shape
     truth = multi_hot(labels, classes)
-    predicted = probs > 0.5
     p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)  # in float32, 1 - 1e-12 would round to 1: log(0)
     return {
-        "accuracy": float((predicted == truth).all(1).mean()),
-        "per_digit": float(np.take_along_axis(predicted, labels, 1).mean()),
+        "accuracy": float(((probs > PRESENT) == truth).all(1).mean()),
+        "per_digit": float(detected(probs, labels).mean()),
         "loss": float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean()),
     }
 
@@ -73,10 +73,10 @@ def score(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 def detected(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per true digit, whether the model names its class: (N,) argmax == label for one digit per image,
-    (N, K) probability above 0.5 for several."""
+    (N, K) probability above PRESENT for several."""
     if labels.ndim == 1:
         return probs.argmax(1) == labels
-    return np.take_along_axis(probs, labels, 1) > 0.5
+    return np.take_along_axis(probs, labels, 1) > PRESENT
 
 
 def cam_localization(model, split: data.Split, probs: np.ndarray) -> tuple[float, float]:
@@ -88,11 +88,13 @@ def cam_localization(model, split: data.Split, probs: np.ndarray) -> tuple[float
     from cam_mnist.cams import get_method
 
     cam = get_method(model, "cam")  # reads the current weights at every call
-    labels, boxes, images = split.labels, split.boxes, split.float_images()
-    if labels.ndim == 2:  # several digits: one map per (image, digit)
-        images, labels, boxes = np.repeat(images, labels.shape[1], 0), labels.ravel(), boxes.reshape(-1, 4)
-    hit = iou(boxes_from_maps(cam(images, labels)), boxes) >= IOU_CORRECT
-    found = detected(probs, split.labels).ravel()
+    images, n = split.float_images(), len(split)
+    labels, boxes = split.labels.reshape(n, -1), split.boxes.reshape(n, -1, 4)  # (N, K), (N, K, 4); K = 1 or more
+    hit = np.stack(
+        [iou(boxes_from_maps(cam(images, labels[:, k])), boxes[:, k]) >= IOU_CORRECT for k in range(labels.shape[1])],
+        1,
+    )
+    found = detected(probs, split.labels).reshape(hit.shape)
     return float((hit & found).mean()), float(hit.mean())
 
 
