@@ -162,3 +162,28 @@ def test_config_round_trip_and_overrides(tmp_path):
         config.RunConfig.from_dict({"train": {"stepz": 3}})
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
         config.validate(config.RunConfig.from_dict({"train": {"optimizer": "rmsprop"}}))
+
+
+def test_pool_first_same_weights_other_order_and_old_configs_keep_theirs():
+    # pool_first moves each early max-pool before BN + ReLU: the same weights (so the signature cannot tell the
+    # two apart), a different function. A config.json written before the field existed must build the old order.
+    import keras
+
+    from cam_mnist.model import architecture_signature, build_model
+
+    old = config.RunConfig.from_dict({"model": {"widths": [4, 8, 8]}}).model
+    assert old.pool_first is False
+    new = config.RunConfig.from_dict({"model": {"widths": [4, 8, 8], "pool_first": True}}).model
+    a, b = build_model(old, 40), build_model(new, 40)
+    names = [layer.name for layer in a.layers]
+    assert names.index("pool1") > names.index("relu1")
+    names = [layer.name for layer in b.layers]
+    assert names.index("pool1") < names.index("conv1_bn")
+    assert architecture_signature(a) == architecture_signature(b)
+    rng = np.random.default_rng(0)
+    for layer in a.layers:  # BN with a negative scale is where max-then-normalise differs from normalise-then-max
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.gamma.assign(rng.normal(size=layer.gamma.shape).astype(np.float32))
+    b.set_weights(a.get_weights())
+    x = rng.random((2, 40, 40, 1), dtype=np.float32)
+    assert not np.allclose(a.predict(x, verbose=0), b.predict(x, verbose=0))
