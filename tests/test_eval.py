@@ -105,3 +105,23 @@ def test_every_scores_every_nth_checkpoint_and_the_newest(run_copy, data_dir, ru
     assert sorted(rows) == [4, 12] and final["step"] == 12
     bad = run_cli("eval", "--run-dir", run_copy, "--every", "0", "--data-dir", data_dir)
     assert bad.returncode == 2 and "--every must be at least 1" in bad.stderr
+
+
+def test_two_runs_draw_one_comparison_plot(run_copy, tmp_path, run_cli, data_dir):
+    # Two runs: each gets its own eval/ files, and out/comparison.png (relative to the working directory) plots both.
+    other = shutil.copytree(run_copy, tmp_path / "other")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli(
+        "eval", "--run-dir", run_copy, "--run-dir", other, "--quiet", "--no-robustness", "--data-dir", data_dir,
+        cwd=work,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "comparison plot -> out/comparison.png" in result.stdout
+    assert (work / "out" / "comparison.png").stat().st_size > 0
+    for run in (run_copy, other):
+        assert (run / "eval" / "accuracy_per_step.csv").exists()
+    # Both rows of the final table name their own run with the same (copied) accuracy.
+    rows = result.stdout.split("final:\n")[1].splitlines()[2:4]
+    assert [row.split("|")[1].strip() for row in rows] == ["run", "other"]
+    assert rows[0].split("|")[-2] == rows[1].split("|")[-2]
