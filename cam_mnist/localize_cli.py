@@ -49,9 +49,8 @@ def score(name, maps_true, maps_predicted, split, n, probs, near, predict, image
 
 
 def run(args) -> None:
-    from cam_mnist import boxes as bx
     from cam_mnist import checkpoint, evaluate, localization, plotting
-    from cam_mnist.boxes import boxes_from_maps
+    from cam_mnist.boxes import boxes_from_maps, near
     from cam_mnist.cams import explain
 
     run_dir = Path(args.run_dir) if args.run_dir else Path("out") / "latest"
@@ -74,7 +73,7 @@ def run(args) -> None:
     labels, predicted = split.labels[:n], probs.argmax(1)
     correct = predicted == labels
     wrong = np.flatnonzero(~correct)
-    near = bx.near(split.masks[:n], localization.POINTING_TOLERANCE)  # the same for every method: made once
+    dilated = near(split.masks[:n], localization.POINTING_TOLERANCE)  # the same for every method: made once
     rows, examples = [], {}
     for method in args.methods or FAST + SLOW:
         m = min(n, args.slow_images) if method in SLOW else n
@@ -84,7 +83,7 @@ def run(args) -> None:
         w = wrong[wrong < m]
         if len(w):
             maps_predicted[w] = explain(model, images[w], method, predicted[w])
-        row = score(method, maps_true, maps_predicted, split, m, probs, near, predict, images, args.faithful_images)
+        row = score(method, maps_true, maps_predicted, split, m, probs, dilated, predict, images, args.faithful_images)
         row["seconds"] = round(time.perf_counter() - began, 1)
         rows.append(row)
         examples[method] = maps_true[: args.examples]
@@ -94,7 +93,7 @@ def run(args) -> None:
         )
     for kind in BASELINES:
         maps = localization.baseline_maps(kind, split.boxes[:n], (n, *images.shape[1:3]))
-        row = score(f"baseline: {kind}", maps, maps, split, n, probs, near, predict, images, args.faithful_images)
+        row = score(f"baseline: {kind}", maps, maps, split, n, probs, dilated, predict, images, args.faithful_images)
         rows.append({**row, "seconds": 0.0})
         examples[f"baseline: {kind}"] = maps[: args.examples]
 

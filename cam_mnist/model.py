@@ -31,34 +31,29 @@ def _fast(x, config: ModelConfig):
     # Ours: a stride-2 first conv and early pooling do the cheap work at full resolution, two 3x3 convs at 1/8
     # resolution give each map cell a 51-pixel receptive field (a whole 28x28 digit), and the last conv before
     # GAP is the CAM paper's "extra conv" (§3.1). BN lets Adam use a high learning rate.
-    def block(x, filters, kernel, stride, i, pool=False):
-        """conv -> BN -> ReLU (-> max-pool), or with ``pool_first`` conv -> max-pool -> BN -> ReLU."""
-        x = layers.Conv2D(
-            filters, kernel, strides=stride, padding="same", use_bias=not config.batch_norm, name=f"conv{i}"
-        )(x)
+    def block(x, filters, kernel, stride, name, relu, pool=None):
+        """conv -> BN -> ReLU (-> max-pool ``pool``), or with ``pool_first`` conv -> max-pool -> BN -> ReLU."""
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not config.batch_norm, name=name)(x)
         if pool and config.pool_first:
             # Pool straight after the conv: BN and ReLU then see 4x fewer values. Keras' BN is unfused, and
             # normalising the two large early layers cost a third of a training step (measured: 14% faster).
-            x = layers.MaxPooling2D(name=f"pool{i}")(x)
+            x = layers.MaxPooling2D(name=pool)(x)
         if config.batch_norm:
             # momentum 0.9, not Keras' 0.99: the moving statistics must keep up with weights that Adam moves
             # quickly, or inference-mode accuracy lags training for hundreds of steps (measured: 11% vs 95%).
-            x = layers.BatchNormalization(momentum=0.9, name=f"conv{i}_bn")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        x = layers.ReLU(name=relu)(x)
         if pool and not config.pool_first:
-            x = layers.MaxPooling2D(name=f"pool{i}")(x)
+            x = layers.MaxPooling2D(name=pool)(x)
         return x
 
     w = config.widths
-    x = block(x, w[0], 5, config.stem_stride, 1, pool=config.stem_stride == 2)  # (B, H/4, W/4, w0)
-    x = block(x, w[1], 3, 1, 2, pool=True)  # (B, H/8, W/8, w1)
+    x = block(x, w[0], 5, config.stem_stride, "conv1", "relu1", "pool1" if config.stem_stride == 2 else None)
+    x = block(x, w[1], 3, 1, "conv2", "relu2", "pool2")  # (B, H/8, W/8, w1)
     for i, width in enumerate(w[2:-1], start=3):
-        x = block(x, width, 3, 1, i)
+        x = block(x, width, 3, 1, f"conv{i}", f"relu{i}")
     # The extra conv before GAP; its ReLU output is the CAM's A^k.
-    x = layers.Conv2D(w[-1], 3, padding="same", use_bias=not config.batch_norm, name="last_conv")(x)
-    if config.batch_norm:
-        x = layers.BatchNormalization(momentum=0.9, name="last_conv_bn")(x)
-    return layers.ReLU(name=FEATURES)(x)  # (B, H/8, W/8, K)
+    return block(x, w[-1], 3, 1, "last_conv", FEATURES)  # (B, H/8, W/8, K)
 
 
 def build_model(config: ModelConfig, canvas: int, num_classes: int = NUM_CLASSES) -> keras.Model:
