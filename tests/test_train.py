@@ -187,3 +187,24 @@ def test_pool_first_same_weights_other_order_and_old_configs_keep_theirs():
     b.set_weights(a.get_weights())
     x = rng.random((2, 40, 40, 1), dtype=np.float32)
     assert not np.allclose(a.predict(x, verbose=0), b.predict(x, verbose=0))
+
+
+def test_every_preset_validates_and_builds_a_cam_model():
+    # A preset is a dict of overrides that nothing else checks: a typo'd field or an impossible setting would only
+    # surface when a user starts a 17-minute (or hour-long) run.
+    from cam_mnist.model import FEATURES, LOGITS, PROBS, build_model
+
+    for name in config.PRESETS:
+        c = config.preset(name)
+        config.validate(c)
+        model = build_model(c.model, c.data.canvas)
+        assert {FEATURES, LOGITS, PROBS} <= {layer.name for layer in model.layers}, name
+        assert model.output.shape == (None, 10), name
+        k = model.get_layer(FEATURES).output.shape[-1]  # the CAM weights w_k^c are the (K, 10) logits kernel
+        assert model.get_layer(LOGITS).kernel.shape == (k, 10), name
+        assert k == (64 if c.model.arch == "lenet" else c.model.widths[-1]), name
+    # long is default's network trained on more images; seed is the reference's network.
+    default, long = config.preset("default"), config.preset("long")
+    assert long.model == default.model
+    assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
+    assert config.preset("seed").model.arch == "lenet"
