@@ -45,6 +45,7 @@ class ModelConfig:
         False, "'fast' arch: max-pool straight after conv1 and conv2, before BN and ReLU (cheaper; presets use it)"
     )
     stem_stride: int = _opt(2, "stride of the 'fast' arch's first 5x5 conv: 2 (then a 2x2 pool) or 4 (no pool)")
+    last_kernel: int = _opt(3, "kernel of the 'fast' arch's extra conv before GAP: 3 (the CAM paper's) or 1")
 
 
 @dataclass
@@ -219,6 +220,7 @@ def validate(config: RunConfig) -> None:
         ),
         (m.arch in ("lenet", "fast"), f"arch must be 'lenet' or 'fast', got {m.arch!r}"),
         (m.stem_stride in (2, 4), f"stem_stride must be 2 or 4, got {m.stem_stride}"),
+        (m.last_kernel in (1, 3), f"last_kernel must be 1 or 3, got {m.last_kernel}"),
         (t.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {t.optimizer!r}"),
         (t.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {t.schedule!r}"),
         (t.steps > 0 and t.batch_size > 0, "steps and batch_size must be positive"),

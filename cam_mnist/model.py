@@ -53,7 +53,7 @@ def _fast(x, config: ModelConfig):
     for i, width in enumerate(w[2:-1], start=3):
         x = block(x, width, 3, 1, f"conv{i}", f"relu{i}")
     # The extra conv before GAP; its ReLU output is the CAM's A^k.
-    return block(x, w[-1], 3, 1, "last_conv", FEATURES)  # (B, H/8, W/8, K)
+    return block(x, w[-1], config.last_kernel, 1, "last_conv", FEATURES)  # (B, H/8, W/8, K)
 
 
 def build_model(config: ModelConfig, canvas: int, num_classes: int = NUM_CLASSES) -> keras.Model:

@@ -208,3 +208,22 @@ def test_every_preset_validates_and_builds_a_cam_model():
     assert long.model == default.model
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert config.preset("seed").model.arch == "lenet"
+
+
+def test_last_kernel_sets_the_extra_conv_and_is_validated():
+    # --last-kernel 1 makes the conv before GAP a 1x1 (a tried variant, see README); the CAM contract still holds.
+    from cam_mnist.cams import explain
+    from cam_mnist.model import build_model
+
+    c = config.RunConfig.from_dict({"model": {"widths": [4, 8, 8, 16], "pool_first": True, "last_kernel": 1}})
+    config.validate(c)
+    model = build_model(c.model, 40)
+    assert model.get_layer("last_conv").kernel.shape == (1, 1, 8, 16)
+    assert model.get_layer("conv3").kernel.shape == (3, 3, 8, 8)
+    x = np.random.default_rng(0).random((2, 40, 40, 1), dtype=np.float32)
+    _, cam = explain(model, x, "cam", np.array([3, 7]), raw=True)
+    _, grad = explain(model, x, "gradcam", np.array([3, 7]), raw=True)
+    np.testing.assert_allclose(cam, cam.shape[1] * cam.shape[2] * grad, rtol=1e-5, atol=1e-5)
+    assert cam.max() > 1e-4
+    with pytest.raises(ValueError, match="last_kernel must be 1 or 3, got 5"):
+        config.validate(config.RunConfig.from_dict({"model": {"last_kernel": 5}}))
