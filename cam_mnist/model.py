@@ -28,9 +28,11 @@ def _lenet(x, config: ModelConfig):
 
 
 def _fast(x, config: ModelConfig):
-    # Ours: a stride-2 first conv and early pooling do the cheap work at full resolution, two 3x3 convs at 1/8
-    # resolution give each map cell a 51-pixel receptive field (a whole 28x28 digit), and the last conv before
-    # GAP is the CAM paper's "extra conv" (§3.1). BN lets Adam use a high learning rate.
+    # Ours: a stride-2 first conv and early pooling do the cheap work at full resolution; 3x3 convs at 1/4
+    # resolution (``quarter_convs`` of them: the default's two see a digit's strokes 7x7 cells large) and then at
+    # 1/8 give each map cell a receptive field wider than a 28x28 digit (59 pixels for the default, 67 with one
+    # conv at 1/4 and three at 1/8); the last conv before GAP is the CAM paper's "extra conv" (§3.1). BN lets
+    # Adam use a high learning rate.
     def block(x, filters, kernel, stride, name, relu, pool=None):
         """conv -> BN -> ReLU (-> max-pool ``pool``), or with ``pool_first`` conv -> max-pool -> BN -> ReLU."""
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=not config.batch_norm, name=name)(x)
@@ -47,11 +49,11 @@ def _fast(x, config: ModelConfig):
             x = layers.MaxPooling2D(name=pool)(x)
         return x
 
-    w = config.widths
+    w, q = config.widths, config.quarter_convs
     x = block(x, w[0], 5, config.stem_stride, "conv1", "relu1", "pool1" if config.stem_stride == 2 else None)
-    x = block(x, w[1], 3, 1, "conv2", "relu2", "pool2")  # (B, H/8, W/8, w1)
-    for i, width in enumerate(w[2:-1], start=3):
-        x = block(x, width, 3, 1, f"conv{i}", f"relu{i}")
+    # q 3x3 convs at 1/4 resolution, the last of them pooled to 1/8; then the rest at 1/8.
+    for i, width in enumerate(w[1:-1], start=2):
+        x = block(x, width, 3, 1, f"conv{i}", f"relu{i}", "pool2" if i == q + 1 else None)
     # The extra conv before GAP; its ReLU output is the CAM's A^k.
     return block(x, w[-1], config.last_kernel, 1, "last_conv", FEATURES)  # (B, H/8, W/8, K)
 

@@ -203,9 +203,10 @@ def test_every_preset_validates_and_builds_a_cam_model():
         k = model.get_layer(FEATURES).output.shape[-1]  # the CAM weights w_k^c are the (K, 10) logits kernel
         assert model.get_layer(LOGITS).kernel.shape == (k, 10), name
         assert k == (64 if c.model.arch == "lenet" else c.model.widths[-1]), name
-    # long is default's network trained on more images; seed is the reference's network.
+    # long is the network of its measured run (out/long-v1: the previous default) trained on more images than
+    # default; seed is the reference's network.
     default, long = config.preset("default"), config.preset("long")
-    assert long.model == default.model
+    assert (long.model.widths, long.model.quarter_convs, long.model.pool_first) == ((24, 48, 64, 64, 64), 1, True)
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert config.preset("seed").model.arch == "lenet"
 
@@ -227,3 +228,20 @@ def test_last_kernel_sets_the_extra_conv_and_is_validated():
     assert cam.max() > 1e-4
     with pytest.raises(ValueError, match="last_kernel must be 1 or 3, got 5"):
         config.validate(config.RunConfig.from_dict({"model": {"last_kernel": 5}}))
+
+
+def test_quarter_convs_moves_convs_to_quarter_resolution_and_is_validated():
+    # --quarter-convs 2: two 3x3 convs at 1/4 resolution before the second pool (a tried variant, see README).
+    from cam_mnist.model import build_model
+
+    c = config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8], "pool_first": True, "quarter_convs": 2}})
+    config.validate(c)
+    model = build_model(c.model, 40)  # 40 -> stride 2 -> 20 -> pool -> 10 (1/4) -> pool -> 5 (1/8)
+    assert model.get_layer("conv2").output.shape == (None, 10, 10, 6)
+    assert model.get_layer("conv3").output.shape == (None, 10, 10, 6)
+    assert model.get_layer("pool2").output.shape == (None, 5, 5, 6)
+    assert model.get_layer("cam_features").output.shape == (None, 5, 5, 8)
+    default = build_model(config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8]}}).model, 40)
+    assert default.get_layer("conv3").output.shape == (None, 5, 5, 6)  # one conv at 1/4 unless asked
+    with pytest.raises(ValueError, match=r"quarter_convs must be in 1..3 for widths \(4, 6, 6, 8, 8\), got 4"):
+        config.validate(config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8], "quarter_convs": 4}}))
