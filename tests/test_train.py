@@ -1,6 +1,7 @@
 """Training runs end to end: outputs, exact resume after SIGKILL, corrupt checkpoints, Ctrl-C, config."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -209,6 +210,8 @@ def test_every_preset_validates_and_builds_a_cam_model():
     assert (long.model.widths, long.model.quarter_convs, long.model.pool_first) == ((24, 48, 64, 64, 64), 1, True)
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert config.preset("seed").model.arch == "lenet"
+    # two-digits is default's network with a sigmoid per class (README: "trains the same network").
+    assert dataclasses.replace(config.preset("two-digits").model, head="softmax") == default.model
 
 
 def test_last_kernel_sets_the_extra_conv_and_is_validated():
@@ -231,7 +234,7 @@ def test_last_kernel_sets_the_extra_conv_and_is_validated():
 
 
 def test_quarter_convs_moves_convs_to_quarter_resolution_and_is_validated():
-    # --quarter-convs 2: two 3x3 convs at 1/4 resolution before the second pool (a tried variant, see README).
+    # --quarter-convs 2: two 3x3 convs at 1/4 resolution before the second pool (the default design, see README).
     from cam_mnist.model import build_model
 
     c = config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8], "pool_first": True, "quarter_convs": 2}})
