@@ -63,7 +63,9 @@ class TrainConfig:
     lr: float = _opt(3e-3, "peak learning rate")
     schedule: str = _opt("cosine", "'constant' or 'cosine' (linear warm-up, then cosine decay to 0)")
     warmup_steps: int = _opt(400, "linear warm-up steps of the cosine schedule")
-    weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW); 0 turns it off")
+    weight_decay: float = _opt(
+        0.0, "decoupled weight decay (AdamW) of the conv and linear kernels, not batch norm's; 0 turns it off"
+    )
     seed: int = _opt(0, "seeds the weights and the training data order and clutter")
     heatmap_every: int = _opt(400, "steps between heatmap snapshots and validation (about 20 per run)")
     checkpoint_every: int = _opt(400, "steps between checkpoints")

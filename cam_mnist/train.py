@@ -34,11 +34,16 @@ def make_optimizer(config: TrainConfig):
         lr = keras.optimizers.schedules.CosineDecay(
             0.0, max(config.steps - config.warmup_steps, 1), warmup_target=config.lr, warmup_steps=config.warmup_steps
         )
+    # Decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101): w -= lr * wd * w after each step, for both
+    # optimizers (Adam's becomes AdamW); None turns it off.
+    decay = config.weight_decay or None
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(lr)
-    if config.weight_decay:
-        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(lr)
+        optimizer = keras.optimizers.SGD(lr, weight_decay=decay)
+    else:
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=decay) if decay else keras.optimizers.Adam(lr)
+    if decay:  # kernels only: batch norm's scale and shift are not decayed
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta"])
+    return optimizer
 
 
 def setup_tensorflow(seed: int, deterministic: bool) -> None:

@@ -248,3 +248,23 @@ def test_quarter_convs_moves_convs_to_quarter_resolution_and_is_validated():
     assert default.get_layer("conv3").output.shape == (None, 5, 5, 6)  # one conv at 1/4 unless asked
     with pytest.raises(ValueError, match=r"quarter_convs must be in 1..3 for widths \(4, 6, 6, 8, 8\), got 4"):
         config.validate(config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8], "quarter_convs": 4}}))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_shrinks_kernels_and_spares_batch_norm(optimizer):
+    from cam_mnist.model import build_model
+    from cam_mnist.train import make_optimizer
+
+    cfg = config.preset("tiny")
+    cfg.train = dataclasses.replace(cfg.train, optimizer=optimizer, weight_decay=0.5, lr=0.1, schedule="constant")
+    model = build_model(cfg.model, cfg.data.canvas)
+    for v in model.trainable_variables:  # BN starts at gamma 1, beta 0; make beta nonzero so decay would show
+        v.assign(np.full(v.shape, 0.5, np.float32) if v.name == "beta" else v.numpy())
+    before = [v.numpy() for v in model.trainable_variables]
+    optimizer = make_optimizer(cfg.train)
+    optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
+    for v, old in zip(model.trainable_variables, before, strict=True):
+        # A zero gradient moves Adam and SGD by 0, so only the decoupled decay w -= lr * wd * w acts.
+        expected = old if v.name in ("gamma", "beta") else old * (1 - 0.1 * 0.5)
+        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=v.path)
+    assert sum(v.name == "kernel" for v in model.trainable_variables) == len(cfg.model.widths) + 1
