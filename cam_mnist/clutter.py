@@ -114,13 +114,12 @@ def warp_digits(pool: np.ndarray, angle_deg: np.ndarray, scale: np.ndarray) -> n
     n = len(pool)
     out = np.empty_like(pool)
     centre = (DIGIT - 1) / 2
-    grid = np.mgrid[0:DIGIT, 0:DIGIT].astype(np.float64) - centre  # (2, 28, 28): (y, x) of each output pixel
+    y, x = np.mgrid[0:DIGIT, 0:DIGIT].astype(np.float64) - centre  # (28, 28) each: every output pixel's offset
     for lo in range(0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
         theta = np.deg2rad(np.asarray(angle_deg[lo:hi], np.float64))[:, None, None]
         inv = 1 / np.asarray(scale[lo:hi], np.float64)[:, None, None]
         cos, sin = np.cos(theta), np.sin(theta)
-        y, x = grid
         # Inverse map: the source pixel each output pixel samples (rotation by -theta, then scale by 1/s).
         src_y = centre + inv * (cos * y - sin * x)
         src_x = centre + inv * (sin * y + cos * x)
