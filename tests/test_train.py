@@ -204,10 +204,10 @@ def test_every_preset_validates_and_builds_a_cam_model():
         k = model.get_layer(FEATURES).output.shape[-1]  # the CAM weights w_k^c are the (K, 10) logits kernel
         assert model.get_layer(LOGITS).kernel.shape == (k, 10), name
         assert k == (64 if c.model.arch == "lenet" else c.model.widths[-1]), name
-    # long is the network of its measured run (out/long-v1: the previous default) trained on more images than
-    # default; seed is the reference's network.
+    # long is the default's network (its measured run, out/long-sp) trained on more images; seed is the
+    # reference's network.
     default, long = config.preset("default"), config.preset("long")
-    assert (long.model.widths, long.model.quarter_convs, long.model.pool_first) == ((24, 48, 64, 64, 64), 1, True)
+    assert long.model == default.model
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert config.preset("seed").model.arch == "lenet"
     # two-digits is default's network with a sigmoid per class (README: "trains the same network").
@@ -248,6 +248,31 @@ def test_quarter_convs_moves_convs_to_quarter_resolution_and_is_validated():
     assert default.get_layer("conv3").output.shape == (None, 5, 5, 6)  # one conv at 1/4 unless asked
     with pytest.raises(ValueError, match=r"quarter_convs must be in 1..3 for widths \(4, 6, 6, 8, 8\), got 4"):
         config.validate(config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8], "quarter_convs": 4}}))
+
+
+def test_stem_pool_off_strides_the_next_conv_instead_and_old_configs_keep_the_pool():
+    # --no-stem-pool (the default design): the stem's 2x2 max-pool goes, and the first conv at 1/4 resolution
+    # takes stride 2 from the stem's full 1/2-resolution output. Same weights, same map sizes, another function.
+    from cam_mnist.model import architecture_signature, build_model
+
+    widths = [4, 6, 6, 8, 8]
+    old = config.RunConfig.from_dict({"model": {"widths": widths, "pool_first": True, "quarter_convs": 2}}).model
+    assert old.stem_pool is True  # a config.json written before the field existed rebuilds the pooled stem
+    new = dataclasses.replace(old, stem_pool=False)
+    a, b = build_model(old, 40), build_model(new, 40)
+    assert "pool1" in {layer.name for layer in a.layers}
+    assert "pool1" not in {layer.name for layer in b.layers}
+    assert b.get_layer("conv1").output.shape == (None, 20, 20, 4)  # 40 -> stride 2
+    assert b.get_layer("conv2").strides == (2, 2) and a.get_layer("conv2").strides == (1, 1)
+    for name, shape in [("conv2", (None, 10, 10, 6)), ("conv3", (None, 10, 10, 6)), ("cam_features", (None, 5, 5, 8))]:
+        assert a.get_layer(name).output.shape == b.get_layer(name).output.shape == shape, name
+    assert architecture_signature(a) == architecture_signature(b)
+    b.set_weights(a.get_weights())
+    x = np.random.default_rng(0).random((2, 40, 40, 1), dtype=np.float32)
+    assert not np.allclose(a.predict(x, verbose=0), b.predict(x, verbose=0))
+    assert config.preset("default").model.stem_pool is False
+    with pytest.raises(ValueError, match="stem_pool off needs stem_stride 2"):
+        config.validate(config.RunConfig.from_dict({"model": {"stem_stride": 4, "stem_pool": False}}))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
