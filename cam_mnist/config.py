@@ -46,7 +46,9 @@ class ModelConfig:
     pool_first: bool = _opt(
         False, "'fast' arch: max-pool straight after each pooled conv, before BN and ReLU (cheaper; presets use it)"
     )
-    stem_stride: int = _opt(2, "stride of the 'fast' arch's first 5x5 conv: 2 (then a 2x2 pool) or 4 (no pool)")
+    stem_stride: int = _opt(
+        2, "stride of the 'fast' arch's first 5x5 conv: 2 (then a 2x2 pool, see stem_pool) or 4 (no pool)"
+    )
     stem_pool: bool = _opt(
         True,
         "'fast' arch, stride-2 stem: max-pool its output, or (off: the default and two-digits presets) give the "

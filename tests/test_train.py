@@ -204,7 +204,7 @@ def test_every_preset_validates_and_builds_a_cam_model():
         k = model.get_layer(FEATURES).output.shape[-1]  # the CAM weights w_k^c are the (K, 10) logits kernel
         assert model.get_layer(LOGITS).kernel.shape == (k, 10), name
         assert k == (64 if c.model.arch == "lenet" else c.model.widths[-1]), name
-    # long is the default's network (its measured run, out/long-sp) trained on more images; seed is the
+    # long is the default's network (its measured run, out/long-15k) trained on more images; seed is the
     # reference's network.
     default, long = config.preset("default"), config.preset("long")
     assert long.model == default.model
