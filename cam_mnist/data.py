@@ -1,8 +1,10 @@
 """Cluttered-MNIST splits with ground truth: build, store, load.
 
 Honest splits, unlike the TF1 reference (which built train *and* test images from MNIST training digits):
-  - ``train``: MNIST train digits (the first 50k); fresh clutter every epoch, a pure function of (seed, epoch);
-  - ``val``: the 10k MNIST validation digits, one image each;
+  - ``train``: MNIST train digits (the first 50k), plus the first ``extra_train_digits`` validation digits if
+    asked; fresh clutter every epoch, a pure function of (seed, epoch);
+  - ``val``: the 10k MNIST validation digits, one image each (a run scores only those led by digits it did not
+    train on, :func:`held_out_of`);
   - ``test``: the 10k MNIST *test* digits, one image each. Distractor crops come from the same split's digits,
     so no test image contains a pixel of a training digit.
 
@@ -111,6 +113,28 @@ def held_out(digits: dict[str, Digits], config: DataConfig, split: str) -> Split
     return generate(pool, config, _rng(config.data_seed, split), digit_index=index, name=split, source_split=split)
 
 
+def training_digits(digits: dict[str, Digits], config: DataConfig) -> Digits:
+    """The digits training draws from: MNIST's 50k train digits, then the first ``extra_train_digits`` validation
+    digits (so a train image's ``source_index`` >= 50k names validation digit ``source_index - 50k``)."""
+    pool, n = digits["train"], config.extra_train_digits
+    if n == 0:
+        return pool
+    extra = digits["val"]
+    return Digits(np.concatenate([pool.images, extra.images[:n]]), np.concatenate([pool.labels, extra.labels[:n]]))
+
+
+def held_out_of(split: Split, config: DataConfig) -> Split:
+    """The images of the stored ``val`` split that no training digit leads: those whose digits all have index
+    >= ``extra_train_digits``. Their 8x8 clutter crops may still come from the moved digits; validation only
+    watches the run, and the test split (MNIST test digits only) is what scores it."""
+    n = config.extra_train_digits
+    if n == 0:
+        return split
+    keep = (split.source_index >= n).reshape(len(split), -1).all(1)
+    fields = ("images", "labels", "boxes", "positions", "masks", "source_index")
+    return dataclasses.replace(split, **{f: getattr(split, f)[keep] for f in fields})
+
+
 def train_epoch(
     digits: dict[str, Digits], config: DataConfig, seed: int, epoch: int, with_masks: bool = False
 ) -> Split:
@@ -118,7 +142,7 @@ def train_epoch(
 
     A pure function of (seed, epoch), so a resumed run regenerates exactly the images it would have seen.
     """
-    pool = digits["train"]
+    pool = training_digits(digits, config)
     if config.rotate or config.rescale:
         # One fresh distortion per train digit per epoch (the clutter crops come from the distorted digits too).
         warp_rng = _rng(seed, "distort", epoch)

@@ -105,7 +105,7 @@ class Trainer:
         self.digits = load_digits(data.ensure_mnist(Path(data_dir)))
         data.prepare(config.data, data_dir)
         folder = data.settings_dir(config.data, data_dir)
-        self.val = data.read_split(folder / "val.npz", "val")
+        self.val = data.held_out_of(data.read_split(folder / "val.npz", "val"), config.data)
         self.test = data.read_split(folder / "test.npz", "test")
         self.model = build_model(config.model, config.data.canvas)
         self.optimizer = make_optimizer(t)

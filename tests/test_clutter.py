@@ -156,8 +156,48 @@ def test_distorted_epochs_keep_order_and_clutter_positions(digits):
     assert not np.array_equal(a.images, b.images)
 
 
-@pytest.mark.parametrize("field, value", [("rotate", -5.0), ("rotate", 200.0), ("rescale", 1.0), ("rescale", -0.1)])
-def test_bad_distortion_settings_are_refused(field, value):
+def test_extra_train_digits_are_the_first_validation_digits_and_leave_validation(digits):
+    # Blank a part of the validation digits: training images change only if they drew on that part.
+    cfg = dataclasses.replace(SMALL, train_size=3000, extra_train_digits=2000)
+    blank_after, blank_before = ({**digits, "val": Digits(v, digits["val"].labels)} for v in _blanked(digits["val"]))
+    epoch = data.train_epoch(digits, cfg, seed=3, epoch=0)
+    np.testing.assert_array_equal(epoch.images, data.train_epoch(blank_after, cfg, seed=3, epoch=0).images)
+    assert not np.array_equal(epoch.images, data.train_epoch(blank_before, cfg, seed=3, epoch=0).images)
+    plain = dataclasses.replace(cfg, extra_train_digits=0)  # by default training never reads a validation digit
+    blank_all = {**digits, "val": Digits(np.zeros_like(digits["val"].images), digits["val"].labels)}
+    np.testing.assert_array_equal(
+        data.train_epoch(digits, plain, 3, 0).images, data.train_epoch(blank_all, plain, 3, 0).images
+    )
+    moved = epoch.source_index >= 50_000  # indices past the train digits name validation digit index - 50k
+    assert moved.sum() > 0 and (epoch.source_index < 52_000).all()
+    np.testing.assert_array_equal(epoch.labels[moved], digits["val"].labels[epoch.source_index[moved] - 50_000])
+    # Validation keeps the images of the other 8000 digits, unchanged and in order.
+    val = data.held_out(digits, SMALL, "val")
+    kept = data.held_out_of(val, cfg)
+    assert len(kept) == 8000 and data.held_out_of(val, plain) is val
+    for field in ("images", "labels", "boxes", "masks", "source_index"):
+        np.testing.assert_array_equal(getattr(kept, field), getattr(val, field)[2000:])
+
+
+def _blanked(val: Digits) -> tuple[np.ndarray, np.ndarray]:
+    """The validation digits with those from index 2000 on zeroed, and with those before 2000 zeroed."""
+    after, before = val.images.copy(), val.images.copy()
+    after[2000:], before[:2000] = 0, 0
+    return after, before
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("rotate", -5.0),
+        ("rotate", 200.0),
+        ("rescale", 1.0),
+        ("rescale", -0.1),
+        ("extra_train_digits", -1),
+        ("extra_train_digits", 10_000),
+    ],
+)
+def test_bad_data_settings_are_refused(field, value):
     from cam_mnist.config import RunConfig, validate
 
     with pytest.raises(ValueError, match=f"{field} must be"):

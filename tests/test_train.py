@@ -204,11 +204,12 @@ def test_every_preset_validates_and_builds_a_cam_model():
         k = model.get_layer(FEATURES).output.shape[-1]  # the CAM weights w_k^c are the (K, 10) logits kernel
         assert model.get_layer(LOGITS).kernel.shape == (k, 10), name
         assert k == (64 if c.model.arch == "lenet" else c.model.widths[-1]), name
-    # long is the default's network (its measured run, out/long-15k) trained on more images; seed is the
-    # reference's network.
+    # long is the default's network (its measured run, out/long-xd) trained on more images of more digits, the test
+    # digits never among them; seed is the reference's network.
     default, long = config.preset("default"), config.preset("long")
     assert long.model == default.model
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
+    assert long.data.extra_train_digits > default.data.extra_train_digits == 0
     assert config.preset("seed").model.arch == "lenet"
     # two-digits is default's network with a sigmoid per class (README: "trains the same network").
     assert dataclasses.replace(config.preset("two-digits").model, head="softmax") == default.model
