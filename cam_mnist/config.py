@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cam_mnist.mnist import SPLIT_SIZES
+
 
 def _opt(default, help: str, **kw):
     """A dataclass field whose help text the command line shows."""
@@ -86,7 +88,9 @@ class TrainConfig:
     keep_checkpoints: int = _opt(25, "newest checkpoints kept on disk; older ones are deleted")
     panel_size: int = _opt(16, "fixed test images whose CAMs are drawn at every heatmap step")
     val_size: int = _opt(
-        2000, "validation images scored at each heatmap step (the first N; the final model is scored on all of test)"
+        2000,
+        "validation images scored at each heatmap step (the split's first ones; the final model is scored on the whole "
+        "test split)",
     )
     deterministic: bool = _opt(True, "TensorFlow op determinism, so a resumed run equals an uninterrupted one")
 
@@ -243,9 +247,9 @@ def validate(config: RunConfig) -> None:
         (0 <= d.rotate <= 180, f"rotate must be in 0..180 degrees, got {d.rotate}"),
         (0 <= d.rescale < 1, f"rescale must be in [0, 1), got {d.rescale}"),
         (
-            0 <= d.extra_train_digits < 10_000,
-            f"extra_train_digits must be in 0..9999 (some validation digits must stay held out), "
-            f"got {d.extra_train_digits}",
+            0 <= d.extra_train_digits < SPLIT_SIZES["val"],
+            f"extra_train_digits must be in 0..{SPLIT_SIZES['val'] - 1} (some validation digits must stay held "
+            f"out), got {d.extra_train_digits}",
         ),
         (m.head in ("softmax", "sigmoid"), f"head must be 'softmax' or 'sigmoid', got {m.head!r}"),
         (
