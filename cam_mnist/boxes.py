@@ -87,6 +87,14 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> np
     return (near(masks, tolerance) if tolerance else masks)[np.arange(n), y, x]
 
 
+def peak_in_box(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) bool: the map's maximum (its first, if tied) lies inside the half-open box (y0, x0, y1, x1)."""
+    n, h, w = maps.shape
+    y, x = np.divmod(maps.reshape(n, -1).argmax(1), w)
+    b = np.asarray(boxes)
+    return (b[:, 0] <= y) & (y < b[:, 2]) & (b[:, 1] <= x) & (x < b[:, 3])
+
+
 def near(masks: np.ndarray, tolerance: int) -> np.ndarray:
     """(N, H, W) bool: the pixels within ``tolerance`` pixels of each mask (a disc-shaped dilation)."""
     return ndimage.binary_dilation(masks, structure=_disc(tolerance)[None])

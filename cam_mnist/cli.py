@@ -152,7 +152,9 @@ def cmd_eval(args) -> None:
             out / f"{stem}.png",
             {
                 "test accuracy": (steps, column("test_accuracy")),
-                "CAM top-1 localization": (steps, column("cam_top1_loc")),
+                "CAM top-1 localization, tau chosen on validation": (steps, column("cam_top1_loc_tau")),
+                "CAM top-1 localization at 20% (CAM paper)": (steps, column("cam_top1_loc_20")),
+                "CAM peak in the digit's box": (steps, column("cam_peak_in_box")),
             },
             "step",
             "fraction of test images",
@@ -166,7 +168,7 @@ def cmd_eval(args) -> None:
                 f"step {final['step']}: accuracy {final['accuracy']:.2%}",
             )
         print(f"\n{run_dir}: evaluated {len(final['evaluated'])} checkpoint(s), {len(rows)} in {final['csv']}")
-        columns = ["step", "test_accuracy", "test_loss", "cam_top1_loc", "cam_gt_known_loc"]
+        columns = ["step", "test_accuracy", "test_loss", *evaluate.EVAL_COLUMNS]
         if "per_digit_accuracy" in rows[final["step"]]:  # several digits: test_accuracy is the exact match
             columns.insert(2, "per_digit_accuracy")
         print(_table(columns, [[rows[s][c] for c in columns] for s in steps]))
@@ -310,10 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
-    from cam_mnist import explain_cli, localize_cli
+    from cam_mnist import explain_cli, frontier_cli, localize_cli
 
     localize_cli.add_parser(commands)
     explain_cli.add_parser(commands)
+    frontier_cli.add_parser(commands)
 
     p = commands.add_parser(
         "bench", help="speed measurements -> bench/results.json (what `make bench` runs)", add_help=False

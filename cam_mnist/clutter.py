@@ -129,6 +129,21 @@ def warp_digits(pool: np.ndarray, angle_deg: np.ndarray, scale: np.ndarray) -> n
     return out
 
 
+def hide_patches(images: np.ndarray, patch: int, prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Hide-and-seek (Singh & Lee 2017, arXiv 1704.04232): cut each image into ``patch`` x ``patch`` squares on a
+    grid shifted at random per image, and blank each square with probability ``prob``. A network that cannot
+    count on seeing a digit's most telling part learns to recognise it from every part, so its map covers the
+    whole digit. (N, H, W) uint8 -> (N, H, W) uint8."""
+    n, h, w = images.shape
+    cells = (h // patch + 2, w // patch + 2)  # one spare cell each side for the shift
+    keep = rng.random((n, *cells)) >= prob  # (N, gh, gw)
+    shift = rng.integers(0, patch, (n, 2))  # (N, 2): the grid's offset in pixels
+    rows = (np.arange(h)[None, :] + shift[:, :1]) // patch  # (N, H): each pixel row's grid cell
+    cols = (np.arange(w)[None, :] + shift[:, 1:]) // patch  # (N, W)
+    visible = keep[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (N, H, W)
+    return images * visible
+
+
 def compose(pool: np.ndarray, draws: Draws, canvas: int, size: int) -> np.ndarray:
     """The images (N, canvas, canvas) uint8 that ``draws`` describes, built from the digit ``pool`` (P, 28, 28)."""
     n = len(draws.digit_index)

@@ -34,7 +34,7 @@ MNIST_FILE = "mnist.npz"
 HELD_OUT = ("val", "test")
 # Each split draws from its own random stream; training-digit distortions from a fourth, so that turning them on
 # leaves every other draw (order, positions, clutter) of a seed as it was.
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "distort": 3}
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "distort": 3, "hide": 4}
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,15 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def head(self, n: int | None) -> Split:
+        """The first ``n`` images (all for None), with their ground truth."""
+        return self.subset(slice(0, n))
+
+    def subset(self, index) -> Split:
+        """The images at ``index`` (a slice, indices or a boolean mask), with their ground truth."""
+        fields = ("images", "labels", "boxes", "positions", "masks", "source_index")
+        return dataclasses.replace(self, **{f: getattr(self, f)[index] for f in fields})
 
     def float_images(self, index=None) -> np.ndarray:
         """Images as the model takes them: (n, H, W, 1) float32 in [0, 1]. ``index``: a slice or indices (all)."""
@@ -130,9 +139,7 @@ def held_out_of(split: Split, config: DataConfig) -> Split:
     n = config.extra_train_digits
     if n == 0:
         return split
-    keep = (split.source_index >= n).reshape(len(split), -1).all(1)
-    fields = ("images", "labels", "boxes", "positions", "masks", "source_index")
-    return dataclasses.replace(split, **{f: getattr(split, f)[keep] for f in fields})
+    return split.subset((split.source_index >= n).reshape(len(split), -1).all(1))
 
 
 def train_epoch(
@@ -156,7 +163,12 @@ def train_epoch(
     index = order[: config.train_size]
     if config.digits > 1:
         index = np.concatenate([index[:, None], np.zeros((len(index), config.digits - 1), int)], 1)
-    return generate(pool, config, rng, digit_index=index, with_masks=with_masks, name="train", source_split="train")
+    split = generate(pool, config, rng, digit_index=index, with_masks=with_masks, name="train", source_split="train")
+    # Hide-and-seek draws from its own stream, so turning it on leaves every other draw of the seed as it was.
+    if config.hide_patch and (config.hide_epochs == 0 or epoch < config.hide_epochs):
+        images = clutter.hide_patches(split.images, config.hide_patch, config.hide_prob, _rng(seed, "hide", epoch))
+        split = dataclasses.replace(split, images=images)
+    return split
 
 
 # ------------------------------------------------------------------------------------------------------- storage

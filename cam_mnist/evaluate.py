@@ -21,6 +21,8 @@ from cam_mnist.mnist import DataError, atomic_write_bytes
 EVAL = "eval"
 PRESENT = 0.5  # a sigmoid head names a class when its probability exceeds this
 REFERENCE_ACCURACY = 0.976  # the TF1 reference repo's reported test accuracy (on a leaky test set)
+# The CAM columns of accuracy_per_step.csv; a row written before one of them existed is scored again.
+EVAL_COLUMNS = ["cam_top1_loc_tau", "tau_from_val", "cam_top1_loc_20", "cam_gt_known_loc_20", "cam_peak_in_box"]
 
 
 # -------------------------------------------------------------------------------------------------- pure scoring
@@ -79,23 +81,42 @@ def detected(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.take_along_axis(probs, labels, 1) > PRESENT
 
 
-def cam_localization(model, split: data.Split, probs: np.ndarray) -> tuple[float, float]:
-    """CAM's top-1 and GT-known localization accuracy (CAM paper protocol) for the model's current weights.
+def cam_localization(model, split: data.Split, probs: np.ndarray, tau: float | None = None) -> dict:
+    """CAM localization of the model's current weights on ``split``, each digit scored with the map of its true
+    class against its own box:
 
-    Each digit is scored with the map of its true class against its box. Top-1 also needs the class predicted
-    (argmax, or p > 0.5 with several digits); where it is, the predicted class's map is that same map."""
-    from cam_mnist.boxes import IOU_CORRECT, boxes_from_maps, iou
+    - ``loc_20``: top-1 localization by the CAM paper's protocol (box above 20% of the map's max, IoU >= 0.5,
+      class named: argmax, or p > 0.5 with several digits); ``gt_known_20``: the same without the class;
+    - ``loc_tau``: top-1 localization at the threshold ``tau`` chosen on validation (:func:`localization.
+      choose_threshold`); with ``tau=None`` it is chosen on ``split`` itself, which is what training reports on
+      its validation images;
+    - ``peak_in_box``: the map's maximum lies in the digit's box.
+    Where the class is predicted, the predicted class's map is the true class's, so no other maps are needed."""
+    from cam_mnist import localization
+    from cam_mnist.boxes import IOU_CORRECT, PAPER_THRESHOLD, peak_in_box
+
+    maps, boxes = true_class_maps(model, split), split.boxes.reshape(-1, 4)  # (N*K, H, W), (N*K, 4)
+    sweep = localization.MAXBOX_THRESHOLDS if tau is None else [tau]
+    ious = localization.ious_by_threshold(maps, boxes, [PAPER_THRESHOLD, *sweep])
+    tau = localization.best_threshold({float(t): ious[float(t)] for t in sweep}) if tau is None else tau
+    found = detected(probs, split.labels).ravel()
+    return {
+        "loc_20": float((found & (ious[PAPER_THRESHOLD] >= IOU_CORRECT)).mean()),
+        "gt_known_20": float((ious[PAPER_THRESHOLD] >= IOU_CORRECT).mean()),
+        "loc_tau": float((found & (ious[tau] >= IOU_CORRECT)).mean()),
+        "tau": float(tau),
+        "peak_in_box": float(peak_in_box(maps, boxes).mean()),
+    }
+
+
+def true_class_maps(model, split: data.Split) -> np.ndarray:
+    """CAM of each digit's true class: (N*K, H, W), digit k of image i at row i*K + k (K = 1 for one digit)."""
     from cam_mnist.cams import get_method
 
     cam = get_method(model, "cam")  # reads the current weights at every call
     images, n = split.float_images(), len(split)
-    labels, boxes = split.labels.reshape(n, -1), split.boxes.reshape(n, -1, 4)  # (N, K), (N, K, 4); K = 1 or more
-    hit = np.stack(
-        [iou(boxes_from_maps(cam(images, labels[:, k])), boxes[:, k]) >= IOU_CORRECT for k in range(labels.shape[1])],
-        1,
-    )
-    found = detected(probs, split.labels).reshape(hit.shape)
-    return float((hit & found).mean()), float(hit.mean())
+    labels = split.labels.reshape(n, -1)  # (N, K)
+    return np.stack([cam(images, labels[:, k]) for k in range(labels.shape[1])], 1).reshape(-1, *images.shape[1:3])
 
 
 # --------------------------------------------------------------------------------------------------- a run's model
@@ -127,6 +148,13 @@ def split_for(config: RunConfig, data_dir: Path, **changes) -> tuple[DataConfig,
     return settings, data.read_split(folder / "test.npz", "test")
 
 
+def validation_for(config: RunConfig, settings: DataConfig, data_dir: Path) -> data.Split:
+    """The validation images the run watched while training (its first ``val_size`` held-out ones), in the clutter
+    ``settings`` of the split being scored: the images on which the map threshold tau is chosen."""
+    folder = data.prepare(settings, data_dir, fetch=False)
+    return data.held_out_of(data.read_split(folder / "val.npz", "val"), settings).head(config.train.val_size)
+
+
 # --------------------------------------------------------------------------------------------- checkpoints of a run
 def csv_name(default: DataConfig, settings: DataConfig) -> str:
     """``accuracy_per_step.csv`` for the run's own test split, a suffixed name for any other clutter."""
@@ -143,8 +171,8 @@ def read_rows(path: Path) -> dict[int, dict]:
 
 
 def write_rows(path: Path, rows: dict[int, dict]) -> None:
-    fields = list(next(iter(rows.values())).keys())
-    lines = [",".join(fields)] + [",".join(str(rows[s][k]) for k in fields) for s in sorted(rows)]
+    fields = list(rows[max(rows)].keys())  # the newest row was scored now, so it has every column
+    lines = [",".join(fields)] + [",".join(str(rows[s].get(k, "")) for k in fields) for s in sorted(rows)]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -171,12 +199,13 @@ def evaluate_run(
             f"train with `python -m cam_mnist train --run-dir {run_dir}`"
         )
     settings, split = split_for(config, data_dir, **split_changes)
+    val = validation_for(config, settings, data_dir)
     model, predict = build_for(config, settings.canvas)
     path = run_dir / EVAL / csv_name(config.data, settings)
     rows = {} if force else read_rows(path)
     final, evaluated = None, []
     for step, ckpt in tqdm(found, disable=not progress, unit="ckpt", desc="checkpoints"):
-        if step in rows and step != found[-1][0]:
+        if step in rows and step != found[-1][0] and all(rows[step].get(c) for c in EVAL_COLUMNS):
             continue
         try:
             state = checkpoint.load(ckpt, model)
@@ -188,13 +217,17 @@ def evaluate_run(
         model.set_weights(state.model_weights)
         probs = predict_probs(predict, split)
         metrics = score(probs, split.labels)
-        top1, gt_known = cam_localization(model, split, probs)
+        tau = cam_localization(model, val, predict_probs(predict, val))["tau"]
+        cam = cam_localization(model, split, probs, tau)
         rows[step] = {
             "step": step,
             "test_accuracy": f"{metrics['accuracy']:.5f}",
             "test_loss": f"{metrics['loss']:.5f}",
-            "cam_top1_loc": f"{top1:.5f}",
-            "cam_gt_known_loc": f"{gt_known:.5f}",
+            "cam_top1_loc_tau": f"{cam['loc_tau']:.5f}",
+            "tau_from_val": f"{tau:.2f}",
+            "cam_top1_loc_20": f"{cam['loc_20']:.5f}",
+            "cam_gt_known_loc_20": f"{cam['gt_known_20']:.5f}",
+            "cam_peak_in_box": f"{cam['peak_in_box']:.5f}",
             "wall_s": f"{state.extras.get('wall_s', float('nan')):.1f}",
             **({"per_digit_accuracy": f"{metrics['per_digit']:.5f}"} if "per_digit" in metrics else {}),
             **{f"acc_class_{c}": f"{a:.5f}" for c, a in enumerate(metrics.get("per_class", []))},

@@ -124,7 +124,7 @@ def run(args) -> int:
             for j, cls in enumerate(classes[i]):
                 tiles.append(
                     plotting.captioned(
-                        plotting.overlay(images[i], maps[method][i, j], box if j == 0 else None),
+                        plotting.overlay(images[i], maps[method][i, j], map_box=box if j == 0 else None),
                         f"{method}: {cls} p={probs[i, cls]:.2f}",
                     )
                 )

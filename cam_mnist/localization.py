@@ -19,48 +19,84 @@ from scipy import ndimage
 from cam_mnist import boxes as bx
 
 MAXBOX_THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.05), 2)  # wsolevaluation uses 0.01; 0.05 keeps 10k maps fast
+IDEAL_BLUR_PX = 2.0  # the blurred ideal map of the ceiling rows: a map as sharp as a digit's stroke is wide
 POINTING_TOLERANCE = 3  # pixels
 
 
 # ---------------------------------------------------------------------------------------------------------- boxes
-def box_metrics(maps: np.ndarray, correct: np.ndarray, true_boxes: np.ndarray, threshold=bx.PAPER_THRESHOLD) -> dict:
-    """Top-1 localization (right class and IoU >= 0.5), GT-known localization, mean IoU, and MaxBoxAcc (GT-known
-    accuracy at the best threshold). ``maps`` are the true class's: where the prediction is right the
-    predicted-class map is the same map, and where it is wrong top-1 fails whatever the box, so top-1 needs no
-    other maps."""
-    thresholds = sorted({*MAXBOX_THRESHOLDS.tolist(), threshold})
-    # One labelling of 10k maps per threshold is most of this function's time; scipy's label runs without the
-    # GIL, so threads share the thresholds between cores.
+def ious_by_threshold(maps: np.ndarray, true_boxes: np.ndarray, thresholds) -> dict[float, np.ndarray]:
+    """{threshold: (N,) IoU of the map's protocol box with the true box} for every threshold."""
+    # One labelling of N maps per threshold is most of the time; scipy's label runs without the GIL, so threads
+    # share the thresholds between cores.
+    thresholds = sorted({float(t) for t in thresholds})
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         ious = pool.map(lambda t: bx.iou(bx.boxes_from_maps(maps, t), true_boxes), thresholds)
-        ious = dict(zip(thresholds, ious, strict=True))
-    per_threshold = [float((ious[t] >= bx.IOU_CORRECT).mean()) for t in MAXBOX_THRESHOLDS]
-    best = int(np.argmax(per_threshold))
+        return dict(zip(thresholds, ious, strict=True))
+
+
+def best_threshold(ious: dict[float, np.ndarray]) -> float:
+    """The threshold whose boxes reach IoU >= 0.5 most often (the lowest such, on a tie)."""
+    return max(sorted(ious), key=lambda t: (ious[t] >= bx.IOU_CORRECT).mean())
+
+
+def choose_threshold(maps: np.ndarray, true_boxes: np.ndarray) -> float:
+    """The map threshold tau that boxes the most digits (IoU >= 0.5) on these maps: wsolevaluation's calibration
+    (Choe et al. 2020, §4), made on a validation split and then applied, unchanged, to the test split."""
+    return best_threshold(ious_by_threshold(maps, true_boxes, MAXBOX_THRESHOLDS))
+
+
+def box_metrics(
+    maps: np.ndarray,
+    correct: np.ndarray,
+    true_boxes: np.ndarray,
+    threshold=bx.PAPER_THRESHOLD,
+    calibrated: float | None = None,
+) -> dict:
+    """Top-1 localization (right class and IoU >= 0.5), GT-known localization and mean IoU at ``threshold``; the
+    two localizations again at the ``calibrated`` threshold (chosen on validation maps, :func:`choose_threshold`)
+    if given; MaxBoxAcc (GT-known localization at the best threshold for *these* maps, which is what calibration
+    on the test split itself would give); and the share of maps whose peak lies in the true box. ``maps`` are the
+    true class's: where the prediction is right the predicted-class map is the same map, and where it is wrong
+    top-1 fails whatever the box, so top-1 needs no other maps."""
+    extra = [] if calibrated is None else [calibrated]
+    ious = ious_by_threshold(maps, true_boxes, [*MAXBOX_THRESHOLDS, threshold, *extra])
+    best = best_threshold({float(t): ious[float(t)] for t in MAXBOX_THRESHOLDS})
     hit = ious[threshold] >= bx.IOU_CORRECT
-    return {
+    result = {
         "top1_loc": float((correct & hit).mean()),
         "gt_known_loc": float(hit.mean()),
         "mean_iou": float(ious[threshold].mean()),
-        "max_box_acc": per_threshold[best],
-        "max_box_acc_threshold": float(MAXBOX_THRESHOLDS[best]),
+        "max_box_acc": float((ious[best] >= bx.IOU_CORRECT).mean()),
+        "max_box_acc_threshold": best,
+        "peak_in_box": float(bx.peak_in_box(maps, true_boxes).mean()),
         "iou": ious[threshold],
     }
+    if calibrated is not None:
+        hit = ious[calibrated] >= bx.IOU_CORRECT
+        result |= {
+            "top1_loc_calibrated": float((correct & hit).mean()),
+            "gt_known_loc_calibrated": float(hit.mean()),
+            "calibrated_threshold": float(calibrated),
+        }
+    return result
 
 
-def per_digit_metrics(maps: np.ndarray, boxes: np.ndarray, masks: np.ndarray, found: np.ndarray) -> dict:
+def per_digit_metrics(
+    maps: np.ndarray, boxes: np.ndarray, masks: np.ndarray, found: np.ndarray, calibrated: float | None = None
+) -> dict:
     """Several digits per image: does the map of each digit's class find *that* digit?
 
     maps (N, K, H, W): the map of digit k's class; boxes (N, K, 4) and masks (N, K, H, W): each digit's truth;
     found (N, K): whether the model detected digit k's class. Top-1 localization needs the class detected and
-    the paper-protocol box at IoU >= 0.5 with digit k's box; pointing needs the map's peak on digit k. Pointing
-    at another digit of the image is counted apart: it is the failure a multi-label CAM is suspected of."""
+    the box (at 20%, and at the ``calibrated`` threshold if given) at IoU >= 0.5 with digit k's box; pointing and
+    peak-in-box need the map's peak on digit k. Pointing at another digit of the image is counted apart: it is
+    the failure a multi-label CAM is suspected of."""
     n, k, h, w = maps.shape
     flat_maps, flat_masks = maps.reshape(n * k, h, w), masks.reshape(n * k, h, w)
-    hit = bx.iou(bx.boxes_from_maps(flat_maps), boxes.reshape(n * k, 4)) >= bx.IOU_CORRECT
+    metrics = box_metrics(flat_maps, found.ravel(), boxes.reshape(n * k, 4), calibrated=calibrated)
     others = (masks.sum(1, keepdims=True) - masks).astype(bool).reshape(n * k, h, w)  # the image's other digits
     return {
-        "top1_loc": float((hit & found.ravel()).mean()),
-        "gt_known_loc": float(hit.mean()),
+        **{key: value for key, value in metrics.items() if key != "iou"},
         **pointing_metrics(flat_maps, flat_masks),
         "points_at_other_digit": float(bx.pointing_game(flat_maps, others & ~flat_masks).mean()),
     }
@@ -165,3 +201,52 @@ def baseline_maps(kind: str, true_boxes: np.ndarray, shape: tuple[int, int, int]
         coarse = np.random.default_rng(seed).random((n, 12, 12), np.float32)
         return np.clip(ndimage.zoom(coarse, (1, h / 12, w / 12), order=1), 0, 1)
     raise ValueError(f"unknown baseline {kind!r}: choose centre, full or random")
+
+
+# --------------------------------------------------------------------------------------------------- the ceiling
+def ideal_maps(masks: np.ndarray, grid: tuple[int, int], blur_px: float = 0.0) -> np.ndarray:
+    """The best a map on a ``grid`` (h, w) can do: each digit's mask averaged over the grid's cells (optionally
+    blurred by a Gaussian of ``blur_px`` canvas pixels), upsampled back bilinearly as every CAM is, and scaled to
+    a maximum of 1. Boxing these maps shows how much of a method's gap to 100% the grid alone explains.
+    masks (N, H, W) bool -> (N, H, W) float32."""
+    n, h, w = masks.shape
+    cells = area_resize(masks.astype(np.float32), grid)  # (N, gh, gw): the share of each cell the digit covers
+    if blur_px:
+        cells = ndimage.gaussian_filter(cells, (0, blur_px * grid[0] / h, blur_px * grid[1] / w))
+    maps = bilinear_resize(cells, (h, w))
+    peak = maps.reshape(n, -1).max(1)[:, None, None]
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in): output cell i averages the input pixels it covers, partial pixels by their covered share."""
+    edges = np.arange(n_out + 1) * n_in / n_out
+    pixel = np.arange(n_in)
+    overlap = np.clip(np.minimum(edges[1:, None], pixel + 1) - np.maximum(edges[:-1, None], pixel), 0, None)
+    return overlap / overlap.sum(1, keepdims=True)
+
+
+def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of bilinear resizing with half-pixel centres, as ``tf.image.resize`` does."""
+    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), lo), 1 - (src - lo))
+    np.add.at(weights, (np.arange(n_out), hi), src - lo)
+    return weights
+
+
+def area_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) -> (N, h, w), each output cell the mean of the input area it covers."""
+    return _separable(maps, _area_weights(maps.shape[1], size[0]), _area_weights(maps.shape[2], size[1]))
+
+
+def bilinear_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) -> (N, H, W) bilinear with half-pixel centres: the CAM pipeline's upsampling, in numpy."""
+    return _separable(maps, _bilinear_weights(maps.shape[1], size[0]), _bilinear_weights(maps.shape[2], size[1]))
+
+
+def _separable(maps: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.einsum("yh,nhw,xw->nyx", rows.astype(np.float32), maps.astype(np.float32), cols.astype(np.float32))
+

@@ -17,10 +17,13 @@ DIGITS_DEFAULT = ["cam", "gradcam", "gradcam++"]  # several digits per image: th
 SLOW = ["scorecam", "occlusion"]  # many forward passes per map: scored on the first --slow-images test images
 BASELINES = ["centre", "full", "random"]
 COLUMNS = [
-    ("top1_loc", "top-1 loc"),
-    ("gt_known_loc", "GT-known loc"),
-    ("max_box_acc", "MaxBoxAcc"),
-    ("mean_iou", "mean IoU"),
+    ("top1_loc_calibrated", "top-1 loc, τ from val"),
+    ("calibrated_threshold", "τ (val)"),
+    ("top1_loc", "top-1 loc @20%"),
+    ("gt_known_loc", "GT-known @20%"),
+    ("max_box_acc", "MaxBoxAcc (τ on test)"),
+    ("mean_iou", "mean IoU @20%"),
+    ("peak_in_box", "peak in box"),
     ("pointing", "pointing"),
     ("pointing_3px", "pointing ±3px"),
     ("mask_iou", "mask IoU"),
@@ -34,24 +37,39 @@ COLUMNS = [
 ]
 
 
-def score(name, maps_true, maps_predicted, split, n, probs, near, predict, images, faithful_n) -> dict:
-    """Every metric for one method (or baseline) on the first ``n`` test images."""
+def score(name, maps_true, maps_predicted, split, n, probs, near, predict, images, faithful_n, tau) -> dict:
+    """Every metric for one method (or baseline) on the first ``n`` test images; boxes at the paper's 20% and at
+    ``tau``, chosen on validation maps of the same method."""
     from cam_mnist import localization as loc
 
     predicted = probs.argmax(1)
-    result = loc.box_metrics(maps_true, predicted[:n] == split.labels[:n], split.boxes[:n])
+    result = loc.box_metrics(maps_true, predicted[:n] == split.labels[:n], split.boxes[:n], calibrated=tau)
     result |= loc.pointing_metrics(maps_true, split.masks[:n], near[:n])
     result |= loc.segmentation_metrics(maps_true, split.masks[:n])
-    result |= loc.average_drop_increase(predict, images[:n], maps_predicted, predicted[:n], probs[:n])
-    f = min(n, faithful_n)
-    result |= loc.deletion_insertion(predict, images[:f], maps_predicted[:f], predicted[:f])
+    if maps_predicted is not None:  # faithfulness needs a model's own map; the ceiling's ideal maps have none
+        result |= loc.average_drop_increase(predict, images[:n], maps_predicted, predicted[:n], probs[:n])
+        f = min(n, faithful_n)
+        result |= loc.deletion_insertion(predict, images[:f], maps_predicted[:f], predicted[:f])
     return {"method": name, "images": n, **result}
+
+
+def ceiling(split, val, n: int, grid: tuple[int, int]) -> list[tuple[str, np.ndarray, float]]:
+    """The ideal-map rows: (name, test maps, tau chosen on the validation ideal maps) for the map's own grid,
+    sharp and blurred (:func:`cam_mnist.localization.ideal_maps`)."""
+    from cam_mnist import localization as loc
+
+    rows = []
+    for blur in (0.0, loc.IDEAL_BLUR_PX):
+        name = f"ceiling: ideal {grid[0]}x{grid[1]} map" + (f", blurred {blur:g} px" if blur else "")
+        tau = loc.choose_threshold(loc.ideal_maps(val.masks, grid, blur), val.boxes)
+        rows.append((name, loc.ideal_maps(split.masks[:n], grid, blur), tau))
+    return rows
 
 
 def run(args) -> None:
     from cam_mnist import checkpoint, evaluate, localization, plotting
     from cam_mnist.boxes import boxes_from_maps, near
-    from cam_mnist.cams import explain
+    from cam_mnist.cams import explain, get_method
 
     run_dir = Path(args.run_dir) if args.run_dir else Path("out") / "latest"
     config = evaluate.load_run(run_dir)
@@ -64,10 +82,11 @@ def run(args) -> None:
         raise evaluate.DataError(f"{run_dir}: no readable checkpoint; train with `make train`")
     model, predict = evaluate.build_for(config)
     model.set_weights(state.model_weights)
-    _, split = evaluate.split_for(config, Path(args.data_dir))
+    settings, split = evaluate.split_for(config, Path(args.data_dir))
+    val = evaluate.validation_for(config, settings, Path(args.data_dir))
     n = min(args.images or len(split), len(split))
     if split.labels.ndim == 2:
-        return run_digits(args, run_dir, state.step, model, predict, split, n)
+        return run_digits(args, run_dir, state.step, model, predict, split, val, n)
     images = split.float_images(slice(0, n))
     probs = evaluate.predict_probs(predict, split, n)
     labels, predicted = split.labels[:n], probs.argmax(1)
@@ -78,24 +97,36 @@ def run(args) -> None:
     for method in args.methods or FAST + SLOW:
         m = min(n, args.slow_images) if method in SLOW else n
         began = time.perf_counter()
+        v = val.head(min(len(val), m))  # tau from this method's own maps of the validation images
+        tau = localization.choose_threshold(explain(model, v.float_images(), method, v.labels), v.boxes)
         maps_true = explain(model, images[:m], method, labels[:m])
         maps_predicted = maps_true.copy()  # equal wherever the prediction is right; recompute the rest
         w = wrong[wrong < m]
         if len(w):
             maps_predicted[w] = explain(model, images[w], method, predicted[w])
-        row = score(method, maps_true, maps_predicted, split, m, probs, dilated, predict, images, args.faithful_images)
+        row = score(
+            method, maps_true, maps_predicted, split, m, probs, dilated, predict, images, args.faithful_images, tau
+        )
         row["seconds"] = round(time.perf_counter() - began, 1)
         rows.append(row)
-        examples[method] = maps_true[: args.examples]
+        examples[method] = (maps_true[: args.examples], tau)
         print(
-            f"  {method:16s} top-1 loc {row['top1_loc']:.4f}  pointing {row['pointing']:.4f}  ({row['seconds']}s)",
+            f"  {method:16s} top-1 loc {row['top1_loc_calibrated']:.4f} at tau {tau:.2f} (from val), "
+            f"{row['top1_loc']:.4f} at 20%, peak in box {row['peak_in_box']:.4f}  ({row['seconds']}s)",
             flush=True,
         )
+    grid = tuple(get_method(model, "cam").layer.output.shape[1:3])  # the CAM layer's map, e.g. (25, 25)
+    for name, maps, tau in ceiling(split, val, n, grid):
+        rows.append({**score(name, maps, None, split, n, probs, dilated, predict, images, 0, tau), "seconds": 0.0})
+        examples[name] = (maps[: args.examples], tau)
     for kind in BASELINES:
         maps = localization.baseline_maps(kind, split.boxes[:n], (n, *images.shape[1:3]))
-        row = score(f"baseline: {kind}", maps, maps, split, n, probs, dilated, predict, images, args.faithful_images)
+        tau = localization.choose_threshold(localization.baseline_maps(kind, val.boxes, val.masks.shape), val.boxes)
+        row = score(
+            f"baseline: {kind}", maps, maps, split, n, probs, dilated, predict, images, args.faithful_images, tau
+        )
         rows.append({**row, "seconds": 0.0})
-        examples[f"baseline: {kind}"] = maps[: args.examples]
+        examples[f"baseline: {kind}"] = (maps[: args.examples], tau)
 
     out = run_dir / evaluate.EVAL
     out.mkdir(exist_ok=True)
@@ -109,7 +140,7 @@ def run(args) -> None:
         out / "localization_examples.png",
         split.images[: args.examples],
         split.boxes[: args.examples],
-        {name: (maps, boxes_from_maps(maps)) for name, maps in examples.items()},
+        {name: (maps, boxes_from_maps(maps, tau)) for name, (maps, tau) in examples.items()},
     )
     table = markdown(rows, split_name=f"{run_dir.name}, step {state.step}, test accuracy {correct.mean():.4f}")
     clean = [{k: v for k, v in r.items() if k != "iou"} for r in rows]
@@ -118,6 +149,7 @@ def run(args) -> None:
         "step": state.step,
         "test_accuracy": float(correct.mean()),
         "images": n,
+        "validation_images": len(val),
         "slow_images": min(n, args.slow_images),
         "faithfulness_images": min(n, args.faithful_images),
         "methods": clean,
@@ -130,8 +162,12 @@ def run(args) -> None:
 
 
 DIGIT_COLUMNS = [
-    ("top1_loc", "top-1 loc"),
-    ("gt_known_loc", "GT-known loc"),
+    ("gt_known_loc_calibrated", "GT-known loc, τ from val"),
+    ("calibrated_threshold", "τ (val)"),
+    ("top1_loc_calibrated", "top-1 loc, τ from val"),
+    ("top1_loc", "top-1 loc @20%"),
+    ("gt_known_loc", "GT-known @20%"),
+    ("peak_in_box", "peak in its box"),
     ("pointing", "pointing"),
     ("pointing_3px", "pointing ±3px"),
     ("points_at_other_digit", "points at the other digit"),
@@ -140,12 +176,16 @@ DIGIT_COLUMNS = [
 ]
 
 
-def run_digits(args, run_dir: Path, step: int, model, predict, split, n: int) -> None:
+def run_digits(args, run_dir: Path, step: int, model, predict, split, val, n: int) -> None:
     """Several digits per image: each digit scored with the map of its own class (see
     :func:`cam_mnist.localization.per_digit_metrics`); writes ``eval/localization_digits.{json,md,png}``."""
     from cam_mnist import evaluate, localization, plotting
     from cam_mnist.boxes import boxes_from_maps
     from cam_mnist.cams import explain
+
+    def class_maps(split, method, m):  # (m, K, H, W): the map of each digit's class
+        images = split.float_images(slice(0, m))
+        return np.stack([explain(model, images, method, split.labels[:m, j]) for j in range(k)], 1)
 
     probs = evaluate.predict_probs(predict, split, n)
     labels = split.labels[:n]
@@ -156,13 +196,20 @@ def run_digits(args, run_dir: Path, step: int, model, predict, split, n: int) ->
     for method in args.methods or DIGITS_DEFAULT:
         m = min(n, args.slow_images) if method in SLOW else n
         began = time.perf_counter()
-        images = split.float_images(slice(0, m))
-        maps = np.stack([explain(model, images, method, labels[:m, j]) for j in range(k)], 1)  # (m, K, H, W)
-        row = localization.per_digit_metrics(maps, split.boxes[:m], split.masks[:m], found[:m])
+        v = min(len(val), m)
+        tau = localization.choose_threshold(
+            class_maps(val, method, v).reshape(-1, *val.masks.shape[2:]), val.boxes[:v].reshape(-1, 4)
+        )
+        maps = class_maps(split, method, m)
+        row = localization.per_digit_metrics(maps, split.boxes[:m], split.masks[:m], found[:m], tau)
         rows.append({"method": method, **row, "images": m, "seconds": round(time.perf_counter() - began, 1)})
-        print(f"  {method:16s} top-1 loc {row['top1_loc']:.4f}  pointing {row['pointing']:.4f}", flush=True)
+        print(
+            f"  {method:16s} GT-known loc {row['gt_known_loc_calibrated']:.4f} at tau {tau:.2f} (from val), "
+            f"peak in its box {row['peak_in_box']:.4f}",
+            flush=True,
+        )
         for j in range(k):
-            examples[f"{method}: class {j + 1}"] = maps[: args.examples, j]
+            examples[f"{method}: class {j + 1}"] = (maps[: args.examples, j], tau)
     for kind in ("centre", "random"):
         flat = localization.baseline_maps(kind, split.boxes[:n].reshape(-1, 4), (n * k, *split.images.shape[1:]))
         maps = flat.reshape(n, k, *flat.shape[1:])
@@ -175,14 +222,14 @@ def run_digits(args, run_dir: Path, step: int, model, predict, split, n: int) ->
         out / "localization_digits_examples.png",
         split.images[: args.examples],
         split.boxes[: args.examples],
-        {name: (maps, boxes_from_maps(maps)) for name, maps in examples.items()},
+        {name: (maps, boxes_from_maps(maps, tau)) for name, (maps, tau) in examples.items()},
     )
     title = (
         f"{run_dir.name}, step {step}, {k} digits per image: exact match {metrics['accuracy']:.4f}, "
         f"per digit {metrics['per_digit']:.4f}; each digit scored with its own class's map"
     )
     table = markdown(rows, title, DIGIT_COLUMNS)
-    record = {"run": run_dir.name, "step": step, "images": n, **metrics, "methods": rows}
+    record = {"run": run_dir.name, "step": step, "images": n, "validation_images": len(val), **metrics, "methods": rows}
     (out / "localization_digits.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "localization_digits.md").write_text(table + "\n")
     print(f"\n{table}\n\n-> {out / 'localization_digits.json'}, {out / 'localization_digits_examples.png'}")
@@ -196,14 +243,18 @@ def markdown(rows: list[dict], split_name: str, columns=COLUMNS) -> str:
         "|---|" + "---|" * len(columns),
     ]
     for r in rows:
-        cells = [
-            f"{r[k]:.4f}"
-            if isinstance(r[k], float) and not k.endswith(("pct", "seconds"))
-            else (f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]))
-            for k, _ in columns
-        ]
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['method']} | " + " | ".join(_cell(key, r.get(key)) for key, _ in columns) + " |")
     return "\n".join(lines)
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "–"  # a metric that does not apply (faithfulness of an ideal map)
+    if not isinstance(value, float):
+        return str(value)
+    if key.endswith(("pct", "seconds")):
+        return f"{value:.1f}"
+    return f"{value:.2f}" if key.endswith("threshold") else f"{value:.4f}"
 
 
 def add_parser(commands) -> None:

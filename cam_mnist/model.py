@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from cam_mnist.config import ModelConfig
+from cam_mnist.config import ConvSpec, ModelConfig
 
 FEATURES, LOGITS, PROBS = "cam_features", "logits", "probs"
 NUM_CLASSES = 10
@@ -63,12 +63,29 @@ def _fast(x, config: ModelConfig):
     return block(x, w[-1], config.last_kernel, 1, "last_conv", FEATURES)  # (B, H/8, W/8, K)
 
 
+def _stack(x, config: ModelConfig):
+    # A plain stack, one conv -> (pool) -> BN -> ReLU per entry of ``layers``; the last one's ReLU output is A^k.
+    specs = [ConvSpec.parse(s) for s in config.layers]
+    for i, s in enumerate(specs, start=1):
+        last = i == len(specs)
+        name = "last_conv" if last else f"conv{i}"
+        x = layers.Conv2D(
+            s.width, s.kernel, s.stride, "same", dilation_rate=s.dilation, use_bias=not config.batch_norm, name=name
+        )(x)
+        if s.pool:
+            x = layers.MaxPooling2D(name=f"pool{i}")(x)
+        if config.batch_norm:
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+        x = layers.ReLU(name=FEATURES if last else f"relu{i}")(x)
+    return x
+
+
 def build_model(config: ModelConfig, canvas: int, num_classes: int = NUM_CLASSES) -> keras.Model:
     """The CAM model for ``canvas x canvas`` grey images; output: class probabilities (B, num_classes)."""
     if config.arch == "fast" and len(config.widths) < 3:
         raise ValueError(f"the 'fast' arch needs at least 3 widths, got {config.widths}")
     inputs = keras.Input((canvas, canvas, 1), name="image")
-    features = {"lenet": _lenet, "fast": _fast}[config.arch](inputs, config)
+    features = {"lenet": _lenet, "fast": _fast, "stack": _stack}[config.arch](inputs, config)
     pooled = layers.GlobalAveragePooling2D(name="gap")(features)  # (B, K)
     logits = layers.Dense(num_classes, use_bias=False, name=LOGITS)(pooled)  # (B, C); kernel w_k^c is (K, C)
     # softmax: exactly one digit per image; sigmoid: each class present or not (several digits, multi-label).

@@ -1,9 +1,10 @@
 """The fixed panel of test images whose CAMs a training run draws at every heatmap step.
 
 For each panel image and step: ``heatmaps/img_03/step_0000400.png`` shows the CAM of the *true* class and of the
-*predicted* class side by side, the true box outlined (with several digits: the map of each true class, every
-true box outlined); ``heatmaps/grid/step_0000400.png`` puts all panel images
-on one page. At the end of the run each image gets ``evolution.gif`` and the run gets ``index.html``.
+*predicted* class side by side (with several digits: the map of each true class), each with the digit's true box
+in white, the CAM's own box in magenta (the largest connected region above the threshold tau chosen on validation
+at that step) and their IoU in its caption; ``heatmaps/grid/step_0000400.png`` puts all panel images on one page.
+At the end of the run each image gets ``evolution.gif`` and the run gets ``index.html``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cam_mnist import plotting
+from cam_mnist.boxes import boxes_from_maps, iou
 from cam_mnist.cams import CAM
 from cam_mnist.data import Split
 
@@ -32,29 +34,34 @@ class Panel:
         self.model = model
         self.cam = CAM(model, batch_size=size)  # traced once; reads the current weights at every call
 
-    def snapshot(self, run_dir: Path, step: int) -> None:
+    def snapshot(self, run_dir: Path, step: int, tau: float) -> None:
+        """Draw every panel image's maps at ``step``, boxed at ``tau`` x each map's maximum."""
         probs = self.model.predict_on_batch(self.float_images)  # (P, classes)
-        if self.labels.ndim == 2:  # several digits: the map of each true class, every true box drawn
+        if self.labels.ndim == 2:  # several digits: the map of each true class, scored against that digit's box
             classes = [self.labels[:, k] for k in range(self.labels.shape[1])]
-            names = ["class"] * len(classes)
-            what = "CAM of each true class"
+            truths = [self.boxes[:, k] for k in range(self.labels.shape[1])]
+            names, what = ["class"] * len(classes), "CAM of each true class"
         else:
-            classes, names, what = [self.labels, probs.argmax(1)], ["true", "pred"], "CAM of true | predicted class"
+            classes, truths = [self.labels, probs.argmax(1)], [self.boxes, self.boxes]
+            names, what = ["true", "pred"], "CAM of true | predicted class"
         maps = [self.cam(self.float_images, c) for c in classes]  # each (P, H, W)
+        map_boxes = [boxes_from_maps(m, tau) for m in maps]  # each (P, 4)
+        ious = [iou(b, t) for b, t in zip(map_boxes, truths, strict=True)]  # each (P,)
         tiles = []
         for i in range(len(self.images)):
             pair = plotting.hstack(
                 [
                     plotting.captioned(
-                        plotting.overlay(self.images[i], m[i], self.boxes[i]),
-                        f"{name} {int(c[i])}  p={probs[i, c[i]]:.2f}",
+                        plotting.overlay(self.images[i], m[i], self.boxes[i], map_box=b[i]),
+                        f"{name} {int(c[i])} p={probs[i, c[i]]:.2f} IoU {o[i]:.2f}",
                     )
-                    for name, c, m in zip(names, classes, maps, strict=True)
+                    for name, c, m, b, o in zip(names, classes, maps, map_boxes, ious, strict=True)
                 ]
             )
             plotting.save_png(Path(run_dir) / HEATMAPS / f"img_{i:02d}" / f"step_{step:07d}.png", pair)
             tiles.append(pair)
-        page = plotting.captioned(plotting.grid(tiles, columns=4), f"step {step}: {what}")
+        caption = f"step {step}: {what}; white: true box, magenta: CAM box above {tau:.2f} of its max (tau from val)"
+        page = plotting.captioned(plotting.grid(tiles, columns=4), caption)
         plotting.save_png(Path(run_dir) / HEATMAPS / "grid" / f"step_{step:07d}.png", page)
 
 
@@ -83,15 +90,18 @@ def write_index(run_dir: Path, title: str) -> Path:
     for png in sorted((run_dir / HEATMAPS / "grid").glob("step_*.png"), reverse=True):
         step = int(png.stem[5:])
         m = metrics.get(step, {})
-        acc = f"{float(m['val_accuracy']):.2%}" if m.get("val_accuracy") else "n/a"
+        pct = lambda key, m=m: f"{float(m[key]):.2%}" if m.get(key) else "n/a"  # noqa: E731
         rows.append(
-            f"<tr><td><b>step {step}</b><br>val accuracy {acc}<br>val loss {m.get('val_loss', 'n/a')}</td>"
+            f"<tr><td><b>step {step}</b><br>val accuracy {pct('val_accuracy')}<br>val loss {m.get('val_loss', 'n/a')}"
+            f"<br>CAM top-1 loc {pct('val_loc_tau')} (tau {m.get('val_tau', 'n/a')})<br>at 20%: {pct('val_loc_20')}"
+            f"<br>peak in box {pct('val_peak_in_box')}</td>"
             f"<td><img src='{png.relative_to(run_dir)}' width='800'></td></tr>"
         )
     page = (
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<h1>{html.escape(title)}</h1><p>CAM of the true class (left) and predicted class (right) for a fixed "
-        f"panel of test images; white box: the digit's true box.</p><table>{''.join(rows)}</table>"
+        f"panel of test images; white box: the digit's true box, magenta: the CAM's box at the threshold tau chosen on "
+        f"validation (IoU in each caption). Localization columns: validation images.</p><table>{''.join(rows)}</table>"
     )
     path = run_dir / "index.html"
     path.write_text(page)

@@ -19,12 +19,15 @@ from PIL import Image, ImageDraw  # noqa: E402
 from cam_mnist.mnist import atomic_write_bytes  # noqa: E402
 
 _JET = (matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # (256, 3) LUT
-BOX_COLOUR = np.array([255, 255, 255], np.uint8)
+BOX_COLOUR = np.array([255, 255, 255], np.uint8)  # the digit's true box
+MAP_BOX_COLOUR = np.array([255, 0, 255], np.uint8)  # the box drawn from a map: magenta is in no jet colour
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5, scale: int = 2) -> np.ndarray:
-    """The image with ``heatmap`` (H, W) in [0, 1] coloured over it and ``box`` (y0, x0, y1, x1) outlined
-    (or boxes (K, 4): one per digit).
+def overlay(
+    image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5, scale: int = 2, map_box=None
+) -> np.ndarray:
+    """The image with ``heatmap`` (H, W) in [0, 1] coloured over it, the true ``box`` (y0, x0, y1, x1) outlined in
+    white (or boxes (K, 4): one per digit) and ``map_box``, the box drawn from the map, in magenta.
 
     ``image`` is (H, W), (H, W, 1) or (H, W, 3), uint8 or float in [0, 1]. Returns (H*scale, W*scale, 3) uint8.
     """
@@ -37,6 +40,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5
     if box is not None:
         for b in np.asarray(box).reshape(-1, 4):
             draw_box(out, b * scale)
+    if map_box is not None and np.any(map_box):  # an all-zero map has the empty box: nothing to draw
+        draw_box(out, np.asarray(map_box) * scale, colour=MAP_BOX_COLOUR)
     return out
 
 
@@ -119,6 +124,21 @@ def line_plot(
     save_figure(path, fig)
 
 
+def frontier(path: Path, series: dict, panels: list, targets: dict, xlabel: str) -> None:
+    """One panel per (key, title, y range) of ``panels``; in each, one line per run of ``series`` (run -> key ->
+    (x, y)), and the target of ``targets[key]`` dashed."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), sharex=True)
+    for ax, (key, title, ylim) in zip(axes, panels, strict=True):
+        for run, values in series.items():
+            ax.plot(*values[key], marker="o", markersize=3, label=run)
+        if key in targets:
+            ax.axhline(targets[key], linestyle="--", color="grey", label=f"target {targets[key]:.3g}")
+        ax.set(title=title, xlabel=xlabel, ylim=ylim)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    save_figure(path, fig)
+
+
 def confusion_plot(path: Path, matrix: np.ndarray, title: str) -> None:
     """A (C, C) confusion matrix (rows: true class, columns: predicted), counts written in each cell."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -161,16 +181,13 @@ def histograms(path: Path, series: dict[str, np.ndarray], xlabel: str, title: st
 
 
 def method_grid(path: Path, images: np.ndarray, true_boxes: np.ndarray, methods: dict) -> None:
-    """Rows: images; columns: methods (name -> (maps, boxes)). Each tile: the map, its box (white) and the true
-    box (green); ``true_boxes`` is (N, 4), or (N, K, 4) for K digits per image."""
-    green = np.array([0, 255, 0], np.uint8)
+    """Rows: images; columns: methods (name -> (maps, boxes)). Each tile: the map, its box (magenta) and the true
+    box (white); ``true_boxes`` is (N, 4), or (N, K, 4) for K digits per image."""
     rows = []
     for i, (image, truth) in enumerate(zip(images, true_boxes, strict=True)):
         tiles = []
         for name, (maps, boxes) in methods.items():
-            tile = overlay(image, maps[i], boxes[i])
-            for box in np.asarray(truth).reshape(-1, 4):
-                draw_box(tile, box * 2, colour=green)
+            tile = overlay(image, maps[i], truth, map_box=boxes[i])
             tiles.append(captioned(tile, name[:30]) if i == 0 else tile)
         rows.append(hstack(tiles))
     width = max(r.shape[1] for r in rows)

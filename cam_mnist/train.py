@@ -19,11 +19,24 @@ import numpy as np
 
 from cam_mnist import checkpoint, data, panel
 from cam_mnist.config import RunConfig, TrainConfig
-from cam_mnist.evaluate import multi_hot, predict_probs, score
+from cam_mnist.evaluate import cam_localization, multi_hot, predict_probs, score
 from cam_mnist.mnist import atomic_write_bytes, load_digits
-from cam_mnist.model import NUM_CLASSES
+from cam_mnist.model import LOGITS, NUM_CLASSES
 
-METRICS_FIELDS = ["step", "epoch", "train_loss", "val_accuracy", "val_loss", "lr", "elapsed_s", "images_per_s"]
+METRICS_FIELDS = [
+    "step",
+    "epoch",
+    "train_loss",
+    "val_accuracy",
+    "val_loss",
+    "val_loc_tau",  # CAM top-1 localization at the threshold tau that boxes the most validation digits
+    "val_tau",
+    "val_loc_20",  # the same at the CAM paper's 20% of the map's maximum
+    "val_peak_in_box",  # the map's maximum lies in the digit's box
+    "lr",
+    "elapsed_s",
+    "images_per_s",
+]
 
 
 def make_optimizer(config: TrainConfig):
@@ -78,16 +91,9 @@ def _read_metrics(path: Path) -> list[dict]:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    lines = [",".join(METRICS_FIELDS)] + [",".join(str(r[k]) for k in METRICS_FIELDS) for r in rows]
+    # .get: rows written before a column existed leave it empty
+    lines = [",".join(METRICS_FIELDS)] + [",".join(str(r.get(k, "")) for k in METRICS_FIELDS) for r in rows]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def evaluate(predict, split: data.Split, n: int | None = None) -> tuple[float, float]:
-    """Accuracy (the exact match, with several digits) and mean cross-entropy of ``predict`` (float images ->
-    probabilities) on the first ``n`` images."""
-    probs = predict_probs(predict, split, n)
-    metrics = score(probs, split.labels[: len(probs)])
-    return metrics["accuracy"], metrics["loss"]
 
 
 class Trainer:
@@ -105,7 +111,8 @@ class Trainer:
         self.digits = load_digits(data.ensure_mnist(Path(data_dir)))
         data.prepare(config.data, data_dir)
         folder = data.settings_dir(config.data, data_dir)
-        self.val = data.held_out_of(data.read_split(folder / "val.npz", "val"), config.data)
+        # The validation images scored at every heatmap step: the split's first val_size held-out ones.
+        self.val = data.held_out_of(data.read_split(folder / "val.npz", "val"), config.data).head(t.val_size)
         self.test = data.read_split(folder / "test.npz", "test")
         self.model = build_model(config.model, config.data.canvas)
         self.optimizer = make_optimizer(t)
@@ -119,6 +126,15 @@ class Trainer:
         else:  # targets: class indices (B,)
             loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         variables = self.model.trainable_variables
+        kernel = self.model.get_layer(LOGITS).kernel  # (K, C): the CAM weights w_k^c
+        self._center = t.center_logits
+
+        def center_kernel():
+            # Softmax cannot see a part of the logits shared by every class, so the gradient has none either
+            # (sum_c dL/dy_c = 0), and Adam's drift and the initial weights leave an arbitrary class-shared part in
+            # w_k^c. It adds the same map to every class's CAM: a blob around anything the features fire on.
+            # Removing it after each step changes no prediction, no loss and no gradient, only the CAM.
+            kernel.assign(kernel - tf.reduce_mean(kernel, axis=1, keepdims=True))
 
         @tf.function(reduce_retracing=True)
         def train_step(images_u8, targets):  # (B, H, W) uint8; (B,) int32 or (B, classes) float32
@@ -126,13 +142,15 @@ class Trainer:
             with tf.GradientTape() as tape:
                 loss = loss_fn(targets, logits(images, training=True))
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+            if self._center:
+                center_kernel()
             return loss
 
         @tf.function(reduce_retracing=True)
         def predict(images):
             return self.model(images, training=False)
 
-        self._train_step = train_step
+        self._train_step, self._center_kernel = train_step, center_kernel
         self.predict = lambda x: predict(x).numpy()
         self._epoch, self._epoch_data = None, None
 
@@ -165,6 +183,8 @@ class Trainer:
         _write_metrics(run_dir / "metrics.csv", rows)  # later rows belonged to steps we are about to redo
         drawer = panel.Panel(self.model, self.test, t.panel_size)
         if start == 0:
+            if self._center:  # the initial weights too (a resumed run's checkpoint is centred already)
+                self._center_kernel()
             self._snapshot(drawer, 0, acc, rows)
 
         wall_start, wall_base = time.perf_counter(), acc["wall_s"]  # wall time of earlier sessions of this run
@@ -197,16 +217,23 @@ class Trainer:
         return self._finish(acc)
 
     def _snapshot(self, drawer: panel.Panel, step: int, acc: dict, rows: list[dict]) -> dict:
+        """Validation accuracy and CAM localization, the panel's heatmaps (boxed at the validation's tau), and a
+        row of metrics.csv."""
         t = self.config.train
-        drawer.snapshot(self.run_dir, step)
-        val_acc, val_loss = evaluate(self.predict, self.val, t.val_size)
+        probs = predict_probs(self.predict, self.val)
+        val, cam = score(probs, self.val.labels), cam_localization(self.model, self.val, probs)
+        drawer.snapshot(self.run_dir, step, cam["tau"])
         count = acc["loss_count"]
         row = {
             "step": step,
             "epoch": f"{step / self.steps_per_epoch:.3f}",
             "train_loss": f"{acc['loss_sum'] / count:.5f}" if count else "",
-            "val_accuracy": f"{val_acc:.5f}",
-            "val_loss": f"{val_loss:.5f}",
+            "val_accuracy": f"{val['accuracy']:.5f}",
+            "val_loss": f"{val['loss']:.5f}",
+            "val_loc_tau": f"{cam['loc_tau']:.5f}",
+            "val_tau": f"{cam['tau']:.2f}",
+            "val_loc_20": f"{cam['loc_20']:.5f}",
+            "val_peak_in_box": f"{cam['peak_in_box']:.5f}",
             "lr": f"{self.learning_rate():.6g}",
             "elapsed_s": f"{acc['elapsed_s']:.1f}",
             "images_per_s": f"{count * t.batch_size / acc['window_s']:.1f}" if count else "",
@@ -215,28 +242,39 @@ class Trainer:
         _write_metrics(self.run_dir / "metrics.csv", rows)
         self.log(f"step {step}: " + " ".join(f"{k}={row[k]}" for k in METRICS_FIELDS[2:]))
         acc.update(loss_sum=0.0, loss_count=0, window_s=0.0)
-        return {"val_acc": row["val_accuracy"], "loss": row["train_loss"]}
+        return {"val_acc": row["val_accuracy"], "loc": row["val_loc_tau"], "loss": row["train_loss"]}
 
     def _finish(self, acc: dict) -> dict:
         """Test score, model.keras, GIFs, index.html and summary.json; ``acc`` holds the run's time counters."""
-        test_acc, test_loss = evaluate(self.predict, self.test)
+        # The test split is scored once: accuracy, and CAM localization at the threshold chosen on validation.
+        tau = cam_localization(self.model, self.val, predict_probs(self.predict, self.val))["tau"]
+        probs = predict_probs(self.predict, self.test)
+        test, cam = score(probs, self.test.labels), cam_localization(self.model, self.test, probs, tau)
         self.model.save(self.run_dir / ".model.keras.tmp.keras")
         (self.run_dir / ".model.keras.tmp.keras").replace(self.run_dir / "model.keras")
         panel.write_gifs(self.run_dir)
-        panel.write_index(self.run_dir, f"{self.run_dir.name}: test accuracy {test_acc:.2%}")
+        panel.write_index(self.run_dir, f"{self.run_dir.name}: test accuracy {test['accuracy']:.2%}")
         t = self.config.train
         summary = {
             "preset": self.config.preset,
             "steps": t.steps,
-            "test_accuracy": test_acc,
-            "test_loss": test_loss,
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "test_cam_top1_loc_tau": cam["loc_tau"],
+            "tau_from_val": cam["tau"],
+            "test_cam_top1_loc_20": cam["loc_20"],
+            "test_cam_peak_in_box": cam["peak_in_box"],
             "train_seconds": round(acc["elapsed_s"], 1),
             "wall_seconds": round(acc["wall_s"], 1),
             "images_per_s": round(t.steps * t.batch_size / acc["elapsed_s"], 1),
             "test_images": len(self.test),
         }
         atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-        self.log(f"done: test accuracy {test_acc:.4f} (loss {test_loss:.4f}) on {len(self.test)} held-out images")
+        self.log(
+            f"done: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}); CAM top-1 localization "
+            f"{cam['loc_tau']:.4f} at tau {tau:.2f} (chosen on validation), {cam['loc_20']:.4f} at 20%, peak in box "
+            f"{cam['peak_in_box']:.4f}; on {len(self.test)} held-out images"
+        )
         return summary
 
 

@@ -196,6 +196,8 @@ def _val_blanked(digits: dict[str, Digits], index: slice) -> dict[str, Digits]:
         ("rescale", -0.1),
         ("extra_train_digits", -1),
         ("extra_train_digits", 10_000),
+        ("hide_patch", -1),
+        ("hide_prob", 1.0),
     ],
 )
 def test_bad_data_settings_are_refused(field, value):
@@ -203,3 +205,20 @@ def test_bad_data_settings_are_refused(field, value):
 
     with pytest.raises(ValueError, match=f"{field} must be"):
         validate(RunConfig.from_dict({"data": {field: value}}))
+
+
+def test_hide_and_seek_blanks_grid_squares_of_training_images_only(digits):
+    plain = dataclasses.replace(SMALL, train_size=300)
+    hidden = dataclasses.replace(plain, hide_patch=8, hide_prob=0.5)
+    a, a_again, b = (data.train_epoch(digits, c, seed=3, epoch=0) for c in (hidden, hidden, plain))
+    np.testing.assert_array_equal(a.images, a_again.images)  # reproducible from (seed, epoch)
+    for field in ("labels", "positions", "boxes", "source_index"):  # its own stream: every other draw as before
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    blanked = (a.images == 0) & (b.images > 0)
+    assert ((a.images == b.images) | blanked).all()  # pixels are kept or blanked, never changed otherwise
+    share = blanked.sum() / (b.images > 0).sum()
+    assert 0.4 < share < 0.6  # half of the ink, give or take
+    # Blanked pixels come in whole 8x8 squares: in each image, 8 consecutive rows or columns share a pattern.
+    square = clutter.hide_patches(np.full((1, 40, 40), 255, np.uint8), 8, 0.5, np.random.default_rng(0))[0] > 0
+    rows = np.unique(square, axis=0)
+    assert 2 <= len(rows) <= 6 and len(np.unique(square, axis=1).T) <= 6  # at most 6 distinct grid rows / columns

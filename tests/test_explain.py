@@ -34,7 +34,7 @@ def test_reproduces_library_map(tiny_run, test_png, tmp_path, run_cli):
     assert record["classes"][0]["class"] == top
     assert record["box"] == boxes_from_maps(maps)[0].tolist()
     written = np.asarray(Image.open(record["output"]).convert("RGB"))
-    tile = plotting.captioned(plotting.overlay(x[0], maps[0], record["box"]), "")
+    tile = plotting.captioned(plotting.overlay(x[0], maps[0], map_box=record["box"]), "")
     start = written.shape[1] - tile.shape[1]  # the map is the last tile of the row
     np.testing.assert_array_equal(written[14:, start:], tile[14:])  # below the caption strip
 

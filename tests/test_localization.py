@@ -128,3 +128,66 @@ def test_deletion_insertion_directions(brightness_model):
     g = loc.deletion_insertion(brightness_model, images, good, target, steps=8, blur_sigma=1)
     b = loc.deletion_insertion(brightness_model, images, bad, target, steps=8, blur_sigma=1)
     assert g["deletion_auc"] < b["deletion_auc"] and g["insertion_auc"] > b["insertion_auc"]
+
+
+def test_peak_in_box_counts_the_maximum_only():
+    maps = np.zeros((3, 10, 10), np.float32)
+    maps[0, 4, 4] = 1  # inside [2, 2, 6, 6)
+    maps[1, 6, 4] = 1  # the half-open box's end row is outside
+    maps[2, 0, 0], maps[2, 3, 3] = 1.0, 0.9  # a weaker blob inside does not count
+    boxes = np.array([[2, 2, 6, 6]] * 3)
+    assert bx.peak_in_box(maps, boxes).tolist() == [True, False, False]
+
+
+def _ringed_maps(n, core, ring):
+    """Maps of 40x40 with value 1 on the true box [10, 20) x [10, 20) and ``ring`` on [5, 25) x [5, 25) around it."""
+    maps = np.zeros((n, 40, 40), np.float32)
+    maps[:, 5:25, 5:25] = ring
+    maps[:, 10:20, 10:20] = core
+    return maps, np.array([[10, 10, 20, 20]] * n)
+
+
+def test_threshold_chosen_on_validation_is_applied_to_test():
+    # Validation maps box the digit from tau 0.5 up (a ring at half the peak); test maps only from 0.8 up.
+    val_maps, val_boxes = _ringed_maps(4, 1.0, 0.5)
+    test_maps, test_boxes = _ringed_maps(4, 1.0, 0.8)
+    tau = loc.choose_threshold(val_maps, val_boxes)
+    assert tau == 0.5  # the lowest threshold at which every validation box is right
+    r = loc.box_metrics(test_maps, np.ones(4, bool), test_boxes, calibrated=tau)
+    assert r["calibrated_threshold"] == 0.5 and r["top1_loc_calibrated"] == 0.0  # the ring joins the box at 0.5
+    assert r["max_box_acc"] == 1.0 and r["max_box_acc_threshold"] == 0.8  # what choosing on test would claim
+    assert r["top1_loc"] == 0.0  # the paper's 20% keeps the ring too
+
+
+@pytest.mark.parametrize("grid", [(100, 100), (25, 25)])
+def test_ideal_map_on_a_fine_grid_boxes_the_digit_exactly(grid):
+    masks = np.zeros((2, 100, 100), bool)
+    masks[0, 40:60, 44:52] = True  # a "1": 20 x 8 pixels, on the 4-pixel grid's cell edges
+    masks[1, 12:32, 60:76] = True
+    maps = loc.ideal_maps(masks, grid)
+    assert maps.shape == (2, 100, 100) and maps.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(bx.boxes_from_maps(maps, 0.5), bx.tight_boxes(masks))
+    if grid == (100, 100):  # at the canvas' own resolution the ideal map is the mask: any threshold is exact
+        np.testing.assert_array_equal(bx.boxes_from_maps(maps), bx.tight_boxes(masks))
+
+
+def test_ideal_map_on_a_coarse_grid_cannot_box_a_thin_digit():
+    masks = np.zeros((1, 100, 100), bool)
+    masks[0, 40:60, 44:48] = True  # 20 x 4 pixels: one 4-pixel cell wide, half of an 8-pixel one
+    coarse = bx.boxes_from_maps(loc.ideal_maps(masks, (12, 12)), 0.5)
+    fine = bx.boxes_from_maps(loc.ideal_maps(masks, (25, 25)), 0.5)
+    truth = bx.tight_boxes(masks)
+    assert bx.iou(coarse, truth)[0] < 0.5 <= bx.iou(fine, truth)[0]
+
+
+def test_numpy_resizes_match_tensorflow():
+    import tensorflow as tf
+
+    maps = np.random.default_rng(0).random((3, 12, 12)).astype(np.float32)
+    expected = tf.image.resize(maps[..., None], (100, 100), method="bilinear")[..., 0].numpy()
+    np.testing.assert_allclose(loc.bilinear_resize(maps, (100, 100)), expected, atol=1e-6)
+    masks = np.random.default_rng(1).random((2, 100, 100)) > 0.5
+    np.testing.assert_allclose(
+        loc.area_resize(masks.astype(np.float32), (25, 25)), masks.reshape(2, 25, 4, 25, 4).mean((2, 4)), atol=1e-6
+    )
+    np.testing.assert_allclose(loc.area_resize(np.ones((1, 100, 100), np.float32), (12, 12)), 1.0, atol=1e-6)

@@ -14,6 +14,7 @@ import pytest
 
 from cam_mnist import checkpoint, config
 
+VALIDATION_COLUMNS = ["step", "val_accuracy", "val_loss", "val_loc_tau", "val_tau", "val_loc_20", "val_peak_in_box"]
 LONG_TINY = ["--preset", "tiny", "--steps", "300", "--checkpoint-every", "4", "--heatmap-every", "100", "--quiet"]
 
 
@@ -40,6 +41,51 @@ def test_tiny_run_writes_everything(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert 0 <= summary["test_accuracy"] <= 1 and summary["test_images"] == 10_000
     assert (tiny_run.parent / "latest").resolve() == tiny_run.resolve()
+
+
+def test_every_heatmap_step_scores_localization(tiny_run):
+    with open(tiny_run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:  # every heatmap step, validation images: fractions, and a threshold from the sweep
+        for column in VALIDATION_COLUMNS[3:]:
+            assert 0 <= float(row[column]) <= 1, (row["step"], column)
+    log = (tiny_run / "train.log").read_text()
+    assert log.count("val_loc_tau=") == len(rows) and log.count("val_peak_in_box=") == len(rows)
+    assert "CAM top-1 localization" in log.splitlines()[-1]  # the final line scores the test split
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["tau_from_val"] == float(rows[-1]["val_tau"])  # the last validation step's threshold
+    for key in ("test_cam_top1_loc_tau", "test_cam_top1_loc_20", "test_cam_peak_in_box"):
+        assert 0 <= summary[key] <= 1
+
+
+def test_panel_draws_the_true_box_and_the_cam_box_with_their_iou(tiny_run, data_dir, tmp_path, monkeypatch):
+    import keras
+    from PIL import Image
+
+    from cam_mnist import data, panel, plotting
+    from cam_mnist.boxes import boxes_from_maps, iou
+    from cam_mnist.cams import CAM
+
+    model = keras.models.load_model(tiny_run / "model.keras")
+    split = data.load_split("test", config.RunConfig.load(tiny_run / "config.json").data, data_dir)
+    captions = []
+    captioned = plotting.captioned
+    monkeypatch.setattr(plotting, "captioned", lambda rgb, text: captions.append(text) or captioned(rgb, text))
+    panel.Panel(model, split, 2).snapshot(tmp_path, 7, tau=0.4)
+
+    maps = CAM(model)(split.float_images(slice(0, 2)), split.labels[:2])  # the true class's maps
+    boxes = boxes_from_maps(maps, 0.4)
+    picture = np.asarray(Image.open(tmp_path / "heatmaps" / "img_00" / "step_0000007.png").convert("RGB"))
+    tile = picture[14:, : 2 * split.images.shape[2]]  # the true class's tile, below its caption, at scale 2
+
+    def outline(colour):
+        ys, xs = np.nonzero((tile == colour).all(-1))
+        return [ys.min() // 2, xs.min() // 2, ys.max() // 2 + 1, xs.max() // 2 + 1]
+
+    assert outline(plotting.MAP_BOX_COLOUR) == boxes[0].tolist()
+    assert outline(plotting.BOX_COLOUR) == split.boxes[0].tolist()
+    assert f"IoU {iou(boxes, split.boxes[:2])[0]:.2f}" in captions[0]
+    assert "above 0.40 of its max" in captions[-1]  # the page's caption names the threshold
 
 
 def test_saved_model_loads_with_plain_keras(tiny_run):
@@ -101,7 +147,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, run_cli, 
 
     for a, b in zip(_weights(checkpoint.path_for(whole, 300)), _weights(checkpoint.path_for(killed, 300)), strict=True):
         np.testing.assert_array_equal(a, b)  # bit-identical
-    read = lambda p: [(r["step"], r["val_accuracy"], r["val_loss"]) for r in csv.DictReader(open(p / "metrics.csv"))]  # noqa: E731
+    read = lambda p: [[r[k] for k in VALIDATION_COLUMNS] for r in csv.DictReader(open(p / "metrics.csv"))]  # noqa: E731
     assert read(killed) == read(whole)  # no gap, no duplicate, same numbers
 
 
@@ -203,23 +249,33 @@ def test_every_preset_validates_and_builds_a_cam_model():
         assert model.output.shape == (None, 10), name
         k = model.get_layer(FEATURES).output.shape[-1]  # the CAM weights w_k^c are the (K, 10) logits kernel
         assert model.get_layer(LOGITS).kernel.shape == (k, 10), name
-        assert k == (64 if c.model.arch == "lenet" else c.model.widths[-1]), name
-    # long is the default's network (its measured run, out/long-xd) trained on more images of more digits, the test
-    # digits never among them; seed is the reference's network.
+        if c.model.arch == "stack":
+            assert k == config.ConvSpec.parse(c.model.layers[-1]).width, name
+        else:
+            assert k == {"lenet": 64, "fast": c.model.widths[-1]}[c.model.arch], name
+        # Every preset but the reference's own network (whose map is 25x25 too) has a map of stride <= 4.
+        assert model.get_layer(FEATURES).output.shape[1:3] == (c.data.canvas // 4,) * 2, name
+    # long is the default's network trained on more images of more digits, the test digits never among them;
+    # seed and seed-adam are the reference's network, with its optimiser and with ours.
     default, long = config.preset("default"), config.preset("long")
     assert long.model == default.model
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert long.data.extra_train_digits > default.data.extra_train_digits == 0
-    assert config.preset("seed").model.arch == "lenet"
+    seed, seed_adam = config.preset("seed"), config.preset("seed-adam")
+    assert seed.model == seed_adam.model and seed.model.arch == "lenet"
+    assert (seed.train.optimizer, seed_adam.train.optimizer) == ("sgd", default.train.optimizer)
     # two-digits is default's network with a sigmoid per class (README: "trains the same network").
     assert dataclasses.replace(config.preset("two-digits").model, head="softmax") == default.model
 
 
 def test_last_kernel_sets_the_extra_conv_and_is_validated():
     # --last-kernel 1 makes the conv before GAP a 1x1 (a tried variant, see README); the CAM contract still holds.
+    import keras
+
     from cam_mnist.cams import explain
     from cam_mnist.model import build_model
 
+    keras.utils.set_random_seed(0)  # the map's non-zero check below must not depend on what ran before
     c = config.RunConfig.from_dict({"model": {"widths": [4, 8, 8, 16], "pool_first": True, "last_kernel": 1}})
     config.validate(c)
     model = build_model(c.model, 40)
@@ -252,8 +308,9 @@ def test_quarter_convs_moves_convs_to_quarter_resolution_and_is_validated():
 
 
 def test_stem_pool_off_strides_the_next_conv_instead_and_old_configs_keep_the_pool():
-    # --no-stem-pool (the default design): the stem's 2x2 max-pool goes, and the first conv at 1/4 resolution
-    # takes stride 2 from the stem's full 1/2-resolution output. Same weights, same map sizes, another function.
+    # --no-stem-pool (design G, the default before the stride-4 stack): the stem's 2x2 max-pool goes, and the
+    # first conv at 1/4 resolution takes stride 2 from the stem's full 1/2-resolution output. Same weights, same
+    # map sizes, another function.
     from cam_mnist.model import architecture_signature, build_model
 
     widths = [4, 6, 6, 8, 8]
@@ -271,7 +328,6 @@ def test_stem_pool_off_strides_the_next_conv_instead_and_old_configs_keep_the_po
     b.set_weights(a.get_weights())
     x = np.random.default_rng(0).random((2, 40, 40, 1), dtype=np.float32)
     assert not np.allclose(a.predict(x, verbose=0), b.predict(x, verbose=0))
-    assert config.preset("default").model.stem_pool is False
     with pytest.raises(ValueError, match="stem_pool off needs stem_stride 2"):
         config.validate(config.RunConfig.from_dict({"model": {"stem_stride": 4, "stem_pool": False}}))
 
@@ -294,3 +350,64 @@ def test_weight_decay_shrinks_kernels_and_spares_batch_norm(optimizer):
         expected = old if v.name in ("gamma", "beta") else old * (1 - 0.1 * 0.5)
         np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=v.path)
     assert sum(v.name == "kernel" for v in model.trainable_variables) == len(cfg.model.widths) + 1
+
+
+def test_centred_logits_change_the_cam_but_no_prediction(tmp_path, data_dir, run_cli):
+    # Softmax sees only differences of logits: keeping the CAM weights zero-mean over classes must leave the loss,
+    # the predictions and every gradient as they were (up to float rounding), and change only the maps.
+    import keras
+
+    runs = {}
+    for flag in ("--center-logits", "--no-center-logits"):
+        run_dir = tmp_path / flag
+        result = run_cli("train", "--preset", "tiny", flag, "--run-dir", run_dir, "--quiet", "--data-dir", data_dir)
+        assert result.returncode == 0, result.stderr
+        with open(run_dir / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        runs[flag] = (rows, keras.models.load_model(run_dir / "model.keras"))
+    (centred_rows, centred), (plain_rows, plain) = runs["--center-logits"], runs["--no-center-logits"]
+    for a, b in zip(centred_rows, plain_rows, strict=True):
+        for key in ("train_loss", "val_loss"):
+            if a[key]:
+                assert float(a[key]) == pytest.approx(float(b[key]), abs=2e-4), (a["step"], key)
+    w_centred, w_plain = (m.get_layer("logits").kernel.numpy() for m in (centred, plain))
+    np.testing.assert_allclose(w_centred.mean(1), 0, atol=1e-6)  # zero-mean over classes after every step
+    assert np.abs(w_plain.mean(1)).max() > 1e-3  # without it, a class-shared part remains
+    np.testing.assert_allclose(w_centred, w_plain - w_plain.mean(1, keepdims=True), atol=2e-4)
+    x = np.random.default_rng(0).random((4, 40, 40, 1), np.float32)
+    np.testing.assert_allclose(centred.predict(x, verbose=0), plain.predict(x, verbose=0), atol=2e-4)
+    with pytest.raises(ValueError, match="center_logits needs the softmax head"):
+        config.validate(config.RunConfig.from_dict({"model": {"head": "sigmoid"}, "train": {"center_logits": True}}))
+
+
+@pytest.mark.parametrize(
+    "layers, aligned",
+    [
+        (("4x4/2", "4x4/2", "4x3", "4x1"), True),  # even kernels at stride 2: each cell centred on its pixels
+        (("4x5/2", "4x3/2", "4x3", "4x1"), False),  # odd ones: TensorFlow pads less before than after
+    ],
+)
+def test_stack_map_cells_sit_where_the_cam_upsampling_puts_them(layers, aligned):
+    # CAM upsampling (bilinear, half-pixel centres) puts cell j of a stride-4 map at pixel 4j + 1.5. A cell's
+    # receptive field is centred there only if every strided conv pads evenly; with odd kernels the map lands
+    # over a pixel up and left of the digit (on a trained model: 1.9 and 1.6 pixels, docs/experiments.md).
+    import keras
+
+    from cam_mnist.model import FEATURES, build_model
+
+    model_config = config.RunConfig.from_dict({"model": {"arch": "stack", "layers": layers, "batch_norm": False}})
+    model = build_model(model_config.model, 40)
+    for layer in model.layers:  # every weight positive and equal: a cell answers to all of its receptive field
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.kernel.assign(np.ones(layer.kernel.shape, np.float32))
+            layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
+    features = keras.Model(model.input, model.get_layer(FEATURES).output)
+    image = np.zeros((1, 40, 40, 1), np.float32)
+    image[0, 16:20, 12:16] = 1  # a 4x4 block (one stride period, so no cell is favoured): centre (17.5, 13.5)
+    response = np.asarray(features(image))[0].sum(-1)  # (10, 10)
+    cells = np.indices(response.shape) * 4 + 1.5  # each cell's pixel position as the upsampling places it
+    centre = (cells * response).sum((1, 2)) / response.sum()
+    if aligned:
+        np.testing.assert_allclose(centre, [17.5, 13.5], atol=1e-4)
+    else:
+        assert (centre < np.array([17.5, 13.5]) - 1).all(), centre
