@@ -71,7 +71,8 @@ def run(args) -> None:
     from cam_mnist.boxes import boxes_from_maps, near
     from cam_mnist.cams import explain, get_method
 
-    run_dir = Path(args.run_dir) if args.run_dir else Path("out") / "latest"
+    # Resolved, so that out/latest is named by the run it points at in the tables and the JSON.
+    run_dir = (Path(args.run_dir) if args.run_dir else Path("out") / "latest").resolve()
     config = evaluate.load_run(run_dir)
     state = (
         checkpoint.load(checkpoint.path_for(run_dir, args.step), None)
