@@ -125,3 +125,37 @@ def test_two_runs_draw_one_comparison_plot(run_copy, tmp_path, run_cli, data_dir
     rows = result.stdout.split("final:\n")[1].splitlines()[2:4]
     assert [row.split("|")[1].strip() for row in rows] == ["run", "other"]
     assert rows[0].split("|")[-2] == rows[1].split("|")[-2]
+
+
+def test_frontier_plots_each_runs_localization_and_lists_its_newest_row(run_copy, tmp_path, run_cli):
+    # `frontier` reads each run's metrics.csv: its CSV repeats every run's newest validation row, with the minutes
+    # of training that row was reached at, and the plot has a line per run.
+    import csv
+
+    other = shutil.copytree(run_copy, tmp_path / "other")
+    out = tmp_path / "docs" / "frontier.png"
+    result = run_cli("frontier", "--run-dir", run_copy, "--run-dir", other, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 0
+    with open(run_copy / "metrics.csv") as f:
+        newest = list(csv.DictReader(f))[-1]
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["run", "other"]
+    for row in rows:
+        assert row["design"] == "4x4/2 4x3 8x4/2 8x3x1 8x1"  # the tiny preset's layers
+        assert row["step"] == newest["step"] and row["val_loc_tau"] == newest["val_loc_tau"]
+        assert float(row["minutes"]) == pytest.approx(float(newest["elapsed_s"]) / 60, abs=0.05)
+        assert 0 <= float(row["val_loc_20"]) <= 1 and 0 <= float(row["val_peak_in_box"]) <= 1
+
+
+def test_frontier_refuses_a_run_without_localization_rows(run_copy, tmp_path, run_cli):
+    metrics = run_copy / "metrics.csv"
+    header, *rows = metrics.read_text().splitlines()
+    columns = header.split(",")
+    keep = [i for i, c in enumerate(columns) if not c.startswith(("val_loc", "val_tau", "val_peak"))]
+    metrics.write_text("\n".join(",".join(line.split(",")[i] for i in keep) for line in [header, *rows]) + "\n")
+    result = run_cli("frontier", "--run-dir", run_copy, "--out", tmp_path / "f.png")
+    assert result.returncode != 0
+    assert "metrics.csv has no localization rows" in result.stderr
+    assert not (tmp_path / "f.png").exists()
