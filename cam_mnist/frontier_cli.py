@@ -24,6 +24,8 @@ FIELDS = ["run", "design", "step", "minutes", "val_accuracy", "val_loc_tau", "va
 def design(config) -> str:
     """A run's network in one line: its layer specs, or the arch and widths for the older archs."""
     m = config.model
+    if m.arch == "lenet":  # the reference's fixed network: its widths field does not apply
+        return "lenet"
     return " ".join(m.layers) if m.arch == "stack" else f"{m.arch} {'-'.join(map(str, m.widths))}"
 
 

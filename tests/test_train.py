@@ -269,7 +269,8 @@ def test_every_preset_validates_and_builds_a_cam_model():
 
 
 def test_last_kernel_sets_the_extra_conv_and_is_validated():
-    # --last-kernel 1 makes the conv before GAP a 1x1 (a tried variant, see docs/experiments.md); the CAM contract still holds.
+    # --last-kernel 1 makes the conv before GAP a 1x1 (a tried variant, see docs/experiments.md); the CAM contract
+    # still holds.
     import keras
 
     from cam_mnist.cams import explain
@@ -291,7 +292,8 @@ def test_last_kernel_sets_the_extra_conv_and_is_validated():
 
 
 def test_quarter_convs_moves_convs_to_quarter_resolution_and_is_validated():
-    # --quarter-convs 2: two 3x3 convs at 1/4 resolution before the second pool (design F and G, see docs/experiments.md).
+    # --quarter-convs 2: two 3x3 convs at 1/4 resolution before the second pool (designs F and G, see
+    # docs/experiments.md).
     from cam_mnist.model import build_model
 
     c = config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8], "pool_first": True, "quarter_convs": 2}})
