@@ -109,6 +109,14 @@ def cam_localization(model, split: data.Split, probs: np.ndarray, tau: float | N
     }
 
 
+def validation_threshold(model, val: data.Split) -> float:
+    """The map threshold tau that boxes the most validation digits with their true class's CAM: chosen here once,
+    then applied unchanged to the test split (:func:`localization.choose_threshold`)."""
+    from cam_mnist import localization
+
+    return localization.choose_threshold(true_class_maps(model, val), val.boxes.reshape(-1, 4))
+
+
 def true_class_maps(model, split: data.Split) -> np.ndarray:
     """CAM of each digit's true class: (N*K, H, W), digit k of image i at row i*K + k (K = 1 for one digit)."""
     from cam_mnist.cams import get_method
@@ -217,7 +225,7 @@ def evaluate_run(
         model.set_weights(state.model_weights)
         probs = predict_probs(predict, split)
         metrics = score(probs, split.labels)
-        tau = cam_localization(model, val, predict_probs(predict, val))["tau"]
+        tau = validation_threshold(model, val)
         cam = cam_localization(model, split, probs, tau)
         rows[step] = {
             "step": step,

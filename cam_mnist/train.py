@@ -19,7 +19,7 @@ import numpy as np
 
 from cam_mnist import checkpoint, data, panel
 from cam_mnist.config import RunConfig, TrainConfig
-from cam_mnist.evaluate import cam_localization, multi_hot, predict_probs, score
+from cam_mnist.evaluate import cam_localization, multi_hot, predict_probs, score, validation_threshold
 from cam_mnist.mnist import atomic_write_bytes, load_digits
 from cam_mnist.model import LOGITS, NUM_CLASSES
 
@@ -247,7 +247,7 @@ class Trainer:
     def _finish(self, acc: dict) -> dict:
         """Test score, model.keras, GIFs, index.html and summary.json; ``acc`` holds the run's time counters."""
         # The test split is scored once: accuracy, and CAM localization at the threshold chosen on validation.
-        tau = cam_localization(self.model, self.val, predict_probs(self.predict, self.val))["tau"]
+        tau = validation_threshold(self.model, self.val)
         probs = predict_probs(self.predict, self.test)
         test, cam = score(probs, self.test.labels), cam_localization(self.model, self.test, probs, tau)
         self.model.save(self.run_dir / ".model.keras.tmp.keras")
