@@ -1,5 +1,6 @@
 # One entry point per job. `make train` and `make test` are all a newcomer needs: they create .venv, install the
-# pinned requirements (once; again only when requirements.txt changes) and fetch MNIST themselves.
+# pinned requirements and this package (once; again only when requirements.txt or pyproject.toml change) and fetch
+# MNIST themselves.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,9 +11,10 @@ ARGS   ?=
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .   # `cam-mnist`, importable anywhere
 	@touch $(STAMP)
 
 data: setup          ## fetch MNIST (once), generate the held-out splits, draw out/data_samples.png
@@ -31,10 +33,10 @@ test: setup          ## the whole suite, a few minutes on 2 CPU cores
 	$(PY) -m pytest $(ARGS)
 
 bench: setup         ## speed measurements -> bench/results.json (quoted in the README)
-	$(PY) scripts/bench.py $(ARGS)
+	$(PY) -m cam_mnist bench $(ARGS)
 
 lint: setup
-	$(PY) -m ruff check cam_mnist scripts tests
+	$(PY) -m ruff check cam_mnist tests
 
 clean:               ## remove generated outputs (keeps data/ and .venv)
 	rm -rf out

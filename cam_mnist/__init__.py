@@ -7,7 +7,8 @@ The command line is ``python -m cam_mnist``.
 
 
 def explain(model, images, method="gradcam", targets="predicted", layer=None, **options):
-    """Explanation maps (N, H, W) in [0, 1]; see :func:`cam_mnist.cams.explain` (imported lazily: TensorFlow)."""
+    """Explanation maps (N, H, W) in [0, 1]; see :func:`cam_mnist.cams.explain` for ``top_k``, ``raw`` and
+    ``return_targets`` (imported lazily: TensorFlow)."""
     from cam_mnist.cams import explain as _explain
 
     return _explain(model, images, method=method, targets=targets, layer=layer, **options)

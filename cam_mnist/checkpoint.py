@@ -19,15 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cam_mnist.mnist import atomic_write_bytes
+from cam_mnist.atomic import atomic_write_bytes
+from cam_mnist.errors import ArchitectureMismatch, CheckpointError
 from cam_mnist.model import architecture_signature
 
 FOLDER = "checkpoints"
 _NAME = re.compile(r"^step_(\d{7})\.npz$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message names the file and why."""
 
 
 @dataclass
@@ -79,7 +76,7 @@ def load(path: Path, model=None) -> State:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     if model is not None and signature != architecture_signature(model):
-        raise CheckpointError(
+        raise ArchitectureMismatch(
             f"{path}: written by another architecture ({len(signature)} weights, first "
             f"{signature[:1]}) than this run's model; check the run's config.json"
         )
@@ -94,10 +91,13 @@ def load(path: Path, model=None) -> State:
 
 
 def latest_valid(run_dir: Path, model=None, warn=print) -> State | None:
-    """The newest checkpoint that loads, warning about (and skipping) each newer one that does not."""
+    """The newest checkpoint that loads, warning about (and skipping) each newer one that does not. A checkpoint of
+    another architecture is not skipped but raised: the run's config and its checkpoints disagree."""
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
             return load(path, model)
+        except ArchitectureMismatch:
+            raise
         except CheckpointError as e:
             warn(f"skipping checkpoint: {e}")
     return None

@@ -1,5 +1,6 @@
-"""``python -m cam_mnist COMMAND``: the command line. Argument parsing, files and messages live here; the work
-lives in the library modules each command calls."""
+"""``python -m cam_mnist COMMAND`` (or ``cam-mnist COMMAND``): the command line. Argument parsing, files and
+messages live here and in the ``*_cli`` modules this one assembles; the work lives in the library modules each
+command calls."""
 
 from __future__ import annotations
 
@@ -9,19 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the user's terminal
+import numpy as np
 
-import numpy as np  # noqa: E402
+from cam_mnist import config as cfg
+from cam_mnist import explain_cli, frontier_cli, localize_cli
+from cam_mnist.cli_common import PROG, command_parser, markdown_table
+from cam_mnist.errors import UserError
+from cam_mnist.runs import OUT, latest_run, mark_latest, run_dir_or_latest
 
-from cam_mnist import config as cfg  # noqa: E402
-from cam_mnist.mnist import DataError  # noqa: E402
-
-OUT = Path("out")
 EXIT_BAD_INPUT = 2
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
+NEEDS_TENSORFLOW = {"train", "eval", "localize", "explain", "bench"}
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -85,22 +83,6 @@ def _flatten(config: cfg.RunConfig) -> dict:
     return {k: v for section in ("data", "model", "train") for k, v in config.to_dict()[section].items()}
 
 
-def latest_run() -> Path:
-    link = OUT / "latest"
-    if not link.exists():
-        raise UserError(f"no run found: {link} does not exist; train one with `make train`")
-    return link.resolve()
-
-
-def mark_latest(run_dir: Path) -> None:
-    """Point ``latest`` beside the run (``out/latest`` for runs in out/) at it: a relative symlink, swapped
-    atomically."""
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, run_dir.parent / "latest")
-
-
 def cmd_train(args) -> None:
     from cam_mnist.train import Trainer
 
@@ -131,7 +113,7 @@ def cmd_eval(args) -> None:
 
     if args.every < 1:
         raise UserError(f"--every must be at least 1, got {args.every}")
-    run_dirs = [Path(d) for d in args.run_dir] if args.run_dir else [latest_run()]
+    run_dirs = [Path(d) for d in args.run_dir] if args.run_dir else [run_dir_or_latest(None)]
     finals = []
     for run_dir in run_dirs:
         rows, final = evaluate.evaluate_run(
@@ -171,7 +153,7 @@ def cmd_eval(args) -> None:
         columns = ["step", "test_accuracy", "test_loss", *evaluate.EVAL_COLUMNS]
         if "per_digit_accuracy" in rows[final["step"]]:  # several digits: test_accuracy is the exact match
             columns.insert(2, "per_digit_accuracy")
-        print(_table(columns, [[rows[s][c] for c in columns] for s in steps]))
+        print(markdown_table(columns, [[rows[s][c] for c in columns] for s in steps]))
         summary = {
             "run": run_dir.name,
             "preset": evaluate.load_run(run_dir).preset,
@@ -182,15 +164,15 @@ def cmd_eval(args) -> None:
         if args.robustness:
             robust = evaluate.robustness(run_dir, data_dir=Path(args.data_dir))
             lines = [[r["distractors"], f"{r['test_accuracy']:.4f}", f"{r['test_loss']:.4f}"] for r in robust]
-            text = _table(["distractors", "test_accuracy", "test_loss"], lines)
+            text = markdown_table(["distractors", "test_accuracy", "test_loss"], lines)
             (out / "robustness.md").write_text(text + "\n")
             print(f"\nrobustness of step {robust[0]['step']} as clutter grows:\n{text}")
         finals.append(summary)
         if args.localize:
-            from cam_mnist import localize_cli
+            from cam_mnist.localize import localize
 
-            localize_cli.run(localize_cli.default_args(run_dir=str(run_dir), data_dir=args.data_dir))
-    text = _table(list(finals[0]), [list(f.values()) for f in finals])
+            print(localize(run_dir, args.data_dir, log=lambda message: print(message, flush=True))["table"])
+    text = markdown_table(list(finals[0]), [list(f.values()) for f in finals])
     print(f"\nfinal:\n{text}")
     for run_dir in run_dirs:
         (run_dir / evaluate.EVAL / "final.md").write_text(text + "\n")
@@ -223,25 +205,14 @@ def _compare(run_dirs: list[Path], args) -> None:
     print(f"comparison plot -> {path}")
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
 # ------------------------------------------------------------------------------------------------------ the parser
-def command_parser(commands, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
-    """A sub-command whose --help ends with its examples, each one a line of ``python -m cam_mnist ...``."""
-    epilog = "examples:\n" + "\n".join(f"  python -m cam_mnist {name} {e}".rstrip() for e in examples)
-    return commands.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    presets = "\n".join(f"  {name:11s} {text}" for name, text in cfg.PRESET_HELP.items())
     parser = argparse.ArgumentParser(
-        prog="python -m cam_mnist",
+        prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Class activation maps (Zhou et al. 2016) on cluttered MNIST: data, training, evaluation, maps.",
-        epilog="Each command has --help with examples. `make train`, `make eval`, `make test`, `make bench`...",
+        epilog=f"presets (train --preset NAME):\n{presets}\n\nEach command has --help with examples.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -276,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="default",
         choices=list(cfg.PRESETS),
-        help="named settings: default (ours), long (ours, longer), seed (the TF1 reference), tiny (tests)",
+        help="named settings: " + "; ".join(f"{name}: {text}" for name, text in cfg.PRESET_HELP.items()),
     )
     p.add_argument("--run-dir", help="run folder; if it has checkpoints the run resumes (default: out/<preset>-<time>)")
     p.add_argument("--resume", action="store_true", help="resume the newest run (out/latest)")
@@ -312,34 +283,100 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
-    from cam_mnist import explain_cli, frontier_cli, localize_cli
-
     localize_cli.add_parser(commands)
     explain_cli.add_parser(commands)
     frontier_cli.add_parser(commands)
 
+    p = command_parser(
+        commands,
+        "picture",
+        "the panel's maps at a few steps of a run, one row per image (the README's picture)",
+        ["--run-dir out/default --images 0 3 5 --out docs/heatmaps.png", "--steps 640 3200 6400"],
+    )
+    p.add_argument("--run-dir", help="training run (default: out/latest)")
+    p.add_argument("--images", type=int, nargs="+", default=[0, 1, 2], help="panel images, one row each")
+    p.add_argument("--steps", type=int, nargs="+", help="heatmap steps (default: the first, a middle one, the last)")
+    p.add_argument("--out", default="out/heatmaps.png", help="the PNG to write")
+    p.set_defaults(func=cmd_picture)
+
+    p = command_parser(
+        commands, "methods", "the explanation methods: paper, what each needs, passes per map (Markdown)", [""]
+    )
+    p.set_defaults(func=cmd_methods)
+
     p = commands.add_parser(
         "bench", help="speed measurements -> bench/results.json (what `make bench` runs)", add_help=False
     )
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for scripts/bench.py (--help lists them)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark (--help lists them)")
     p.set_defaults(func=cmd_bench)
 
     for p in commands.choices.values():
         p.add_argument("--data-dir", default="data", help="where MNIST and the generated splits live")
+        if p.add_help:  # bench hands every argument on, and stays quiet
+            p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and warning messages")
     return parser
 
 
-def cmd_bench(args) -> None:
-    import runpy
+def cmd_picture(args) -> None:
+    from cam_mnist import panel, plotting
 
-    sys.argv = ["scripts/bench.py", *args.bench_args]
-    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "bench.py"), run_name="__main__")
+    picture = panel.progress_picture(run_dir_or_latest(args.run_dir), args.images, args.steps)
+    plotting.save_png(Path(args.out), picture)
+    print(f"-> {args.out}")
+
+
+def cmd_methods(args) -> None:
+    from cam_mnist.registry import methods_table
+
+    print(methods_table())
+
+
+def cmd_bench(args) -> None:
+    from cam_mnist import bench
+
+    bench.main(args.bench_args)
+
+
+def import_tensorflow(verbose: bool) -> None:
+    """Import TensorFlow for a command that needs it, keeping its start-up chatter (oneDNN notices, CUDA probing on
+    a machine without a GPU, absl's preamble) out of the user's terminal unless ``--verbose``. TensorFlow 2.21
+    writes these from C++ before its log level is read, so stderr's file descriptor is parked in a temporary file
+    during the import; if the import fails, what it wrote is shown."""
+    if verbose:
+        import tensorflow  # noqa: F401
+
+        return
+    import logging
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # later C++ messages: errors only
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow
+
+            tensorflow.config.list_physical_devices("GPU")  # probes CUDA now, where its "no GPU" error is parked
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in NEEDS_TENSORFLOW:
+        import_tensorflow(getattr(args, "verbose", False))
     try:
         return args.func(args) or 0
-    except (UserError, DataError, ValueError, FileNotFoundError) as e:  # bad input: one line, exit status 2
+    except UserError as e:  # the user's mistake: one line, exit status 2; anything else is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

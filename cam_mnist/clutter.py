@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from cam_mnist.boxes import tight_boxes
+from cam_mnist.errors import UserError
 
 DIGIT = 28  # side of an MNIST digit
 _CHUNK = 4096  # images composed at once: bounds the uint16 scratch canvas to ~80 MB at 100x100
@@ -86,7 +86,7 @@ def _resolve_conflicts(rng, labels, digit_index, position, canvas, max_rounds: i
             return digit_index, position
         digit_index[bad, 1:] = rng.integers(0, len(labels), (bad.size, digits - 1))
         position[bad] = rng.integers(0, canvas - DIGIT + 1, (bad.size, digits, 2))
-    raise ValueError(f"cannot place {digits} non-overlapping digits on a {canvas}x{canvas} canvas")
+    raise UserError(f"cannot place {digits} non-overlapping digits on a {canvas}x{canvas} canvas")
 
 
 def _paste(canvas: np.ndarray, patches: np.ndarray, origin: np.ndarray) -> None:
@@ -102,31 +102,6 @@ def _crop(pool: np.ndarray, index: np.ndarray, origin: np.ndarray, size: int) ->
     rows = origin[:, 0, None, None] + np.arange(size)[None, :, None]
     cols = origin[:, 1, None, None] + np.arange(size)[None, None, :]
     return pool[index[:, None, None], rows, cols]
-
-
-def warp_digits(pool: np.ndarray, angle_deg: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Each 28x28 digit rotated by ``angle_deg[n]`` (clockwise as drawn) and scaled by ``scale[n]`` about its centre.
-
-    The affine distortions that Simard et al. (2003) and LeCun et al. (1998) trained MNIST networks on: a digit
-    stays the same class under a small rotation or change of size. Bilinear sampling, zero outside the square,
-    rounded back to uint8. (P, 28, 28) uint8 -> (P, 28, 28) uint8; angle 0 and scale 1 return ``pool`` unchanged.
-    """
-    n = len(pool)
-    out = np.empty_like(pool)
-    centre = (DIGIT - 1) / 2
-    y, x = np.mgrid[0:DIGIT, 0:DIGIT].astype(np.float64) - centre  # (28, 28) each: every output pixel's offset
-    for lo in range(0, n, _CHUNK):
-        hi = min(lo + _CHUNK, n)
-        theta = np.deg2rad(np.asarray(angle_deg[lo:hi], np.float64))[:, None, None]
-        inv = 1 / np.asarray(scale[lo:hi], np.float64)[:, None, None]
-        cos, sin = np.cos(theta), np.sin(theta)
-        # Inverse map: the source pixel each output pixel samples (rotation by -theta, then scale by 1/s).
-        src_y = centre + inv * (cos * y - sin * x)
-        src_x = centre + inv * (sin * y + cos * x)
-        index = np.broadcast_to(np.arange(hi - lo, dtype=np.float64)[:, None, None], src_y.shape)
-        warped = ndimage.map_coordinates(pool[lo:hi].astype(np.float32), [index, src_y, src_x], order=1, cval=0)
-        out[lo:hi] = np.clip(np.rint(warped), 0, 255)
-    return out
 
 
 def hide_patches(images: np.ndarray, patch: int, prob: float, rng: np.random.Generator) -> np.ndarray:

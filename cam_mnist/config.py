@@ -1,8 +1,9 @@
 """Every setting of a run, typed, in one place.
 
-A run's configuration is a :class:`RunConfig` (data + model + training). Presets are named sets of overrides;
-the command line overrides single fields (``--steps 500``), and the resolved config is written as ``config.json``
-beside the run's outputs so that every heatmap and number can be traced to the settings that made it.
+A run's configuration is a :class:`RunConfig` (data + model + training). Its defaults are the ``default`` preset;
+the other presets are named sets of overrides; the command line overrides single fields (``--steps 500``), and
+the resolved config is written as ``config.json`` beside the run's outputs so that every heatmap and number can
+be traced to the settings that made it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cam_mnist.errors import UserError
 from cam_mnist.mnist import SPLIT_SIZES
 
 
@@ -34,13 +36,11 @@ class DataConfig:
     train_size: int = _opt(
         50_000, "training images per epoch; each epoch draws fresh clutter around MNIST train digits"
     )
-    rotate: float = _opt(0.0, "training digits only: each epoch rotates each by a random angle within +-this (deg)")
-    rescale: float = _opt(0.0, "training digits only: each epoch scales each by a random factor within 1 +- this")
     hide_patch: int = _opt(
-        0, "training images only: hide-and-seek, blanking squares of this many pixels on a random grid (0: off)"
+        8, "training images only: hide-and-seek, blanking squares of this many pixels on a random grid (0: off)"
     )
-    hide_prob: float = _opt(0.5, "hide-and-seek: the chance that each square is blanked")
-    hide_epochs: int = _opt(0, "hide-and-seek only in the first this many epochs, then whole images (0: in all)")
+    hide_prob: float = _opt(0.2, "hide-and-seek: the chance that each square is blanked")
+    hide_epochs: int = _opt(4, "hide-and-seek only in the first this many epochs, then whole images (0: in all)")
     extra_train_digits: int = _opt(
         0,
         "the first N of MNIST's 10k validation digits join the 50k training digits; validation then scores only "
@@ -68,9 +68,16 @@ class ConvSpec:
     def parse(cls, spec: str) -> ConvSpec:
         m = LAYER_SPEC.match(spec)
         if m is None:
-            raise ValueError(f"bad layer {spec!r}: write WIDTHxK[xKW][/STRIDE][dDILATION][p], e.g. 32x4/2 or 64x3x1")
+            raise UserError(f"bad layer {spec!r}: write WIDTHxK[xKW][/STRIDE][dDILATION][p], e.g. 32x4/2 or 64x3x1")
         kernel = (int(m["kh"]), int(m["kw"] or m["kh"]))
         return cls(int(m["width"]), kernel, int(m["stride"] or 1), int(m["dilation"] or 1), m["pool"] is not None)
+
+
+# Our network (docs/experiments.md has the search): five convs, batch norm and ReLU after each, whose last one is
+# the CAM layer, a 25x25 map (stride 4). Strided convs have even kernels, so every map cell is centred on the pixels
+# it sees (odd kernels shifted the map 1.5-2 pixels up-left). Receptive field 14 pixels wide and 22 high: about a
+# digit's shape, so a map cell fires on the digit it lies on and little beside it.
+FINE = ("24x4/2", "24x3", "48x4/2", "64x3x1", "64x1")
 
 
 @dataclass
@@ -78,36 +85,20 @@ class ModelConfig:
     """The network: a conv stack, then conv -> global average pooling -> bias-free linear -> softmax."""
 
     arch: str = _opt(
-        "fast", "'lenet' (the reference: conv5x5x32, pool, conv5x5x64, pool), 'stack' (ours: see layers) or 'fast'"
+        "stack", "'stack' (ours: see layers) or 'lenet' (the reference: conv5x5x32, pool, conv5x5x64, pool)"
     )
     layers: tuple[str, ...] = _opt(
-        (), "'stack' arch: one WIDTHxKERNEL[/STRIDE][dDILATION][p] per conv (p: 2x2 max-pool), e.g. 24x5/2 64x3"
+        FINE, "'stack' arch: one WIDTHxK[xKW][/STRIDE][dDILATION][p] per conv (p: 2x2 max-pool), e.g. 24x4/2 64x3x1"
     )
-    widths: tuple[int, ...] = _opt((24, 48, 64, 64, 64), "channels of each conv layer of the 'fast' arch")
-    batch_norm: bool = _opt(True, "batch norm after each conv of the 'fast' arch")
+    batch_norm: bool = _opt(True, "batch norm after each conv of the 'stack' arch")
     head: str = _opt("softmax", "'softmax' (one digit per image) or 'sigmoid' (multi-label: several digits)")
-    pool_first: bool = _opt(
-        False, "'fast' arch: max-pool straight after each pooled conv, before BN and ReLU (cheaper; presets use it)"
-    )
-    stem_stride: int = _opt(
-        2, "stride of the 'fast' arch's first 5x5 conv: 2 (then a 2x2 pool, see stem_pool) or 4 (no pool)"
-    )
-    stem_pool: bool = _opt(
-        True,
-        "'fast' arch, stride-2 stem: max-pool its output, or (off: the default and two-digits presets) give the "
-        "next conv stride 2 instead",
-    )
-    last_kernel: int = _opt(3, "kernel of the 'fast' arch's extra conv before GAP: 3 (the CAM paper's) or 1")
-    quarter_convs: int = _opt(
-        1, "'fast' arch: how many of the 3x3 convs after the stem run at 1/4 resolution (the rest run at 1/8)"
-    )
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, checkpoints and the heatmap panel."""
 
-    steps: int = _opt(7200, "optimizer steps in the whole run (9.2 epochs of 50k images at batch 64)")
+    steps: int = _opt(6400, "optimizer steps in the whole run (8.2 epochs of 50k images at batch 64)")
     batch_size: int = _opt(
         64, "images per step (64: as many images/s as 128 on 2 cores, twice the updates; see README)"
     )
@@ -115,17 +106,14 @@ class TrainConfig:
     lr: float = _opt(3e-3, "peak learning rate")
     schedule: str = _opt("cosine", "'constant' or 'cosine' (linear warm-up, then cosine decay to 0)")
     warmup_steps: int = _opt(400, "linear warm-up steps of the cosine schedule")
-    weight_decay: float = _opt(
-        0.0, "decoupled weight decay (AdamW) of the conv and linear kernels, not batch norm's; 0 turns it off"
-    )
     center_logits: bool = _opt(
-        False,
+        True,
         "softmax head: keep the logits kernel w_k^c zero-mean over classes, which changes no prediction but takes "
-        "the part every class shares out of each CAM (presets turn it on)",
+        "the part every class shares out of each CAM",
     )
     seed: int = _opt(0, "seeds the weights and the training data order and clutter")
-    heatmap_every: int = _opt(400, "steps between heatmap snapshots and validation (about 20 per run)")
-    checkpoint_every: int = _opt(400, "steps between checkpoints")
+    heatmap_every: int = _opt(640, "steps between heatmap snapshots and validation (10 per run)")
+    checkpoint_every: int = _opt(640, "steps between checkpoints")
     keep_checkpoints: int = _opt(25, "newest checkpoints kept on disk; older ones are deleted")
     panel_size: int = _opt(16, "fixed test images whose CAMs are drawn at every heatmap step")
     val_size: int = _opt(
@@ -148,62 +136,94 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        """A config from (part of) its dict; a missing field takes its default."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+            raise UserError(f"unknown config sections: {sorted(unknown)}")
         return cls(
             preset=d.get("preset", "default"),
-            data=_section(DataConfig, d.get("data", {})),
-            model=_section(ModelConfig, d.get("model", {})),
-            train=_section(TrainConfig, d.get("train", {})),
+            **{name: _section(kind, d.get(name, {})) for name, kind in SECTIONS.items()},
         )
 
     def save(self, path: Path) -> None:
-        from cam_mnist.mnist import atomic_write_bytes
+        from cam_mnist.atomic import atomic_write_text
 
-        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """The config a run saved. A config.json written by an older version still rebuilds its run: a field that
+        did not exist yet takes the value that meant "off" (:data:`ADDED_LATER`), and a retired field is dropped
+        when it had no effect (:data:`RETIRED`). A run that depended on a retired option is refused, naming it."""
+        d = json.loads(Path(path).read_text())
+        for section, fields in ADDED_LATER.items():
+            d.setdefault(section, {})
+            for name, off in fields.items():
+                d[section].setdefault(name, off)
+        for section, fields in RETIRED.items():
+            values = d.get(section, {})
+            for name, had_no_effect in fields.items():
+                if name in values and not had_no_effect(values[name], d):
+                    raise UserError(
+                        f"{path}: made with {section}.{name}, an option this version no longer has; "
+                        f"`git checkout {RETIRED_AT}` rebuilds that run (see docs/experiments.md)"
+                    )
+            for name in set(fields) - {"arch"}:  # arch is a current field: kept
+                values.pop(name, None)
+        return cls.from_dict(d)
 
 
 def _section(kind, values: dict):
-    names = {f.name: f for f in dataclasses.fields(kind)}
-    unknown = set(values) - set(names)
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+        raise UserError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
     # JSON has no tuples; restore them so a loaded config equals the saved one.
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return kind(**fixed)
 
 
-# Presets: overrides of the defaults above. `default` is ours, `long` is ours trained longer on more digits,
-# `two-digits` ours with two digits per image; `seed` is the reference repo exactly and `seed-adam` its network
-# trained with our optimiser; `tiny` is for tests and smoke runs (seconds on a CPU). Fields default to the oldest
-# behaviour so that a config.json saved before a field existed rebuilds the run it made; the presets set them.
-#
-# Our network (docs/experiments.md has the search): five convs, batch norm and ReLU after each, whose last one is
-# the CAM layer, a 25x25 map (stride 4). Strided convs have even kernels, so every map cell is centred on the pixels
-# it sees (odd kernels shifted the map 1.5-2 pixels up-left). Receptive field 14 pixels wide and 22 high: about a
-# digit's shape, so a map cell fires on the digit it lies on and little beside it. Hide-and-seek in the first four
-# epochs makes every part of a digit count; centred CAM weights take out what every class's map shares.
-FINE = ("24x4/2", "24x3", "48x4/2", "64x3x1", "64x1")
-OURS = {
-    "data": {"hide_patch": 8, "hide_prob": 0.2, "hide_epochs": 4},
-    "model": {"arch": "stack", "layers": FINE},
-    "train": {"steps": 6400, "heatmap_every": 640, "checkpoint_every": 640, "center_logits": True},
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+# Fields added after runs were already saved, with the value that reproduces those runs (the feature off).
+ADDED_LATER = {"data": {"hide_patch": 0, "hide_epochs": 0}, "train": {"center_logits": False}}
+
+# Options that only served one experiment and were removed; ``git checkout RETIRED_AT`` still has them. Each maps
+# to a test of a saved config (the value, the whole dict): true where the option had no effect on that run.
+RETIRED_AT = "e4652dd"
+_NOT_FAST = lambda value, d: d["model"].get("arch") != "fast"  # noqa: E731 - options of the retired 'fast' arch
+RETIRED = {
+    "data": {"rotate": lambda value, d: value == 0, "rescale": lambda value, d: value == 0},
+    "model": {
+        "arch": lambda value, d: value != "fast",
+        **dict.fromkeys(
+            ["widths", "pool_first", "stem_stride", "stem_pool", "last_kernel", "quarter_convs"], _NOT_FAST
+        ),
+    },
+    "train": {"weight_decay": lambda value, d: value == 0},
 }
+
+
+# Presets: overrides of the defaults above, which are `default` (ours). `long` is ours trained longer on more
+# digits, `two-digits` ours with two digits per image; `seed` is the reference repo exactly and `seed-adam` its
+# network trained with our optimiser; `tiny` is for tests and smoke runs (seconds on a CPU). What the help lists:
+PRESET_HELP = {
+    "default": "ours: 25x25 CAM map, hide-and-seek, centred CAM weights; 6400 steps (~20 min on 2 cores)",
+    "long": "ours at batch 128 for 10k steps (4x the default's images) on 58k digits",
+    "two-digits": "ours on two digits of different classes per image, a sigmoid per class",
+    "seed": "the TF1 reference exactly: LeNet, SGD lr 0.5, batch 256, 360 steps",
+    "seed-adam": "the reference's LeNet trained with our optimiser (Adam, cosine), 4800 steps",
+    "tiny": "the default's recipe at a tenth of its widths on a 40x40 canvas: seconds, for tests",
+}
+OFF = {"data": {"hide_patch": 0}, "train": {"center_logits": False}}  # our additions, off: the reference's recipe
+LENET = {"arch": "lenet", "layers": (), "batch_norm": False}
 PRESETS: dict[str, dict[str, dict]] = {
-    "default": OURS,
+    "default": {},
     # The default's network at batch 128 for 10k steps (26 epochs, hide-and-seek in the first 12), trained on 58k
     # digits: MNIST's 50k train and the first 8000 validation digits (validation scores the other 2000).
     "long": {
-        "data": {**OURS["data"], "hide_epochs": 12, "extra_train_digits": 8000},
-        "model": OURS["model"],
+        "data": {"hide_epochs": 12, "extra_train_digits": 8000},
         "train": {
-            **OURS["train"],
             "steps": 10_000,
             "batch_size": 128,
             "warmup_steps": 200,
@@ -211,9 +231,14 @@ PRESETS: dict[str, dict[str, dict]] = {
             "checkpoint_every": 500,
         },
     },
+    # Two digits of different classes per image, a sigmoid per class (a sigmoid sees each logit's level, so its
+    # CAM weights are not centred).
+    "two-digits": {"data": {"digits": 2}, "model": {"head": "sigmoid"}, "train": {"center_logits": False}},
     "seed": {
-        "model": {"arch": "lenet", "batch_norm": False},
+        "data": OFF["data"],
+        "model": LENET,
         "train": {
+            **OFF["train"],
             "steps": 360,  # what the reference trains in the default preset's wall time on 2 cores (~90 images/s)
             "batch_size": 256,
             "optimizer": "sgd",
@@ -227,21 +252,14 @@ PRESETS: dict[str, dict[str, dict]] = {
     # The reference's network exactly (LeNet, no batch norm, a 25x25 map whose cells see 16 pixels), trained with
     # our optimiser and schedule until it converges: what the reference's design reaches on the honest split.
     "seed-adam": {
-        "model": {"arch": "lenet", "batch_norm": False},
-        "train": {"lr": 1e-3, "steps": 4800, "heatmap_every": 600, "checkpoint_every": 600, "center_logits": True},
-    },
-    # Two digits of different classes per image, a sigmoid per class (a sigmoid sees each logit's level, so its
-    # CAM weights are not centred).
-    "two-digits": {
-        "data": {**OURS["data"], "digits": 2},
-        "model": {**OURS["model"], "head": "sigmoid"},
-        "train": {**OURS["train"], "center_logits": False},
+        "data": OFF["data"],
+        "model": LENET,
+        "train": {"lr": 1e-3, "steps": 4800, "warmup_steps": 400, "heatmap_every": 600, "checkpoint_every": 600},
     },
     "tiny": {  # the default's recipe at a tenth of its widths
-        "data": {"canvas": 40, "distractors": 2, "train_size": 512, "hide_patch": 8, "hide_prob": 0.2},
-        "model": {"arch": "stack", "layers": ("4x4/2", "4x3", "8x4/2", "8x3x1", "8x1")},
+        "data": {"canvas": 40, "distractors": 2, "train_size": 512, "hide_epochs": 0},
+        "model": {"layers": ("4x4/2", "4x3", "8x4/2", "8x3x1", "8x1")},
         "train": {
-            "center_logits": True,
             "steps": 12,
             "batch_size": 32,
             "heatmap_every": 4,
@@ -257,13 +275,12 @@ PRESETS: dict[str, dict[str, dict]] = {
 def preset(name: str) -> RunConfig:
     """The config of preset ``name`` (see :data:`PRESETS`)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     d = {section: dict(values) for section, values in PRESETS[name].items()}
     return RunConfig.from_dict({"preset": name, **d})
 
 
 # ------------------------------------------------------------------------------------------------- command line
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -275,8 +292,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             help = f"{f.metadata['help']} (default: {f.default})"
             if f.type in ("bool", bool):
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
-            elif f.name == "widths":
-                group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, help=help)
             elif f.name == "layers":
                 group.add_argument(flag, dest=f.name, nargs="+", default=None, help=help)
             else:
@@ -308,8 +323,6 @@ def validate(config: RunConfig) -> None:
         (0 < d.distractor_size <= 28, f"distractor_size must be in 1..28, got {d.distractor_size}"),
         (d.distractors >= 0, f"distractors must be >= 0, got {d.distractors}"),
         (1 <= d.digits <= 9, f"digits must be in 1..9, got {d.digits}"),
-        (0 <= d.rotate <= 180, f"rotate must be in 0..180 degrees, got {d.rotate}"),
-        (0 <= d.rescale < 1, f"rescale must be in [0, 1), got {d.rescale}"),
         (0 <= d.hide_patch <= d.canvas, f"hide_patch must be in 0..{d.canvas} pixels, got {d.hide_patch}"),
         (0 <= d.hide_prob < 1, f"hide_prob must be in [0, 1), got {d.hide_prob}"),
         (d.hide_epochs >= 0, f"hide_epochs must be >= 0, got {d.hide_epochs}"),
@@ -323,15 +336,9 @@ def validate(config: RunConfig) -> None:
             d.digits == 1 or m.head == "sigmoid",
             f"{d.digits} digits per image need the multi-label head: add --head sigmoid",
         ),
-        (m.arch in ("lenet", "fast", "stack"), f"arch must be 'lenet', 'fast' or 'stack', got {m.arch!r}"),
+        (m.arch in ("stack", "lenet"), f"arch must be 'stack' or 'lenet', got {m.arch!r}"),
         (m.arch != "stack" or len(m.layers) > 0, "the 'stack' arch needs --layers"),
-        (m.stem_stride in (2, 4), f"stem_stride must be 2 or 4, got {m.stem_stride}"),
-        (m.last_kernel in (1, 3), f"last_kernel must be 1 or 3, got {m.last_kernel}"),
-        (m.stem_pool or m.stem_stride == 2, "stem_pool off needs stem_stride 2 (a stride-4 stem has no pool)"),
-        (
-            m.arch != "fast" or 1 <= m.quarter_convs <= len(m.widths) - 2,
-            f"quarter_convs must be in 1..{len(m.widths) - 2} for widths {m.widths}, got {m.quarter_convs}",
-        ),
+        (m.arch != "lenet" or not m.layers, "--layers is for the 'stack' arch; 'lenet' is a fixed network"),
         (
             not t.center_logits or m.head == "softmax",
             "center_logits needs the softmax head: a sigmoid per class sees every logit's level (--no-center-logits)",
@@ -344,6 +351,6 @@ def validate(config: RunConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(f"bad config: {message}")
+            raise UserError(f"bad config: {message}")
     for spec in m.layers:
         ConvSpec.parse(spec)  # raises, naming the bad layer

@@ -26,15 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from cam_mnist import clutter
+from cam_mnist.atomic import atomic_write_bytes
 from cam_mnist.config import DataConfig
-from cam_mnist.mnist import DataError, Digits, acquire, atomic_write_bytes, load_digits, sha256_bytes
+from cam_mnist.errors import DataError
+from cam_mnist.mnist import Digits, acquire, load_digits, sha256_bytes
 
 DATA_DIR = Path("data")
 MNIST_FILE = "mnist.npz"
 HELD_OUT = ("val", "test")
-# Each split draws from its own random stream; training-digit distortions from a fourth, so that turning them on
-# leaves every other draw (order, positions, clutter) of a seed as it was.
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "distort": 3, "hide": 4}
+# Each split draws from its own random stream, and hide-and-seek from another, so that turning it on leaves every
+# other draw (order, positions, clutter) of a seed as it was. (3 was the retired digit distortions' stream.)
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "hide": 4}
 
 
 @dataclass(frozen=True)
@@ -150,12 +152,6 @@ def train_epoch(
     A pure function of (seed, epoch), so a resumed run regenerates exactly the images it would have seen.
     """
     pool = training_digits(digits, config)
-    if config.rotate or config.rescale:
-        # One fresh distortion per train digit per epoch (the clutter crops come from the distorted digits too).
-        warp_rng = _rng(seed, "distort", epoch)
-        angle = warp_rng.uniform(-config.rotate, config.rotate, len(pool.labels))
-        scale = 1 + warp_rng.uniform(-config.rescale, config.rescale, len(pool.labels))
-        pool = Digits(clutter.warp_digits(pool.images, angle, scale), pool.labels)
     rng = _rng(seed, "train", epoch)
     order = np.concatenate(
         [rng.permutation(len(pool.labels)) for _ in range(-(-config.train_size // len(pool.labels)))]

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from cam_mnist import checkpoint, data
+from cam_mnist.atomic import atomic_write_bytes
 from cam_mnist.config import DataConfig, RunConfig
-from cam_mnist.mnist import DataError, atomic_write_bytes
+from cam_mnist.errors import ArchitectureMismatch, CheckpointError, DataError
 
 EVAL = "eval"
 PRESENT = 0.5  # a sigmoid head names a class when its probability exceeds this
@@ -217,9 +218,9 @@ def evaluate_run(
             continue
         try:
             state = checkpoint.load(ckpt, model)
-        except checkpoint.CheckpointError as e:
-            if "another architecture" in str(e):
-                raise
+        except ArchitectureMismatch:
+            raise  # the run's config.json does not build the network that wrote it: no checkpoint would load
+        except CheckpointError as e:
             log(f"skipping checkpoint: {e}")
             continue
         model.set_weights(state.model_weights)

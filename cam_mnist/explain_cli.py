@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cam_mnist.cli_common import command_parser
+from cam_mnist.errors import UserError
+from cam_mnist.registry import METHODS
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-MAP_METHODS = ["cam", "gradcam", "gradcam++", "scorecam", "layercam", "guided-gradcam", "occlusion"]
-
-
-class ExplainError(ValueError):
-    """One line for the user; the command exits with status 2."""
 
 
 def expand(paths: list[str]) -> list[Path]:
@@ -30,20 +29,21 @@ def expand(paths: list[str]) -> list[Path]:
 def load_model(model_path: str | None, run_dir: str | None):
     import keras
 
+    from cam_mnist.runs import run_dir_or_latest
+
     if model_path is None:
-        run = Path(run_dir) if run_dir else Path("out") / "latest"
-        model_path = run / "model.keras"
+        model_path = run_dir_or_latest(run_dir) / "model.keras"
         if not model_path.exists():
-            raise ExplainError(f"{model_path}: no trained model; train one with `make train` or pass --model")
+            raise UserError(f"{model_path}: no trained model; train one with `make train` or pass --model")
     path = Path(model_path)
     if not path.is_file():
-        raise ExplainError(f"{path}: no such model file")
+        raise UserError(f"{path}: no such model file")
     try:
         model = keras.models.load_model(path)
     except Exception as e:  # Keras raises many types for a file that is not a model
-        raise ExplainError(f"{path}: not a Keras model ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not a Keras model ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
-        raise ExplainError(f"{path}: explain needs a model with one (N, H, W, C) image input")
+        raise UserError(f"{path}: explain needs a model with one (N, H, W, C) image input")
     return model, path
 
 
@@ -55,9 +55,9 @@ def read_picture(path: Path):
             picture.load()
             return picture.copy()
     except FileNotFoundError:
-        raise ExplainError(f"{path}: no such file") from None
+        raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise ExplainError(f"{path}: not a readable image ({type(e).__name__})") from None
+        raise UserError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
 def run(args) -> int:
@@ -68,15 +68,15 @@ def run(args) -> int:
 
     model, model_path = load_model(args.model, args.run_dir)
     _, h, w, c = model.inputs[0].shape
-    methods = MAP_METHODS if args.method == "all" else [args.method]
+    methods = list(METHODS) if args.method == "all" else [args.method]
     try:
         get_method(model, methods[0] if args.method != "all" else "gradcam", args.layer)
-    except ValueError as e:
-        raise ExplainError(f"{model_path}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{model_path}: {e}") from None
     if args.method == "all":  # CAM only where the model has the CAM head; say so instead of failing
         try:
             get_method(model, "cam", args.layer)
-        except ValueError:
+        except UserError:
             methods = [m for m in methods if m != "cam"]
             print(f"note: {model_path.name} has no GAP -> Dense head at that layer, so CAM is skipped", file=sys.stderr)
 
@@ -84,7 +84,7 @@ def run(args) -> int:
     for path in expand(args.images):
         try:
             array, notes = to_model_input(read_picture(path), (h, w), c, args.fit, args.invert)
-        except ExplainError as e:
+        except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
@@ -102,7 +102,7 @@ def run(args) -> int:
     elif 0 <= args.class_index < probs.shape[1]:
         classes = np.full((len(images), 1), args.class_index)  # (N, 1)
     else:
-        raise ExplainError(f"--class {args.class_index} out of range: the model has {probs.shape[1]} classes")
+        raise UserError(f"--class {args.class_index} out of range: the model has {probs.shape[1]} classes")
     k = classes.shape[1]
     maps = {}
     for method in methods:
@@ -110,21 +110,22 @@ def run(args) -> int:
             maps[method] = explain(
                 model, np.repeat(images, k, 0), method, classes.reshape(-1), layer=args.layer
             ).reshape(len(images), k, h, w)
-        except ValueError as e:
-            raise ExplainError(f"{model_path}: {method}: {e}") from None
+        except UserError as e:
+            raise UserError(f"{model_path}: {method}: {e}") from None
 
     out = Path(args.out)
     records = []
     box_method = methods[0]
     for i, path in enumerate(names):
-        box = boxes_from_maps(maps[box_method][i, :1])[0]
+        # Each method's box of the most probable class, at the CAM paper's 20% of its map's maximum.
+        boxes = {method: boxes_from_maps(maps[method][i, :1])[0] for method in methods}
         rows = []
         for method in methods:
             tiles = [plotting.captioned(plotting.overlay(images[i], np.zeros((h, w)), alpha=0.0), path.name[:24])]
             for j, cls in enumerate(classes[i]):
                 tiles.append(
                     plotting.captioned(
-                        plotting.overlay(images[i], maps[method][i, j], map_box=box if j == 0 else None),
+                        plotting.overlay(images[i], maps[method][i, j], map_box=boxes[method] if j == 0 else None),
                         f"{method}: {cls} p={probs[i, cls]:.2f}",
                     )
                 )
@@ -136,7 +137,8 @@ def run(args) -> int:
                 "image": str(path),
                 "output": str(target),
                 "box_method": box_method,
-                "box": [int(v) for v in box],
+                "box": [int(v) for v in boxes[box_method]],
+                "boxes": {method: [int(v) for v in box] for method, box in boxes.items()},
                 "classes": [{"class": int(cls), "probability": round(float(probs[i, cls]), 5)} for cls in classes[i]],
             }
         )
@@ -154,8 +156,6 @@ def run(args) -> int:
 
 
 def add_parser(commands) -> None:
-    from cam_mnist.cli import command_parser
-
     p = command_parser(
         commands,
         "explain",
@@ -174,7 +174,7 @@ def add_parser(commands) -> None:
     p.add_argument(
         "--method",
         default="cam",
-        choices=MAP_METHODS + ["guided-backprop", "all"],
+        choices=[*METHODS, "all"],
         help="which map; 'all' draws every method, one row each",
     )
     which = p.add_mutually_exclusive_group()

@@ -11,6 +11,9 @@ import csv
 import io
 from pathlib import Path
 
+from cam_mnist.cli_common import command_parser
+from cam_mnist.errors import DataError
+
 # What a design must reach (issue "The map must find the digit"), drawn as dashed lines.
 TARGETS = {"val_accuracy": 0.985, "val_loc_tau": 0.90, "val_loc_20": 0.80}
 PANELS = [  # (metrics.csv column, title, y range: the first steps of every run lie below it)
@@ -22,11 +25,8 @@ FIELDS = ["run", "design", "step", "minutes", "val_accuracy", "val_loc_tau", "va
 
 
 def design(config) -> str:
-    """A run's network in one line: its layer specs, or the arch and widths for the older archs."""
-    m = config.model
-    if m.arch == "lenet":  # the reference's fixed network: its widths field does not apply
-        return "lenet"
-    return " ".join(m.layers) if m.arch == "stack" else f"{m.arch} {'-'.join(map(str, m.widths))}"
+    """A run's network in one line: its layer specs, or "lenet" for the reference's fixed network."""
+    return " ".join(config.model.layers) if config.model.arch == "stack" else config.model.arch
 
 
 def run(args) -> None:
@@ -37,7 +37,7 @@ def run(args) -> None:
         config = evaluate.load_run(run_dir)
         rows = [r for _, r in sorted(evaluate.read_rows(run_dir / "metrics.csv").items()) if r.get("val_loc_tau")]
         if not rows:
-            raise evaluate.DataError(f"{run_dir}: metrics.csv has no localization rows; train it with `make train`")
+            raise DataError(f"{run_dir}: metrics.csv has no localization rows; train it with `make train`")
         minutes = [float(r["elapsed_s"]) / 60 for r in rows]
         series[run_dir.name] = {key: (minutes, [float(r[key]) for r in rows]) for key, *_ in PANELS}
         table.append(
@@ -55,8 +55,6 @@ def run(args) -> None:
 
 
 def add_parser(commands) -> None:
-    from cam_mnist.cli import command_parser
-
     p = command_parser(
         commands,
         "frontier",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from cam_mnist.errors import UserError
+
 
 def to_model_input(
     picture: Image.Image, size: tuple[int, int], channels: int, fit: str = "resize", invert: str = "auto"
@@ -26,7 +28,7 @@ def to_model_input(
         scale = min(1.0, w / width, h / height)
         scale_to = (max(1, round(width * scale)), max(1, round(height * scale)))
     else:
-        raise ValueError(f"fit must be 'resize' or 'canvas', got {fit!r}")
+        raise UserError(f"fit must be 'resize' or 'canvas', got {fit!r}")
     if scale_to != (width, height):
         picture = picture.resize(scale_to, Image.BILINEAR)
         notes.append(f"resized {width}x{height} -> {scale_to[0]}x{scale_to[1]}")

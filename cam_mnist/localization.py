@@ -249,4 +249,3 @@ def bilinear_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _separable(maps: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.einsum("yh,nhw,xw->nyx", rows.astype(np.float32), maps.astype(np.float32), cols.astype(np.float32))
-

@@ -1,298 +1,46 @@
 """``python -m cam_mnist localize``: how well each explanation method finds the digit, on the whole test split.
-
-Writes ``eval/localization.json``, ``eval/localization.md`` (methods x metrics), ``eval/localization_examples.png``
-(each method's map and box beside the true box) and ``eval/iou_histogram.png``.
-"""
+The work is :func:`cam_mnist.localize.localize`; this module is its arguments."""
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-
-import numpy as np
-
-FAST = ["cam", "gradcam", "gradcam++", "layercam", "guided-backprop", "guided-gradcam"]
-DIGITS_DEFAULT = ["cam", "gradcam", "gradcam++"]  # several digits per image: the class-discriminative maps
-SLOW = ["scorecam", "occlusion"]  # many forward passes per map: scored on the first --slow-images test images
-BASELINES = ["centre", "full", "random"]
-COLUMNS = [
-    ("top1_loc_calibrated", "top-1 loc, τ from val"),
-    ("calibrated_threshold", "τ (val)"),
-    ("top1_loc", "top-1 loc @20%"),
-    ("gt_known_loc", "GT-known @20%"),
-    ("max_box_acc", "MaxBoxAcc (τ on test)"),
-    ("mean_iou", "mean IoU @20%"),
-    ("peak_in_box", "peak in box"),
-    ("pointing", "pointing"),
-    ("pointing_3px", "pointing ±3px"),
-    ("mask_iou", "mask IoU"),
-    ("pixel_ap", "pixel AP"),
-    ("average_drop_pct", "avg drop %"),
-    ("increase_in_confidence_pct", "incr. conf. %"),
-    ("deletion_auc", "deletion AUC ↓"),
-    ("insertion_auc", "insertion AUC ↑"),
-    ("images", "images"),
-    ("seconds", "seconds"),
-]
-
-
-def score(name, maps_true, maps_predicted, split, n, probs, near, predict, images, faithful_n, tau) -> dict:
-    """Every metric for one method (or baseline) on the first ``n`` test images; boxes at the paper's 20% and at
-    ``tau``, chosen on validation maps of the same method."""
-    from cam_mnist import localization as loc
-
-    predicted = probs.argmax(1)
-    result = loc.box_metrics(maps_true, predicted[:n] == split.labels[:n], split.boxes[:n], calibrated=tau)
-    result |= loc.pointing_metrics(maps_true, split.masks[:n], near[:n])
-    result |= loc.segmentation_metrics(maps_true, split.masks[:n])
-    if maps_predicted is not None:  # faithfulness needs a model's own map; the ceiling's ideal maps have none
-        result |= loc.average_drop_increase(predict, images[:n], maps_predicted, predicted[:n], probs[:n])
-        f = min(n, faithful_n)
-        result |= loc.deletion_insertion(predict, images[:f], maps_predicted[:f], predicted[:f])
-    return {"method": name, "images": n, **result}
-
-
-def ceiling(split, val, n: int, grid: tuple[int, int]) -> list[tuple[str, np.ndarray, float]]:
-    """The ideal-map rows: (name, test maps, tau chosen on the validation ideal maps) for the map's own grid,
-    sharp and blurred (:func:`cam_mnist.localization.ideal_maps`)."""
-    from cam_mnist import localization as loc
-
-    rows = []
-    for blur in (0.0, loc.IDEAL_BLUR_PX):
-        name = f"ceiling: ideal {grid[0]}x{grid[1]} map" + (f", blurred {blur:g} px" if blur else "")
-        tau = loc.choose_threshold(loc.ideal_maps(val.masks, grid, blur), val.boxes)
-        rows.append((name, loc.ideal_maps(split.masks[:n], grid, blur), tau))
-    return rows
+from cam_mnist.cli_common import command_parser
+from cam_mnist.registry import METHODS
 
 
 def run(args) -> None:
-    from cam_mnist import checkpoint, evaluate, localization, plotting
-    from cam_mnist.boxes import boxes_from_maps, near
-    from cam_mnist.cams import explain, get_method
+    from cam_mnist.localize import localize
 
-    # Resolved, so that out/latest is named by the run it points at in the tables and the JSON.
-    run_dir = (Path(args.run_dir) if args.run_dir else Path("out") / "latest").resolve()
-    config = evaluate.load_run(run_dir)
-    state = (
-        checkpoint.load(checkpoint.path_for(run_dir, args.step), None)
-        if args.step
-        else checkpoint.latest_valid(run_dir)
+    record = localize(
+        args.run_dir,
+        args.data_dir,
+        step=args.step,
+        methods=args.methods,
+        images=args.images,
+        slow_images=args.slow_images,
+        faithful_images=args.faithful_images,
+        examples=args.examples,
+        log=lambda message: print(message, flush=True),
     )
-    if state is None:
-        raise evaluate.DataError(f"{run_dir}: no readable checkpoint; train with `make train`")
-    model, predict = evaluate.build_for(config)
-    model.set_weights(state.model_weights)
-    settings, split = evaluate.split_for(config, Path(args.data_dir))
-    val = evaluate.validation_for(config, settings, Path(args.data_dir))
-    n = min(args.images or len(split), len(split))
-    if split.labels.ndim == 2:
-        return run_digits(args, run_dir, state.step, model, predict, split, val, n)
-    images = split.float_images(slice(0, n))
-    probs = evaluate.predict_probs(predict, split, n)
-    labels, predicted = split.labels[:n], probs.argmax(1)
-    correct = predicted == labels
-    wrong = np.flatnonzero(~correct)
-    dilated = near(split.masks[:n], localization.POINTING_TOLERANCE)  # the same for every method: made once
-    rows, examples = [], {}
-    for method in args.methods or FAST + SLOW:
-        m = min(n, args.slow_images) if method in SLOW else n
-        began = time.perf_counter()
-        v = val.head(min(len(val), m))  # tau from this method's own maps of the validation images
-        tau = localization.choose_threshold(explain(model, v.float_images(), method, v.labels), v.boxes)
-        maps_true = explain(model, images[:m], method, labels[:m])
-        maps_predicted = maps_true.copy()  # equal wherever the prediction is right; recompute the rest
-        w = wrong[wrong < m]
-        if len(w):
-            maps_predicted[w] = explain(model, images[w], method, predicted[w])
-        row = score(
-            method, maps_true, maps_predicted, split, m, probs, dilated, predict, images, args.faithful_images, tau
-        )
-        row["seconds"] = round(time.perf_counter() - began, 1)
-        rows.append(row)
-        examples[method] = (maps_true[: args.examples], tau)
-        print(
-            f"  {method:16s} top-1 loc {row['top1_loc_calibrated']:.4f} at tau {tau:.2f} (from val), "
-            f"{row['top1_loc']:.4f} at 20%, peak in box {row['peak_in_box']:.4f}  ({row['seconds']}s)",
-            flush=True,
-        )
-    grid = tuple(get_method(model, "cam").layer.output.shape[1:3])  # the CAM layer's map, e.g. (25, 25)
-    for name, maps, tau in ceiling(split, val, n, grid):
-        rows.append({**score(name, maps, None, split, n, probs, dilated, predict, images, 0, tau), "seconds": 0.0})
-        examples[name] = (maps[: args.examples], tau)
-    for kind in BASELINES:
-        maps = localization.baseline_maps(kind, split.boxes[:n], (n, *images.shape[1:3]))
-        tau = localization.choose_threshold(localization.baseline_maps(kind, val.boxes, val.masks.shape), val.boxes)
-        row = score(
-            f"baseline: {kind}", maps, maps, split, n, probs, dilated, predict, images, args.faithful_images, tau
-        )
-        rows.append({**row, "seconds": 0.0})
-        examples[f"baseline: {kind}"] = (maps[: args.examples], tau)
-
-    out = run_dir / evaluate.EVAL
-    out.mkdir(exist_ok=True)
-    plotting.histograms(
-        out / "iou_histogram.png",
-        {r["method"]: r["iou"] for r in rows},
-        "IoU with the true box",
-        f"{run_dir.name}, step {state.step}: IoU of the 20%-threshold box (true class)",
-    )
-    plotting.method_grid(
-        out / "localization_examples.png",
-        split.images[: args.examples],
-        split.boxes[: args.examples],
-        {name: (maps, boxes_from_maps(maps, tau)) for name, (maps, tau) in examples.items()},
-    )
-    table = markdown(rows, split_name=f"{run_dir.name}, step {state.step}, test accuracy {correct.mean():.4f}")
-    clean = [{k: v for k, v in r.items() if k != "iou"} for r in rows]
-    record = {
-        "run": run_dir.name,
-        "step": state.step,
-        "test_accuracy": float(correct.mean()),
-        "images": n,
-        "validation_images": len(val),
-        "slow_images": min(n, args.slow_images),
-        "faithfulness_images": min(n, args.faithful_images),
-        "methods": clean,
-    }
-    (out / "localization.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "localization.md").write_text(table + "\n")
-    print(
-        f"\n{table}\n\n-> {out / 'localization.json'}, {out / 'localization.md'}, {out / 'localization_examples.png'}"
-    )
-
-
-DIGIT_COLUMNS = [
-    ("gt_known_loc_calibrated", "GT-known loc, τ from val"),
-    ("calibrated_threshold", "τ (val)"),
-    ("top1_loc_calibrated", "top-1 loc, τ from val"),
-    ("top1_loc", "top-1 loc @20%"),
-    ("gt_known_loc", "GT-known @20%"),
-    ("peak_in_box", "peak in its box"),
-    ("pointing", "pointing"),
-    ("pointing_3px", "pointing ±3px"),
-    ("points_at_other_digit", "points at the other digit"),
-    ("images", "images"),
-    ("seconds", "seconds"),
-]
-
-
-def run_digits(args, run_dir: Path, step: int, model, predict, split, val, n: int) -> None:
-    """Several digits per image: each digit scored with the map of its own class (see
-    :func:`cam_mnist.localization.per_digit_metrics`); writes ``eval/localization_digits.{json,md,png}``."""
-    from cam_mnist import evaluate, localization, plotting
-    from cam_mnist.boxes import boxes_from_maps
-    from cam_mnist.cams import explain
-
-    def class_maps(split, method, m):  # (m, K, H, W): the map of each digit's class
-        images = split.float_images(slice(0, m))
-        return np.stack([explain(model, images, method, split.labels[:m, j]) for j in range(k)], 1)
-
-    probs = evaluate.predict_probs(predict, split, n)
-    labels = split.labels[:n]
-    found = evaluate.detected(probs, labels)  # (n, K)
-    metrics = evaluate.multilabel_metrics(probs, labels)
-    k = labels.shape[1]
-    rows, examples = [], {}
-    for method in args.methods or DIGITS_DEFAULT:
-        m = min(n, args.slow_images) if method in SLOW else n
-        began = time.perf_counter()
-        v = min(len(val), m)
-        tau = localization.choose_threshold(
-            class_maps(val, method, v).reshape(-1, *val.masks.shape[2:]), val.boxes[:v].reshape(-1, 4)
-        )
-        maps = class_maps(split, method, m)
-        row = localization.per_digit_metrics(maps, split.boxes[:m], split.masks[:m], found[:m], tau)
-        rows.append({"method": method, **row, "images": m, "seconds": round(time.perf_counter() - began, 1)})
-        print(
-            f"  {method:16s} GT-known loc {row['gt_known_loc_calibrated']:.4f} at tau {tau:.2f} (from val), "
-            f"peak in its box {row['peak_in_box']:.4f}",
-            flush=True,
-        )
-        for j in range(k):
-            examples[f"{method}: class {j + 1}"] = (maps[: args.examples, j], tau)
-    for kind in ("centre", "random"):
-        flat = localization.baseline_maps(kind, split.boxes[:n].reshape(-1, 4), (n * k, *split.images.shape[1:]))
-        maps = flat.reshape(n, k, *flat.shape[1:])
-        row = localization.per_digit_metrics(maps, split.boxes[:n], split.masks[:n], found)
-        rows.append({"method": f"baseline: {kind}", **row, "images": n, "seconds": 0.0})
-
-    out = run_dir / evaluate.EVAL
-    out.mkdir(exist_ok=True)
-    plotting.method_grid(
-        out / "localization_digits_examples.png",
-        split.images[: args.examples],
-        split.boxes[: args.examples],
-        {name: (maps, boxes_from_maps(maps, tau)) for name, (maps, tau) in examples.items()},
-    )
-    title = (
-        f"{run_dir.name}, step {step}, {k} digits per image: exact match {metrics['accuracy']:.4f}, "
-        f"per digit {metrics['per_digit']:.4f}; each digit scored with its own class's map"
-    )
-    table = markdown(rows, title, DIGIT_COLUMNS)
-    record = {"run": run_dir.name, "step": step, "images": n, "validation_images": len(val), **metrics, "methods": rows}
-    (out / "localization_digits.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "localization_digits.md").write_text(table + "\n")
-    print(f"\n{table}\n\n-> {out / 'localization_digits.json'}, {out / 'localization_digits_examples.png'}")
-
-
-def markdown(rows: list[dict], split_name: str, columns=COLUMNS) -> str:
-    lines = [
-        f"Localization on the held-out test split ({split_name}).",
-        "",
-        "| method | " + " | ".join(label for _, label in columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    for r in rows:
-        lines.append(f"| {r['method']} | " + " | ".join(_cell(key, r.get(key)) for key, _ in columns) + " |")
-    return "\n".join(lines)
-
-
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "–"  # a metric that does not apply (faithfulness of an ideal map)
-    if not isinstance(value, float):
-        return str(value)
-    if key.endswith(("pct", "seconds")):
-        return f"{value:.1f}"
-    return f"{value:.2f}" if key.endswith("threshold") else f"{value:.4f}"
+    print(f"\n{record['table']}")
 
 
 def add_parser(commands) -> None:
-    from cam_mnist.cli import command_parser
-
     p = command_parser(
         commands,
         "localize",
         "localization, segmentation and faithfulness of every method",
         ["                  # newest run, all methods", "--methods cam gradcam --images 2000"],
     )
-    _arguments(p)
-    p.set_defaults(func=run)
-
-
-def default_args(**overrides):
-    """The command's defaults, for callers other than the command line (``eval --localize``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    _arguments(parser)
-    parser.add_argument("--data-dir", default="data")
-    args = parser.parse_args([])
-    vars(args).update(overrides)
-    return args
-
-
-def _arguments(p) -> None:
     p.add_argument("--run-dir", help="training run (default: out/latest)")
     p.add_argument("--step", type=int, help="checkpoint step (default: the newest readable)")
     p.add_argument(
         "--methods",
         nargs="+",
-        choices=FAST + SLOW,
-        help=f"methods to score (default: all; with several digits per image: {' '.join(DIGITS_DEFAULT)})",
+        choices=list(METHODS),
+        help="methods to score (default: all; with several digits per image, the fast layer-level ones)",
     )
     p.add_argument("--images", type=int, help="score only the first N test images (default: all 10k)")
     p.add_argument("--slow-images", type=int, default=1000, help="test images for Score-CAM and occlusion")
     p.add_argument("--faithful-images", type=int, default=500, help="test images for deletion/insertion AUC")
     p.add_argument("--examples", type=int, default=6, help="test images in the examples figure")
+    p.set_defaults(func=run)

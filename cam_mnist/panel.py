@@ -17,7 +17,6 @@ import numpy as np
 
 from cam_mnist import plotting
 from cam_mnist.boxes import boxes_from_maps, iou
-from cam_mnist.cams import CAM
 from cam_mnist.data import Split
 
 HEATMAPS = "heatmaps"
@@ -32,6 +31,8 @@ class Panel:
         self.labels = split.labels[:size]
         self.boxes = split.boxes[:size]
         self.model = model
+        from cam_mnist.cams import CAM
+
         self.cam = CAM(model, batch_size=size)  # traced once; reads the current weights at every call
 
     def snapshot(self, run_dir: Path, step: int, tau: float) -> None:
@@ -79,8 +80,10 @@ def write_gifs(run_dir: Path) -> int:
     return len(folders)
 
 
-def write_index(run_dir: Path, title: str) -> Path:
-    """``index.html``: every grid by step, with validation accuracy beside it, newest first."""
+def write_index(run_dir: Path, title: str, digits: int = 1) -> Path:
+    """``index.html``: every grid by step, with validation accuracy beside it, newest first. ``digits`` per image
+    says what the pictures show (:meth:`Panel.snapshot` draws the true and predicted class for one digit, each
+    true class for several)."""
     run_dir = Path(run_dir)
     metrics = {}
     if (run_dir / "metrics.csv").exists():
@@ -97,12 +100,43 @@ def write_index(run_dir: Path, title: str) -> Path:
             f"<br>peak in box {pct('val_peak_in_box')}</td>"
             f"<td><img src='{png.relative_to(run_dir)}' width='800'></td></tr>"
         )
+    shown = (
+        "CAM of the true class (left) and of the predicted class (right)"
+        if digits == 1
+        else f"CAM of each of the {digits} true classes, left to right, each boxed against its own digit"
+    )
+    accuracy = "val accuracy: exact match of every digit. " if digits > 1 else ""
     page = (
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<h1>{html.escape(title)}</h1><p>CAM of the true class (left) and predicted class (right) for a fixed "
-        f"panel of test images; white box: the digit's true box, magenta: the CAM's box at the threshold tau chosen on "
-        f"validation (IoU in each caption). Localization columns: validation images.</p><table>{''.join(rows)}</table>"
+        f"<h1>{html.escape(title)}</h1><p>{shown} for a fixed panel of test images; white box: the digit's true "
+        f"box, magenta: the CAM's box at the threshold tau chosen on validation (IoU in each caption). {accuracy}"
+        f"Localization columns: validation images.</p><table>{''.join(rows)}</table>"
     )
     path = run_dir / "index.html"
     path.write_text(page)
     return path
+
+
+def progress_picture(run_dir: Path, images: list[int], steps: list[int] | None = None) -> np.ndarray:
+    """The panel's maps at a few steps, one row per panel image and one column per step (the README's picture),
+    from the step PNGs the run wrote. ``steps`` default to the first heatmap step after 0, one from the middle and
+    the last."""
+    folder = Path(run_dir) / HEATMAPS
+    written = sorted(int(p.stem[5:]) for p in (folder / f"img_{images[0]:02d}").glob("step_*.png"))
+    if not written:
+        from cam_mnist.errors import DataError
+
+        raise DataError(f"{folder}: no heatmaps for panel image {images[0]}; train with `make train`")
+    if steps is None:
+        later = [s for s in written if s > 0] or written
+        steps = sorted({later[0], later[len(later) // 2], later[-1]})
+    missing = [s for s in steps if s not in written]
+    if missing:
+        from cam_mnist.errors import DataError
+
+        raise DataError(f"{folder}: no heatmap at step {missing[0]}; the run drew steps {', '.join(map(str, written))}")
+    from PIL import Image
+
+    read = lambda i, s: np.asarray(Image.open(folder / f"img_{i:02d}" / f"step_{s:07d}.png").convert("RGB"))  # noqa: E731
+    tiles = [plotting.captioned(read(i, s), f"image {i}, step {s}") for i in images for s in steps]
+    return plotting.grid(tiles, columns=len(steps))

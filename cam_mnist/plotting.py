@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from cam_mnist.mnist import atomic_write_bytes  # noqa: E402
+from cam_mnist.atomic import atomic_write_bytes  # noqa: E402
 
 _JET = (matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # (256, 3) LUT
 BOX_COLOUR = np.array([255, 255, 255], np.uint8)  # the digit's true box

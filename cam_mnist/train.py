@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from cam_mnist import checkpoint, data, panel
+from cam_mnist.atomic import atomic_write_bytes
 from cam_mnist.config import RunConfig, TrainConfig
 from cam_mnist.evaluate import cam_localization, multi_hot, predict_probs, score, validation_threshold
-from cam_mnist.mnist import atomic_write_bytes, load_digits
+from cam_mnist.mnist import load_digits
 from cam_mnist.model import LOGITS, NUM_CLASSES
 
 METRICS_FIELDS = [
@@ -47,16 +48,7 @@ def make_optimizer(config: TrainConfig):
         lr = keras.optimizers.schedules.CosineDecay(
             0.0, max(config.steps - config.warmup_steps, 1), warmup_target=config.lr, warmup_steps=config.warmup_steps
         )
-    # Decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101): w -= lr * wd * w after each step, for both
-    # optimizers (Adam's becomes AdamW); None turns it off.
-    decay = config.weight_decay or None
-    if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(lr, weight_decay=decay)
-    else:
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=decay) if decay else keras.optimizers.Adam(lr)
-    if decay:  # kernels only: batch norm's scale and shift are not decayed
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta"])
-    return optimizer
+    return keras.optimizers.SGD(lr) if config.optimizer == "sgd" else keras.optimizers.Adam(lr)
 
 
 def setup_tensorflow(seed: int, deterministic: bool) -> None:
@@ -253,7 +245,9 @@ class Trainer:
         self.model.save(self.run_dir / ".model.keras.tmp.keras")
         (self.run_dir / ".model.keras.tmp.keras").replace(self.run_dir / "model.keras")
         panel.write_gifs(self.run_dir)
-        panel.write_index(self.run_dir, f"{self.run_dir.name}: test accuracy {test['accuracy']:.2%}")
+        panel.write_index(
+            self.run_dir, f"{self.run_dir.name}: test accuracy {test['accuracy']:.2%}", self.config.data.digits
+        )
         t = self.config.train
         summary = {
             "preset": self.config.preset,

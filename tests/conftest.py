@@ -1,15 +1,12 @@
 """Shared fixtures: real MNIST (fetched once into data/ from the pinned wheel) and one tiny trained run."""
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATA_DIR = ROOT / "data"
 
 
@@ -28,14 +25,13 @@ def data_dir(digits):
 
 
 def _run_cli(*argv, cwd=None):
-    """Run ``python -m cam_mnist`` in a subprocess; returns the CompletedProcess (text output)."""
+    """Run ``python -m cam_mnist`` in a subprocess; returns the CompletedProcess (text output). The package is
+    importable from any folder because `make test` installs it (``pip install -e .``)."""
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run(
         [sys.executable, "-m", "cam_mnist", *map(str, argv)],
         cwd=cwd or ROOT,
-        env=env,
         capture_output=True,
         text=True,
         timeout=600,

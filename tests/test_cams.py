@@ -159,10 +159,10 @@ def test_every_method_contract(method, model, images):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_predicted_targets_and_batches(method, images):
     model = _gap_model(seed=4)
-    explainer = get_method(model, method, batch_size=4)  # 6 images: a full batch, then a padded one
-    maps = explainer(images)
-    np.testing.assert_array_equal(explainer.last_targets, np.asarray(model(images)).argmax(1))
-    np.testing.assert_allclose(maps, explain(model, images, method, explainer.last_targets), atol=1e-5)
+    # 6 images at batch 4: a full batch, then a padded one
+    maps, targets = explain(model, images, method, batch_size=4, return_targets=True)
+    np.testing.assert_array_equal(targets, np.asarray(model(images)).argmax(1))
+    np.testing.assert_allclose(maps, explain(model, images, method, targets), atol=1e-5)
 
 
 def test_logits_not_softmax_by_default(images):
@@ -178,9 +178,10 @@ def test_logits_not_softmax_by_default(images):
 
 
 def test_top_k_orders_classes(model, images):
-    maps = explain(model, images, "cam", top_k=2)
-    assert maps.shape == (N, 2, 16, 16)
+    maps, raw, classes = explain(model, images, "cam", top_k=2, raw=True, return_targets=True)
+    assert maps.shape == (N, 2, 16, 16) and raw.shape[:2] == (N, 2)
     order = np.argsort(-np.asarray(model(images)), axis=1)[:, :2]
+    np.testing.assert_array_equal(classes, order)  # the classes explained come back with the maps, best first
     np.testing.assert_allclose(maps[:, 1], explain(model, images, "cam", order[:, 1]), atol=1e-6)
 
 

@@ -79,7 +79,7 @@ def tiny_two_digit_run(tmp_path_factory, run_cli, data_dir):
     return run_dir
 
 
-def test_tiny_run_model_is_multilabel(tiny_two_digit_run):
+def test_tiny_run_model_is_multilabel(tiny_two_digit_run, data_dir):
     import keras
 
     model = keras.models.load_model(tiny_two_digit_run / "model.keras")
@@ -87,13 +87,28 @@ def test_tiny_run_model_is_multilabel(tiny_two_digit_run):
     assert probs.shape == (3, 10) and ((probs > 0) & (probs < 1)).all()
     assert not np.allclose(probs.sum(1), 1.0)  # a sigmoid per class, not a softmax
     summary = json.loads((tiny_two_digit_run / "summary.json").read_text())
-    assert 0 <= summary["test_accuracy"] <= 1
+    assert summary["test_accuracy"] == pytest.approx(_final_metrics(tiny_two_digit_run, data_dir)["accuracy"], abs=1e-4)
+
+
+def _final_metrics(run_dir, data_dir) -> dict:
+    """Exact match and per-digit accuracy of the run's saved model on its test split, computed here."""
+    import keras
+
+    from cam_mnist.config import RunConfig
+
+    model = keras.models.load_model(run_dir / "model.keras")
+    _, test = evaluate.split_for(RunConfig.load(run_dir / "config.json"), data_dir)
+    probs = evaluate.predict_probs(lambda x: np.asarray(model(x, training=False)), test)
+    return evaluate.multilabel_metrics(probs, test.labels)
 
 
 def test_tiny_run_draws_both_classes(tiny_two_digit_run):
     one = np.asarray(Image.open(tiny_two_digit_run / "heatmaps" / "img_00" / "step_0000012.png"))
     assert one.shape[1] == 2 * 120 + 2  # two 60-pixel maps at scale 2, side by side
-    assert (tiny_two_digit_run / "heatmaps" / "img_00" / "evolution.gif").exists()
+    with Image.open(tiny_two_digit_run / "heatmaps" / "img_00" / "evolution.gif") as gif:
+        assert gif.n_frames == len(list((tiny_two_digit_run / "heatmaps" / "img_00").glob("step_*.png")))
+    page = (tiny_two_digit_run / "index.html").read_text()  # the viewer says what the two maps are
+    assert "CAM of each of the 2 true classes" in page and "predicted class" not in page
 
 
 def test_tiny_run_eval_and_localize(tiny_two_digit_run, run_cli, data_dir):
@@ -101,11 +116,15 @@ def test_tiny_run_eval_and_localize(tiny_two_digit_run, run_cli, data_dir):
     assert result.returncode == 0, result.stderr
     assert "per_digit_accuracy" in result.stdout
     rows, final = evaluate.evaluate_run(tiny_two_digit_run, data_dir, progress=False)
-    assert 0 <= float(rows[12]["per_digit_accuracy"]) <= 1 and "confusion" not in final
+    assert float(rows[12]["per_digit_accuracy"]) == pytest.approx(
+        _final_metrics(tiny_two_digit_run, data_dir)["per_digit"], abs=1e-5
+    )
+    assert "confusion" not in final
     result = run_cli("localize", "--run-dir", tiny_two_digit_run, "--images", "200", "--data-dir", data_dir)
     assert result.returncode == 0, result.stderr
     record = json.loads((tiny_two_digit_run / "eval" / "localization_digits.json").read_text())
-    assert [r["method"] for r in record["methods"]] == ["cam", "gradcam", "gradcam++", "baseline: centre",
+    # Several digits per image: the fast layer-level methods, which are class-discriminative.
+    assert [r["method"] for r in record["methods"]] == ["cam", "gradcam", "gradcam++", "layercam", "baseline: centre",
                                                        "baseline: random"]  # fmt: skip
     assert all(r["images"] == 200 for r in record["methods"])
     assert (tiny_two_digit_run / "eval" / "localization_digits_examples.png").stat().st_size > 0

@@ -29,8 +29,13 @@ def test_eval_twice_same_csv(run_copy, run_cli, data_dir):
     assert csv.read_bytes() == before
     forced = run_cli("eval", "--run-dir", run_copy, "--quiet", "--force", "--no-robustness", "--data-dir", data_dir)
     assert "evaluated 3 checkpoint(s)" in forced.stdout and csv.read_bytes() == before
-    for name in ("accuracy_per_step.png", "confusion-accuracy_per_step.png", "final.md", "robustness.md"):
-        assert (run_copy / "eval" / name).stat().st_size > 0
+    from PIL import Image
+
+    for name in ("accuracy_per_step.png", "confusion-accuracy_per_step.png"):
+        with Image.open(run_copy / "eval" / name) as picture:
+            assert picture.format == "PNG" and min(picture.size) > 100, name
+    final = (run_copy / "eval" / "final.md").read_text()
+    assert "| run | preset | steps |" in final and "| 12 |" in final  # the newest step of the tiny run
     assert [
         line.split("|")[1].strip() for line in (run_copy / "eval" / "robustness.md").read_text().splitlines()[2:]
     ] == ["0", "4", "8", "16"]
@@ -146,7 +151,7 @@ def test_frontier_plots_each_runs_localization_and_lists_its_newest_row(run_copy
         assert row["design"] == "4x4/2 4x3 8x4/2 8x3x1 8x1"  # the tiny preset's layers
         assert row["step"] == newest["step"] and row["val_loc_tau"] == newest["val_loc_tau"]
         assert float(row["minutes"]) == pytest.approx(float(newest["elapsed_s"]) / 60, abs=0.05)
-        assert 0 <= float(row["val_loc_20"]) <= 1 and 0 <= float(row["val_peak_in_box"]) <= 1
+        assert (row["val_loc_20"], row["val_peak_in_box"]) == (newest["val_loc_20"], newest["val_peak_in_box"])
 
 
 def test_frontier_refuses_a_run_without_localization_rows(run_copy, tmp_path, run_cli):
@@ -159,3 +164,56 @@ def test_frontier_refuses_a_run_without_localization_rows(run_copy, tmp_path, ru
     assert result.returncode != 0
     assert "metrics.csv has no localization rows" in result.stderr
     assert not (tmp_path / "f.png").exists()
+
+
+def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli):
+    # The README's localization table comes from this function: every registered method, then the ceiling rows on
+    # the model's own grid and the baselines, and each number the library's metric of the library's maps.
+    import json
+
+    from cam_mnist import localization
+    from cam_mnist.cams import explain
+    from cam_mnist.localize import localize
+    from cam_mnist.registry import METHODS
+
+    record = localize(run_copy, data_dir, images=64, slow_images=16, faithful_images=8, examples=2, log=lambda m: 0)
+    rows = {r["method"]: r for r in record["methods"]}
+    assert list(rows) == [
+        *METHODS,
+        "ceiling: ideal 10x10 map",  # the tiny preset's 40-px canvas at stride 4
+        "ceiling: ideal 10x10 map, blurred 2 px",
+        "baseline: centre",
+        "baseline: full",
+        "baseline: random",
+    ]
+    assert [rows[m]["images"] for m in METHODS] == [16 if METHODS[m].slow else 64 for m in METHODS]
+
+    config = evaluate.load_run(run_copy)
+    model, predict = evaluate.build_for(config)
+    model.set_weights(checkpoint.latest_valid(run_copy).model_weights)
+    settings, split = evaluate.split_for(config, data_dir)
+    val = evaluate.validation_for(config, settings, data_dir)
+    tau = localization.choose_threshold(explain(model, val.float_images(), "cam", val.labels), val.boxes)
+    correct = evaluate.predict_probs(predict, split, 64).argmax(1) == split.labels[:64]
+    maps = explain(model, split.float_images(slice(0, 64)), "cam", split.labels[:64])
+    expected = localization.box_metrics(maps, correct, split.boxes[:64], calibrated=tau)
+    assert rows["cam"]["calibrated_threshold"] == tau
+    for key in ("top1_loc", "gt_known_loc", "top1_loc_calibrated", "max_box_acc", "peak_in_box"):
+        assert rows["cam"][key] == pytest.approx(expected[key]), key
+    assert record["test_accuracy"] == pytest.approx(correct.mean())
+    # A map of the whole canvas boxes the whole 40x40 canvas, never a digit's box at IoU 0.5.
+    assert rows["baseline: full"]["top1_loc"] == 0.0 and rows["baseline: full"]["gt_known_loc"] == 0.0
+
+    written = json.loads((run_copy / "eval" / "localization.json").read_text())
+    assert written["methods"] == json.loads(json.dumps(record["methods"]))
+    assert (run_copy / "eval" / "localization.md").read_text().strip() == record["table"]
+    assert record["table"].count("\n| ") == 1 + len(rows)  # the header, then one row per method
+
+    result = run_cli(
+        "localize", "--run-dir", run_copy, "--images", "64", "--methods", "cam", "--faithful-images", "8",
+        "--examples", "2", "--data-dir", data_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cam_row = lambda text: next(r for r in text.splitlines() if r.startswith("| cam |")).split("|")[:-2]  # noqa: E731
+    assert cam_row(result.stdout) == cam_row(record["table"])  # the same numbers, all but the seconds
+    assert run_cli("localize", "--run-dir", run_copy, "--methods", "nope", "--data-dir", data_dir).returncode == 2

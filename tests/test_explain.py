@@ -114,8 +114,49 @@ def test_cam_needs_gap_head_but_gradcam_works(test_png, tmp_path, run_cli):
     assert json.loads(result.stdout)[0]["box_method"] == "gradcam"
 
 
-def test_help_lists_every_command(run_cli):
+def test_method_all_draws_one_row_per_method(tiny_run, test_png, tmp_path, run_cli):
+    # --method all: every registered method, one row each, in registry order; the first one's box is reported.
+    from cam_mnist.registry import METHODS
+
+    path, image = test_png
+    result = run_cli("explain", path, "--run-dir", tiny_run, "--method", "all", "--json", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)[0]
+    written = np.asarray(Image.open(record["output"]).convert("RGB"))
+    model = keras.models.load_model(tiny_run / "model.keras")
+    x = (image / np.float32(255))[None, ..., None]
+    top = int(np.asarray(model(x)).argmax())
+    assert list(record["boxes"]) == list(METHODS) and record["box"] == record["boxes"][record["box_method"]]
+    tiles = []
+    for method in METHODS:  # each row's map tile: that method's map of the top class, with its own box
+        maps = explain(model, x, method, top)
+        assert record["boxes"][method] == boxes_from_maps(maps)[0].tolist(), method
+        tiles.append(plotting.captioned(plotting.overlay(x[0], maps[0], map_box=record["boxes"][method]), ""))
+    tile_h, tile_w = tiles[0].shape[:2]
+    assert written.shape[0] == len(METHODS) * tile_h
+    for i, (method, tile) in enumerate(zip(METHODS, tiles, strict=True)):
+        got = written[i * tile_h + 14 : (i + 1) * tile_h, -tile_w:]  # below the caption strip
+        np.testing.assert_array_equal(got, tile[14:], err_msg=method)
+
+
+def test_help_lists_every_command_and_preset(run_cli):
+    from cam_mnist.config import PRESETS
+
     out = run_cli("--help").stdout
-    for command in ("data", "train", "eval", "explain", "bench"):
+    for command in ("data", "train", "eval", "localize", "explain", "frontier", "methods", "bench"):
         assert f"    {command} " in out
+    for preset in PRESETS:
+        assert f"\n  {preset} " in out, preset
     assert "examples:" in run_cli("explain", "--help").stdout
+
+
+def test_methods_command_prints_the_registry_and_the_readme_shows_it(run_cli, repo_root):
+    # The README's methods table is the registry's, verbatim: a method added or renamed without the README fails.
+    from cam_mnist.cams import METHODS as CLASSES
+    from cam_mnist.registry import METHODS, methods_table
+
+    result = run_cli("methods")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == methods_table()
+    assert methods_table() in (repo_root / "README.md").read_text()
+    assert [c.name for c in CLASSES.values()] == list(METHODS)  # each class answers to its registry name

@@ -8,8 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from cam_mnist import mnist
-from cam_mnist.mnist import DataError
+from cam_mnist import atomic, mnist
+from cam_mnist.atomic import atomic_write_bytes
+from cam_mnist.errors import DataError
 
 
 class _RunsCode:
@@ -132,14 +133,14 @@ def test_corrupt_stored_file_names_fix(tmp_path):
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
-    mnist.atomic_write_bytes(path, b"old")
+    atomic_write_bytes(path, b"old")
 
     def broken_replace(*a):
         raise OSError("disk full")
 
-    monkeypatch.setattr(mnist.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(OSError):
-        mnist.atomic_write_bytes(path, b"new")
+        atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temporary file left behind
 

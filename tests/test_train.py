@@ -3,7 +3,6 @@
 import csv
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,14 +10,30 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from cam_mnist import checkpoint, config
+from cam_mnist import checkpoint, config, evaluate
+from cam_mnist.errors import UserError
 
 VALIDATION_COLUMNS = ["step", "val_accuracy", "val_loss", "val_loc_tau", "val_tau", "val_loc_20", "val_peak_in_box"]
 LONG_TINY = ["--preset", "tiny", "--steps", "300", "--checkpoint-every", "4", "--heatmap-every", "100", "--quiet"]
 
 
-def test_tiny_run_writes_everything(tiny_run):
+def _scored_again(run_dir, data_dir):
+    """The run's saved model re-scored here on its test and validation splits: what its files must say."""
+    import keras
+
+    from cam_mnist import evaluate
+
+    run = config.RunConfig.load(run_dir / "config.json")
+    model = keras.models.load_model(run_dir / "model.keras")
+    predict = lambda x: np.asarray(model(x, training=False))  # noqa: E731
+    _, test = evaluate.split_for(run, data_dir)
+    val = evaluate.validation_for(run, run.data, data_dir)
+    return model, predict, test, val
+
+
+def test_tiny_run_writes_everything(tiny_run, data_dir):
     names = {p.name for p in tiny_run.iterdir()}
     assert {
         "config.json",
@@ -34,28 +49,43 @@ def test_tiny_run_writes_everything(tiny_run):
     for i in range(4):  # per image per step, plus the animation
         folder = tiny_run / "heatmaps" / f"img_{i:02d}"
         assert sorted(p.name for p in folder.glob("step_*.png")) == [f"step_{s:07d}.png" for s in steps]
-        assert (folder / "evolution.gif").stat().st_size > 0
+        with Image.open(folder / "evolution.gif") as gif:
+            assert gif.n_frames == len(steps)  # one frame per heatmap step
     assert len(list((tiny_run / "heatmaps" / "grid").glob("step_*.png"))) == len(steps)
     with open(tiny_run / "metrics.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == steps
     summary = json.loads((tiny_run / "summary.json").read_text())
-    assert 0 <= summary["test_accuracy"] <= 1 and summary["test_images"] == 10_000
+    _, predict, test, _ = _scored_again(tiny_run, data_dir)
+    accuracy = (evaluate.predict_probs(predict, test).argmax(1) == test.labels).mean()
+    assert summary["test_accuracy"] == pytest.approx(accuracy, abs=1e-4) and summary["test_images"] == 10_000
     assert (tiny_run.parent / "latest").resolve() == tiny_run.resolve()
+    page = (tiny_run / "index.html").read_text()
+    assert "CAM of the true class (left) and of the predicted class (right)" in page
+    assert page.count("<img src='heatmaps/grid/step_") == len(steps)
 
 
-def test_every_heatmap_step_scores_localization(tiny_run):
+def test_every_heatmap_step_scores_localization(tiny_run, data_dir):
     with open(tiny_run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     for row in rows:  # every heatmap step, validation images: fractions, and a threshold from the sweep
         for column in VALIDATION_COLUMNS[3:]:
             assert 0 <= float(row[column]) <= 1, (row["step"], column)
+    # The last row is the final weights on the validation images: scored again here, the same numbers.
+    model, predict, test, val = _scored_again(tiny_run, data_dir)
+    tau = evaluate.validation_threshold(model, val)
+    again = evaluate.cam_localization(model, val, evaluate.predict_probs(predict, val), tau)
+    assert float(rows[-1]["val_tau"]) == pytest.approx(tau)
+    for column, key in [("val_loc_tau", "loc_tau"), ("val_loc_20", "loc_20"), ("val_peak_in_box", "peak_in_box")]:
+        assert float(rows[-1][column]) == pytest.approx(again[key], abs=1e-4), column
     log = (tiny_run / "train.log").read_text()
     assert log.count("val_loc_tau=") == len(rows) and log.count("val_peak_in_box=") == len(rows)
     assert "CAM top-1 localization" in log.splitlines()[-1]  # the final line scores the test split
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["tau_from_val"] == float(rows[-1]["val_tau"])  # the last validation step's threshold
-    for key in ("test_cam_top1_loc_tau", "test_cam_top1_loc_20", "test_cam_peak_in_box"):
-        assert 0 <= summary[key] <= 1
+    tested = evaluate.cam_localization(model, test, evaluate.predict_probs(predict, test), tau)
+    for key, name in [("test_cam_top1_loc_tau", "loc_tau"), ("test_cam_top1_loc_20", "loc_20"),
+                      ("test_cam_peak_in_box", "peak_in_box")]:  # fmt: skip
+        assert summary[key] == pytest.approx(tested[name], abs=1e-4), key
 
 
 def test_panel_draws_the_true_box_and_the_cam_box_with_their_iou(tiny_run, data_dir, tmp_path, monkeypatch):
@@ -103,7 +133,6 @@ def _weights(path):
 
 
 def _start(run_dir, data_dir, root):
-    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen(
         [
             sys.executable,
@@ -117,7 +146,6 @@ def _start(run_dir, data_dir, root):
             str(data_dir),
         ],
         cwd=root,
-        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -192,48 +220,46 @@ def test_only_newest_checkpoints_kept(tmp_path, data_dir, run_cli, repo_root):
 
 def test_config_round_trip_and_overrides(tmp_path):
     parser = __import__("cam_mnist.cli", fromlist=["build_parser"]).build_parser()
-    args = parser.parse_args(
-        ["train", "--preset", "seed", "--steps", "7", "--widths", "8", "8", "8", "--no-batch-norm"]
-    )
+    args = parser.parse_args(["train", "--preset", "seed", "--steps", "7", "--lr", "0.25"])
     c = config.config_from_args(args)
-    assert (c.model.arch, c.train.lr, c.train.steps, c.model.widths, c.model.batch_norm) == (
-        "lenet",
-        0.5,
-        7,
-        (8, 8, 8),
-        False,
-    )
+    assert (c.model.arch, c.train.optimizer, c.train.lr, c.train.steps) == ("lenet", "sgd", 0.25, 7)
     c.save(tmp_path / "config.json")
     assert config.RunConfig.load(tmp_path / "config.json") == c
-    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+    args = parser.parse_args(["train", "--preset", "tiny", "--layers", "8x4/2", "16x1", "--no-batch-norm"])
+    c = config.config_from_args(args)
+    assert (c.model.layers, c.model.batch_norm, c.data.canvas) == (("8x4/2", "16x1"), False, 40)
+    with pytest.raises(UserError, match="unknown TrainConfig fields"):
         config.RunConfig.from_dict({"train": {"stepz": 3}})
-    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
+    with pytest.raises(UserError, match="optimizer must be 'sgd' or 'adam'"):
         config.validate(config.RunConfig.from_dict({"train": {"optimizer": "rmsprop"}}))
+    with pytest.raises(UserError, match="--layers is for the 'stack' arch"):
+        config.config_from_args(parser.parse_args(["train", "--preset", "seed", "--layers", "8x3"]))
 
 
-def test_pool_first_same_weights_other_order_and_old_configs_keep_theirs():
-    # pool_first moves each early max-pool before BN + ReLU: the same weights (so the signature cannot tell the
-    # two apart), a different function. A config.json written before the field existed must build the old order.
-    import keras
+def test_the_defaults_are_the_default_preset():
+    # ModelConfig() is the network `make train` trains, so a user building one in Python gets the same model.
+    assert config.ModelConfig() == config.preset("default").model
+    assert config.RunConfig() == config.preset("default")
+    assert config.ModelConfig().layers == config.FINE and config.TrainConfig().center_logits
 
-    from cam_mnist.model import architecture_signature, build_model
 
-    old = config.RunConfig.from_dict({"model": {"widths": [4, 8, 8]}}).model
-    assert old.pool_first is False
-    new = config.RunConfig.from_dict({"model": {"widths": [4, 8, 8], "pool_first": True}}).model
-    a, b = build_model(old, 40), build_model(new, 40)
-    names = [layer.name for layer in a.layers]
-    assert names.index("pool1") > names.index("relu1")
-    names = [layer.name for layer in b.layers]
-    assert names.index("pool1") < names.index("conv1_bn")
-    assert architecture_signature(a) == architecture_signature(b)
-    rng = np.random.default_rng(0)
-    for layer in a.layers:  # BN with a negative scale is where max-then-normalise differs from normalise-then-max
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.gamma.assign(rng.normal(size=layer.gamma.shape).astype(np.float32))
-    b.set_weights(a.get_weights())
-    x = rng.random((2, 40, 40, 1), dtype=np.float32)
-    assert not np.allclose(a.predict(x, verbose=0), b.predict(x, verbose=0))
+def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path):
+    # A config.json saved before hide-and-seek and centred CAM weights existed meant "without them"; one saved
+    # with retired options at values that had no effect loads; a run that used one is refused, naming the commit.
+    old = config.preset("default").to_dict()
+    del old["data"]["hide_patch"], old["data"]["hide_epochs"], old["train"]["center_logits"]
+    old["data"] |= {"rotate": 0.0, "rescale": 0.0}
+    old["model"] |= {"widths": [24, 48, 64], "pool_first": True, "stem_stride": 2, "quarter_convs": 2}
+    old["train"]["weight_decay"] = 0.0
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    loaded = config.RunConfig.load(path)
+    assert (loaded.data.hide_patch, loaded.data.hide_epochs, loaded.train.center_logits) == (0, 0, False)
+    assert loaded.model == config.preset("default").model
+    for section, field, value in [("data", "rotate", 15.0), ("train", "weight_decay", 1e-4), ("model", "arch", "fast")]:
+        path.write_text(json.dumps({**old, section: {**old[section], field: value}}))
+        with pytest.raises(UserError, match=rf"made with {section}\.{field}, .* `git checkout e4652dd`"):
+            config.RunConfig.load(path)
 
 
 def test_every_preset_validates_and_builds_a_cam_model():
@@ -249,10 +275,7 @@ def test_every_preset_validates_and_builds_a_cam_model():
         assert model.output.shape == (None, 10), name
         k = model.get_layer(FEATURES).output.shape[-1]  # the CAM weights w_k^c are the (K, 10) logits kernel
         assert model.get_layer(LOGITS).kernel.shape == (k, 10), name
-        if c.model.arch == "stack":
-            assert k == config.ConvSpec.parse(c.model.layers[-1]).width, name
-        else:
-            assert k == {"lenet": 64, "fast": c.model.widths[-1]}[c.model.arch], name
+        assert k == (config.ConvSpec.parse(c.model.layers[-1]).width if c.model.arch == "stack" else 64), name
         # Every preset but the reference's own network (whose map is 25x25 too) has a map of stride <= 4.
         assert model.get_layer(FEATURES).output.shape[1:3] == (c.data.canvas // 4,) * 2, name
     # long is the default's network trained on more images of more digits, the test digits never among them;
@@ -266,92 +289,6 @@ def test_every_preset_validates_and_builds_a_cam_model():
     assert (seed.train.optimizer, seed_adam.train.optimizer) == ("sgd", default.train.optimizer)
     # two-digits is default's network with a sigmoid per class (README: "trains the same network").
     assert dataclasses.replace(config.preset("two-digits").model, head="softmax") == default.model
-
-
-def test_last_kernel_sets_the_extra_conv_and_is_validated():
-    # --last-kernel 1 makes the conv before GAP a 1x1 (a tried variant, see docs/experiments.md); the CAM contract
-    # still holds.
-    import keras
-
-    from cam_mnist.cams import explain
-    from cam_mnist.model import build_model
-
-    keras.utils.set_random_seed(0)  # the map's non-zero check below must not depend on what ran before
-    c = config.RunConfig.from_dict({"model": {"widths": [4, 8, 8, 16], "pool_first": True, "last_kernel": 1}})
-    config.validate(c)
-    model = build_model(c.model, 40)
-    assert model.get_layer("last_conv").kernel.shape == (1, 1, 8, 16)
-    assert model.get_layer("conv3").kernel.shape == (3, 3, 8, 8)
-    x = np.random.default_rng(0).random((2, 40, 40, 1), dtype=np.float32)
-    _, cam = explain(model, x, "cam", np.array([3, 7]), raw=True)
-    _, grad = explain(model, x, "gradcam", np.array([3, 7]), raw=True)
-    np.testing.assert_allclose(cam, cam.shape[1] * cam.shape[2] * grad, rtol=1e-5, atol=1e-5)
-    assert cam.max() > 1e-4
-    with pytest.raises(ValueError, match="last_kernel must be 1 or 3, got 5"):
-        config.validate(config.RunConfig.from_dict({"model": {"last_kernel": 5}}))
-
-
-def test_quarter_convs_moves_convs_to_quarter_resolution_and_is_validated():
-    # --quarter-convs 2: two 3x3 convs at 1/4 resolution before the second pool (designs F and G, see
-    # docs/experiments.md).
-    from cam_mnist.model import build_model
-
-    c = config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8], "pool_first": True, "quarter_convs": 2}})
-    config.validate(c)
-    model = build_model(c.model, 40)  # 40 -> stride 2 -> 20 -> pool -> 10 (1/4) -> pool -> 5 (1/8)
-    assert model.get_layer("conv2").output.shape == (None, 10, 10, 6)
-    assert model.get_layer("conv3").output.shape == (None, 10, 10, 6)
-    assert model.get_layer("pool2").output.shape == (None, 5, 5, 6)
-    assert model.get_layer("cam_features").output.shape == (None, 5, 5, 8)
-    default = build_model(config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8]}}).model, 40)
-    assert default.get_layer("conv3").output.shape == (None, 5, 5, 6)  # one conv at 1/4 unless asked
-    with pytest.raises(ValueError, match=r"quarter_convs must be in 1..3 for widths \(4, 6, 6, 8, 8\), got 4"):
-        config.validate(config.RunConfig.from_dict({"model": {"widths": [4, 6, 6, 8, 8], "quarter_convs": 4}}))
-
-
-def test_stem_pool_off_strides_the_next_conv_instead_and_old_configs_keep_the_pool():
-    # --no-stem-pool (design G, the default before the stride-4 stack): the stem's 2x2 max-pool goes, and the
-    # first conv at 1/4 resolution takes stride 2 from the stem's full 1/2-resolution output. Same weights, same
-    # map sizes, another function.
-    from cam_mnist.model import architecture_signature, build_model
-
-    widths = [4, 6, 6, 8, 8]
-    old = config.RunConfig.from_dict({"model": {"widths": widths, "pool_first": True, "quarter_convs": 2}}).model
-    assert old.stem_pool is True  # a config.json written before the field existed rebuilds the pooled stem
-    new = dataclasses.replace(old, stem_pool=False)
-    a, b = build_model(old, 40), build_model(new, 40)
-    assert "pool1" in {layer.name for layer in a.layers}
-    assert "pool1" not in {layer.name for layer in b.layers}
-    assert b.get_layer("conv1").output.shape == (None, 20, 20, 4)  # 40 -> stride 2
-    assert b.get_layer("conv2").strides == (2, 2) and a.get_layer("conv2").strides == (1, 1)
-    for name, shape in [("conv2", (None, 10, 10, 6)), ("conv3", (None, 10, 10, 6)), ("cam_features", (None, 5, 5, 8))]:
-        assert a.get_layer(name).output.shape == b.get_layer(name).output.shape == shape, name
-    assert architecture_signature(a) == architecture_signature(b)
-    b.set_weights(a.get_weights())
-    x = np.random.default_rng(0).random((2, 40, 40, 1), dtype=np.float32)
-    assert not np.allclose(a.predict(x, verbose=0), b.predict(x, verbose=0))
-    with pytest.raises(ValueError, match="stem_pool off needs stem_stride 2"):
-        config.validate(config.RunConfig.from_dict({"model": {"stem_stride": 4, "stem_pool": False}}))
-
-
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_weight_decay_shrinks_kernels_and_spares_batch_norm(optimizer):
-    from cam_mnist.model import build_model
-    from cam_mnist.train import make_optimizer
-
-    cfg = config.preset("tiny")
-    cfg.train = dataclasses.replace(cfg.train, optimizer=optimizer, weight_decay=0.5, lr=0.1, schedule="constant")
-    model = build_model(cfg.model, cfg.data.canvas)
-    for v in model.trainable_variables:  # BN starts at gamma 1, beta 0; make beta nonzero so decay would show
-        v.assign(np.full(v.shape, 0.5, np.float32) if v.name == "beta" else v.numpy())
-    before = [v.numpy() for v in model.trainable_variables]
-    optimizer = make_optimizer(cfg.train)
-    optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
-    for v, old in zip(model.trainable_variables, before, strict=True):
-        # A zero gradient moves Adam and SGD by 0, so only the decoupled decay w -= lr * wd * w acts.
-        expected = old if v.name in ("gamma", "beta") else old * (1 - 0.1 * 0.5)
-        np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6, err_msg=v.path)
-    assert sum(v.name == "kernel" for v in model.trainable_variables) == len(cfg.model.widths) + 1
 
 
 def test_centred_logits_change_the_cam_but_no_prediction(tmp_path, data_dir, run_cli):
@@ -413,3 +350,24 @@ def test_stack_map_cells_sit_where_the_cam_upsampling_puts_them(layers, aligned)
         np.testing.assert_allclose(centre, [17.5, 13.5], atol=1e-4)
     else:
         assert (centre < np.array([17.5, 13.5]) - 1).all(), centre
+
+
+def test_picture_puts_each_panel_image_at_each_step_in_a_grid(tiny_run, tmp_path, run_cli):
+    # The README's picture: rows are panel images, columns steps (default: the first after 0, a middle one, the
+    # last), each tile the step PNG the run wrote, under a caption naming both.
+    from PIL import Image
+
+    out = tmp_path / "picture.png"
+    result = run_cli("picture", "--run-dir", tiny_run, "--images", "0", "2", "--out", out)
+    assert result.returncode == 0, result.stderr
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    read = lambda i, s: np.asarray(Image.open(tiny_run / "heatmaps" / f"img_{i:02d}" / f"step_{s:07d}.png"))  # noqa: E731
+    h, w = read(0, 4).shape[:2]
+    h += 14  # the caption strip
+    assert picture.shape[:2] == (2 * h + 4, 3 * w + 2 * 4)  # 2 images x steps 4, 8, 12 (tiny: 12 steps, every 4)
+    for r, i in enumerate((0, 2)):
+        for c, s in enumerate((4, 8, 12)):
+            tile = picture[r * (h + 4) + 14 : r * (h + 4) + h, c * (w + 4) : c * (w + 4) + w]
+            np.testing.assert_array_equal(tile, read(i, s)[..., :3], err_msg=f"image {i}, step {s}")
+    result = run_cli("picture", "--run-dir", tiny_run, "--steps", "5", "--out", out)
+    assert result.returncode == 2 and "no heatmap at step 5; the run drew steps 0, 4, 8, 12" in result.stderr

@@ -13,11 +13,13 @@ traces and every later call is graph speed.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from cam_mnist.cams.layers import Head, resolve_layer
+from cam_mnist.errors import UserError
 
 PREDICTED = -1  # target sentinel: explain the class the model predicts
 
@@ -45,11 +47,20 @@ def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
 
 
+class Explanation(NamedTuple):
+    """What one call explains: the maps (N, H, W) in [0, 1], the raw maps (N, h, w) at the layer's resolution
+    before upsampling and normalisation, and the (N,) classes explained (predicted ones resolved)."""
+
+    maps: np.ndarray
+    raw: np.ndarray
+    targets: np.ndarray
+
+
 class BaseCAM:
     """A map method bound to one model and layer. Subclasses override :meth:`channel_weights` (or, for maps that
     are not channel-weighted sums, :meth:`raw_maps`)."""
 
-    name = "base"
+    name = "base"  # its name in the registry, :mod:`cam_mnist.registry`
     needs_gradients = True
     default_batch_size = 128  # images per graph call; methods with many forward passes per image use fewer
 
@@ -89,6 +100,11 @@ class BaseCAM:
 
         ``targets``: "predicted", one class for all, or an array of N classes (one per image).
         """
+        result = self.explain(images, targets)
+        return (result.maps, result.raw) if raw else result.maps
+
+    def explain(self, images, targets="predicted") -> Explanation:
+        """The maps, raw maps and explained classes for N images (see :meth:`__call__`)."""
         images = self._check_images(images)
         targets = self._check_targets(targets, len(images))
         outs = [[], [], []]
@@ -101,9 +117,7 @@ class BaseCAM:
                 t = np.concatenate([t, np.repeat(t[-1:], b - n, 0)])
             for out, value in zip(outs, self._graph(tf.constant(x), tf.constant(t)), strict=True):
                 out.append(value.numpy()[:n])
-        maps, raw_maps, explained = (np.concatenate(o) for o in outs)
-        self.last_targets = explained  # (N,) the classes explained, predicted ones resolved
-        return (maps, raw_maps) if raw else maps
+        return Explanation(*(np.concatenate(o) for o in outs))
 
     def _check_images(self, images) -> np.ndarray:
         images = np.asarray(images, np.float32)
@@ -111,26 +125,26 @@ class BaseCAM:
             images = images[..., None]  # (N, H, W) grey images are accepted for 1-channel models
         if images.ndim != 4:
             hint = " (one image? add a batch axis: images[None])" if images.shape == self.input_shape else ""
-            raise ValueError(
+            raise UserError(
                 f"images must be (N, H, W, C) (or (N, H, W) for grey models), got shape {images.shape}{hint}"
             )
         if images.shape[1:] != self.input_shape:
-            raise ValueError(f"images have size {images.shape[1:]}, the model takes {self.input_shape}")
+            raise UserError(f"images have size {images.shape[1:]}, the model takes {self.input_shape}")
         return images
 
     def _check_targets(self, targets, n: int) -> np.ndarray:
         if isinstance(targets, str):
             if targets != "predicted":
-                raise ValueError(f"targets must be 'predicted', a class index or an array of {n}, got {targets!r}")
+                raise UserError(f"targets must be 'predicted', a class index or an array of {n}, got {targets!r}")
             return np.full(n, PREDICTED, np.int32)
         t = np.asarray(targets)
         if t.ndim == 0:
             t = np.full(n, int(t))
         if t.shape != (n,):
-            raise ValueError(f"got {t.size} targets for {n} images: give one class per image")
+            raise UserError(f"got {t.size} targets for {n} images: give one class per image")
         if not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"targets must be integer class indices, got dtype {t.dtype}")
+            raise UserError(f"targets must be integer class indices, got dtype {t.dtype}")
         bad = t[(t < 0) | (t >= self.num_classes)]
         if bad.size:
-            raise ValueError(f"class index {int(bad[0])} out of range: the model has {self.num_classes} classes")
+            raise UserError(f"class index {int(bad[0])} out of range: the model has {self.num_classes} classes")
         return t.astype(np.int32)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from cam_mnist.errors import UserError
+
 
 def resolve_layer(model: keras.Model, name: str | None):
     """The layer called ``name``, or the last layer with a 4-D (B, h, w, K) output when no name is given."""
@@ -13,14 +15,14 @@ def resolve_layer(model: keras.Model, name: str | None):
             layer = model.get_layer(name)
         except ValueError:
             names = ", ".join(layer.name for layer in _explainable(model))
-            raise ValueError(f"model {model.name!r} has no layer {name!r}; its 4-D layers are: {names}") from None
+            raise UserError(f"model {model.name!r} has no layer {name!r}; its 4-D layers are: {names}") from None
         if not _is_4d(layer):
-            raise ValueError(f"layer {name!r} has output shape {layer.output.shape}, not 4-D (B, h, w, K)")
+            raise UserError(f"layer {name!r} has output shape {layer.output.shape}, not 4-D (B, h, w, K)")
         return layer
     candidates = _explainable(model)
     if candidates:
         return candidates[-1]
-    raise ValueError(f"model {model.name!r} has no layer with a 4-D (B, h, w, K) output to explain")
+    raise UserError(f"model {model.name!r} has no layer with a 4-D (B, h, w, K) output to explain")
 
 
 def _explainable(model) -> list:
@@ -53,7 +55,7 @@ class Head:
         else:
             scores = model.outputs[0]
         if len(model.inputs) != 1:
-            raise ValueError(f"model {model.name!r} has {len(model.inputs)} inputs; explanations need one image input")
+            raise UserError(f"model {model.name!r} has {len(model.inputs)} inputs; explanations need one image input")
         self._model = keras.Model(model.inputs[0], [layer.output, scores])
         self.use_softmax = use_softmax
         self.num_classes = int(model.outputs[0].shape[-1])
@@ -83,7 +85,7 @@ def gap_linear_kernel(model: keras.Model, layer) -> tf.Variable:
             for dense in model.layers:
                 if isinstance(dense, keras.layers.Dense) and dense.input is gap.output:
                     return dense.kernel
-    raise ValueError(
+    raise UserError(
         f"CAM needs the layer {layer.name!r} to feed GlobalAveragePooling2D -> Dense directly (the CAM paper's "
         f"architecture); model {model.name!r} has no such head: use gradcam instead"
     )

@@ -10,6 +10,7 @@ import tensorflow as tf
 from cam_mnist.cams.base import PREDICTED, BaseCAM, upsample
 from cam_mnist.cams.layers import Head
 from cam_mnist.cams.methods import GradCAM
+from cam_mnist.errors import UserError
 
 
 @tf.custom_gradient
@@ -86,7 +87,7 @@ class Occlusion(BaseCAM):
         super().__init__(model, layer, **kw)
         h, w = self.input_shape[:2]
         if not (0 < patch <= min(h, w) and stride > 0):
-            raise ValueError(f"occlusion patch must be in 1..{min(h, w)} and stride positive, got {patch}, {stride}")
+            raise UserError(f"occlusion patch must be in 1..{min(h, w)} and stride positive, got {patch}, {stride}")
         starts = lambda n: sorted(set(range(0, n - patch + 1, stride)) | {n - patch})  # noqa: E731 - cover the edge
         masks = np.zeros((len(starts(h)) * len(starts(w)), h, w), np.float32)
         for i, (y, x) in enumerate((y, x) for y in starts(h) for x in starts(w)):

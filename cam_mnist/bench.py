@@ -3,10 +3,11 @@
 1. float32 matmul peak (GFLOP/s) of this CPU through TensorFlow: the yardstick for the training numbers;
 2. training throughput (images/s) of each preset's network, and the share of that peak it reaches
    (training FLOPs = 3 x forward FLOPs: one forward, two backward matmul-equivalents);
-3. maps per second of every CAM-family method on a trained model, and of tf-keras-vis 0.8.7's Gradcam and
-   GradcamPlusPlus on the same model and images, with the correlation of their maps with ours.
+3. maps per second of every CAM-family method on a trained model, beside the model's own forward-pass rate (the
+   floor for any method that needs one pass), and of tf-keras-vis 0.8.7's Gradcam and GradcamPlusPlus on the same
+   model and images, with the correlation of their maps with ours.
 
-Usage: python scripts/bench.py [--run-dir out/<run>] [--images 10000] [--slow-images 500]
+Usage: python -m cam_mnist bench [--run-dir out/<run>] [--images 10000] [--slow-images 500]  (``make bench``)
 """
 
 from __future__ import annotations
@@ -15,24 +16,21 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from cam_mnist import config as cfg  # noqa: E402
-from cam_mnist.cams import METHODS, get_method  # noqa: E402
-from cam_mnist.data import load_split  # noqa: E402
-from cam_mnist.model import build_model, logits_model  # noqa: E402
-from cam_mnist.train import make_optimizer  # noqa: E402
-
-SLOW = {"scorecam", "occlusion"}  # many forward passes per map: measured on a subset
+from cam_mnist import config as cfg
+from cam_mnist import registry
+from cam_mnist.cams import get_method
+from cam_mnist.data import load_split
+from cam_mnist.errors import UserError
+from cam_mnist.model import build_model, logits_model
+from cam_mnist.runs import run_dir_or_latest
+from cam_mnist.train import make_optimizer
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -113,10 +111,23 @@ def training_throughput(preset: str, steps: int = 10) -> dict:
     }
 
 
+def forward_rate(model, images, batch: int = 128) -> float:
+    """Images per second of the model's own forward pass at the methods' batch size: no map can be made faster
+    than the one pass every method starts with."""
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    n = len(images) - len(images) % batch or len(images)  # whole batches: one traced shape
+
+    def run():
+        for lo in range(0, n, batch):
+            forward(tf.constant(images[lo : lo + batch])).numpy()
+
+    return n / best_of(run, repeats=1)
+
+
 def cam_family(model, images, slow_images: int) -> list[dict]:
     rows = []
-    for name in METHODS:
-        n = min(slow_images, len(images)) if name in SLOW else len(images)
+    for name, info in registry.METHODS.items():
+        n = min(slow_images, len(images)) if info.slow else len(images)
         explainer = get_method(model, name)
         explainer(images[: explainer.batch_size])  # trace once
         seconds = best_of(lambda explainer=explainer, n=n: explainer(images[:n], "predicted"), repeats=1)
@@ -167,14 +178,14 @@ def tf_keras_vis(model, images, n: int, batch: int = 128) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", default="out/latest", help="trained run whose model.keras the CAM part uses")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cam_mnist bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", help="trained run whose model.keras the CAM part uses (default: out/latest)")
     parser.add_argument("--images", type=int, default=10_000, help="test images for the fast CAM methods")
     parser.add_argument("--slow-images", type=int, default=200, help="test images for Score-CAM and occlusion")
     parser.add_argument("--reference-images", type=int, default=2000, help="test images for tf-keras-vis")
     parser.add_argument("--out", default="bench", help="folder for results.json and results.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     results = {
         "machine": {
@@ -199,14 +210,21 @@ def main() -> None:
             f"training {preset}: {row['images_per_s']} images/s, {row['share_of_matmul_peak']:.1%} of peak", flush=True
         )
 
-    model_path = Path(args.run_dir) / "model.keras"
+    try:
+        model_path = run_dir_or_latest(args.run_dir) / "model.keras"
+    except UserError:  # no run yet: the training numbers above still stand
+        model_path = Path(args.run_dir or "out/latest") / "model.keras"
     if model_path.exists():
         model = keras.models.load_model(model_path)
-        run_config = cfg.RunConfig.load(Path(args.run_dir) / "config.json")
+        run_config = cfg.RunConfig.load(model_path.parent / "config.json")
         images = load_split("test", run_config.data).float_images(slice(0, args.images))
         print(f"CAM family on {model_path.resolve().parent.name} ({len(images)} test images):", flush=True)
         results["cam_run"] = model_path.resolve().parent.name
+        results["forward_images_per_s"] = round(forward_rate(model, images), 1)
+        print(f"  {'forward pass':16s} {results['forward_images_per_s']:10.1f} images/s", flush=True)
         results["cams"] = cam_family(model, images, args.slow_images)
+        for row in results["cams"]:
+            row["share_of_forward"] = round(row["maps_per_s"] / results["forward_images_per_s"], 3)
         results["reference"] = tf_keras_vis(model, images, min(args.reference_images, len(images)))
         ours = {r["method"]: r["maps_per_s"] for r in results["cams"]}
         theirs = {r["method"].split()[-1]: r["maps_per_s"] for r in results["reference"]}
@@ -243,15 +261,18 @@ def to_markdown(r: dict) -> str:
     if "cams" in r:
         lines += [
             "",
-            f"Maps per second on `{r['cam_run']}` (100x100 test images, predicted class):",
+            f"Maps per second on `{r['cam_run']}` (100x100 test images, predicted class), beside the model's "
+            f"forward pass: {r['forward_images_per_s']} images/s:",
             "",
-            "| method | images | maps/s |",
-            "|---|---|---|",
+            "| method | images | maps/s | share of the forward rate |",
+            "|---|---|---|---|",
         ]
-        lines += [f"| {c['method']} | {c['images']} | {c['maps_per_s']} |" for c in r["cams"]]
+        lines += [
+            f"| {c['method']} | {c['images']} | {c['maps_per_s']} | {c['share_of_forward']:.0%} |" for c in r["cams"]
+        ]
         lines += [
             f"| {c['method']} (correlation with ours {c['mean_correlation_with_ours']}) | {c['images']} | "
-            f"{c['maps_per_s']} |"
+            f"{c['maps_per_s']} | {c['maps_per_s'] / r['forward_images_per_s']:.0%} |"
             for c in r["reference"]
         ]
         lines += ["", "Speed-ups: " + ", ".join(f"{k} {v}x" for k, v in r["speedup"].items())]

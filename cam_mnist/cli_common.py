@@ -1,0 +1,24 @@
+"""What every sub-command of ``python -m cam_mnist`` shares: its parser with examples, and Markdown tables.
+
+The command modules (:mod:`cam_mnist.cli`, :mod:`cam_mnist.explain_cli`, :mod:`cam_mnist.localize_cli`,
+:mod:`cam_mnist.frontier_cli`) import this one and never each other, except :mod:`cam_mnist.cli`, which assembles
+them: the imports form no cycle (a test walks them).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+PROG = "python -m cam_mnist"
+
+
+def command_parser(commands, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with its examples, each one a line of ``python -m cam_mnist ...``."""
+    epilog = "examples:\n" + "\n".join(f"  {PROG} {name} {e}".rstrip() for e in examples)
+    return commands.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])

@@ -1,0 +1,26 @@
+"""The one error type for the user's mistakes, and the kinds of it the library raises.
+
+A :class:`UserError` is bad input: a missing or corrupt file, a setting that cannot work, a model or image the
+method cannot explain. Its message names the thing and the problem. The command line prints it as one line and
+exits with status 2; any other exception is a bug and keeps its traceback. Callers decide by type, never by
+message text. It subclasses ``ValueError`` so that library callers who catch that keep working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input from the user; the message says what and how to fix it."""
+
+
+class DataError(UserError):
+    """A data file or run folder is missing, corrupt or of the wrong shape."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be used: unreadable, or not this run's."""
+
+
+class ArchitectureMismatch(CheckpointError):
+    """A readable checkpoint written by another network than the run's config builds: not a damaged file to skip,
+    but a run folder whose config.json and checkpoints disagree."""

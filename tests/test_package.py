@@ -1,0 +1,163 @@
+"""The package as a user installs and imports it: no import cycle, a wheel with the console script, one error
+type for the user's mistakes."""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PACKAGE = "cam_mnist"
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its ``__init__``)."""
+    found = {}
+    for path in (root / PACKAGE).rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, at the top or inside a function (a lazy import is still an
+    edge: the cycle it closes is one the code has)."""
+    modules = _modules(root)
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for a in node.names:  # `from cam_mnist import config` imports the module cam_mnist.config
+                    sub = f"{node.module}.{a.name}"
+                    edges.add(sub if sub in modules else node.module)
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search with three colours)."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle(repo_root):
+    graph = import_graph(repo_root)
+    assert {"cam_mnist.cli", "cam_mnist.explain_cli", "cam_mnist.localize_cli", "cam_mnist.cams.base"} <= set(graph)
+    assert "cam_mnist.cli_common" in graph["cam_mnist.explain_cli"]  # the walk sees imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_one():
+    # The detector itself: the circle the commands once made (cli -> explain_cli -> cli) is found.
+    graph = {"cli": {"explain_cli", "runs"}, "explain_cli": {"cli"}, "runs": set()}
+    assert find_cycle(graph) == ["cli", "explain_cli", "cli"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_command_line_starts_without_tensorflow():
+    # --help and the parser must not pay for TensorFlow's import (seconds, and its start-up messages).
+    code = (
+        "import sys, cam_mnist.cli as c; c.build_parser(); print(any(m.startswith('tensorflow') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_the_wheel_has_every_module_and_the_console_script(repo_root, tmp_path):
+    # What `pip install .` installs: built here (setuptools is fetched from the package index), then installed
+    # without dependencies into a folder of its own and run from another directory by its console script.
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", tmp_path / "dist", repo_root],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0 and "No matching distribution found for setuptools" in built.stderr:
+        pytest.skip("no package index reachable to fetch setuptools for the build")
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("cam_mnist-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    expected = {p.relative_to(repo_root).as_posix() for p in (repo_root / PACKAGE).rglob("*.py")}
+    assert expected <= names
+    assert "cam-mnist = cam_mnist.cli:main" in entry_points
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", site, wheel], check=True
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [site / "bin" / "cam-mnist", "--help"],
+        cwd=elsewhere,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "presets (train --preset NAME)" in result.stdout
+    code = "import cam_mnist, pathlib; print(pathlib.Path(cam_mnist.__file__).parent)"
+    where = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=elsewhere,
+        env={"PYTHONPATH": str(site)},
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(where) == site / PACKAGE  # the installed copy, not the checkout
+
+
+def test_a_user_error_is_one_line_and_exit_2_and_a_bug_keeps_its_traceback(run_cli, tmp_path, monkeypatch):
+    from cam_mnist import cli
+    from cam_mnist.errors import CheckpointError, DataError, UserError
+
+    assert issubclass(DataError, UserError) and issubclass(CheckpointError, UserError)
+    result = run_cli("eval", "--run-dir", tmp_path / "nowhere")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nowhere'}: no such run folder; train one with `make train`"
+    ]
+
+    def bug(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_methods", bug)
+    with pytest.raises(KeyError):  # not turned into exit status 2: its traceback reaches the user
+        cli.main(["methods"])
+
+
+def test_the_console_stays_quiet(tiny_run, tmp_path, run_cli):
+    # TensorFlow's start-up messages (oneDNN, CUDA probing, absl's preamble) stay out of a command's output.
+    from PIL import Image
+
+    picture = tmp_path / "digit.png"
+    Image.fromarray(((np.random.default_rng(0).random((40, 40)) < 0.1) * 255).astype(np.uint8)).save(
+        picture
+    )  # ink on black
+    result = run_cli("explain", picture, "--run-dir", tiny_run, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines()[0].startswith("image")  # the table is the first thing printed
