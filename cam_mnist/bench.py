@@ -127,8 +127,9 @@ def forward_rate(model, images, batch: int = 128) -> float:
 def cam_family(model, images, slow_images: int) -> list[dict]:
     rows = []
     for name, info in registry.METHODS.items():
-        n = min(slow_images, len(images)) if info.slow else len(images)
         explainer = get_method(model, name)
+        n = min(slow_images, len(images)) if info.slow else len(images)
+        n -= n % explainer.batch_size if n >= explainer.batch_size else 0  # whole batches, as the forward rate
         explainer(images[: explainer.batch_size])  # trace once
         seconds = best_of(lambda explainer=explainer, n=n: explainer(images[:n], "predicted"), repeats=1)
         rows.append({"method": name, "images": n, "maps_per_s": round(n / seconds, 1)})

@@ -1,8 +1,9 @@
 """Boxes and masks from maps, and how well they match the truth. Arrays in, arrays out.
 
 The CAM paper's protocol (Zhou et al. 2016, §3.1): keep the pixels above 20% of the map's maximum, box the largest
-connected component; a box is correct when its IoU with the true box is at least 0.5. Boxes are (y0, x0, y1, x1),
-half-open, as in :mod:`cam_mnist.data`.
+connected component; a box is correct when its IoU with the true box is at least 0.5. wsolevaluation's MaxBoxAccV2
+(Choe et al. 2020) instead boxes every component and counts an image at its best box (:func:`component_ious`).
+Boxes are (y0, x0, y1, x1), half-open, as in :mod:`cam_mnist.data`.
 """
 
 from __future__ import annotations
@@ -27,25 +28,44 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
     return np.where(rows.any(1)[:, None], boxes, 0).astype(np.int64)
 
 
-def largest_component_boxes(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool -> (N, 4) tight box of each image's largest 8-connected component; (0, 0, 0, 0) if empty.
-    Ties go to the component found first (top-most, then left-most)."""
-    masks = np.asarray(masks, bool)
-    n = len(masks)
-    labels, count = ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTED)
-    boxes = np.zeros((n, 4), np.int64)
+def components(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every 8-connected component of each (N, H, W) bool mask: its image index (M,), tight box (M, 4) and size
+    in pixels (M,), ordered by image, then as found (top-most, then left-most). One labelling for the batch."""
+    labels, count = ndimage.label(np.asarray(masks, bool), structure=_PER_IMAGE_8_CONNECTED)
     if count == 0:
-        return boxes
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]  # (count,) pixels per component
+        return np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]  # (M,) pixels per component
     # find_objects gives every component's bounding slices (image, rows, cols) in one pass over the labels.
     slices = ndimage.find_objects(labels)
     image = np.fromiter((s[0].start for s in slices), np.int64, count)
-    order = np.lexsort((-sizes, image))  # by image, then largest first (stable: first-found wins ties)
-    first = order[np.r_[True, image[order][1:] != image[order][:-1]]]
-    for label in first:
-        _, rows, cols = slices[label]
-        boxes[image[label]] = rows.start, cols.start, rows.stop, cols.stop
-    return boxes
+    boxes = np.array([(r.start, c.start, r.stop, c.stop) for _, r, c in slices], np.int64)
+    return image, boxes, sizes
+
+
+def largest_component_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) tight box of each image's largest 8-connected component; (0, 0, 0, 0) if empty.
+    Ties go to the component found first (top-most, then left-most)."""
+    return _largest(len(masks), *components(masks))
+
+
+def _largest(n: int, image: np.ndarray, boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    out = np.zeros((n, 4), np.int64)
+    if len(image):
+        order = np.lexsort((-sizes, image))  # by image, then largest first (stable: first-found wins ties)
+        first = order[np.r_[True, image[order][1:] != image[order][:-1]]]
+        out[image[first]] = boxes[first]
+    return out
+
+
+def component_ious(masks: np.ndarray, true_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) IoU with the true box of the largest component's box (the CAM paper's box), and (N,) the best IoU over
+    every component's box (wsolevaluation's MaxBoxAccV2 counts an image at its best box); 0 for an empty mask."""
+    n = len(masks)
+    image, boxes, sizes = components(masks)
+    largest = iou(_largest(n, image, boxes, sizes), true_boxes)
+    best = np.zeros(n)
+    np.maximum.at(best, image, iou(boxes, np.asarray(true_boxes)[image]))
+    return largest, best
 
 
 def keep_above(maps: np.ndarray, threshold: float) -> np.ndarray:

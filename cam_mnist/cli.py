@@ -307,12 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "bench", help="speed measurements -> bench/results.json (what `make bench` runs)", add_help=False
     )
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark (--help lists them)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench)  # its own arguments are the benchmark's (``bench --help`` lists them)
 
-    for p in commands.choices.values():
+    for name, p in commands.choices.items():
+        if name == "bench":  # every argument is handed on to the benchmark
+            continue
         p.add_argument("--data-dir", default="data", help="where MNIST and the generated splits live")
-        if p.add_help:  # bench hands every argument on, and stays quiet
+        if p.add_help:
             p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and warning messages")
     return parser
 
@@ -334,7 +335,7 @@ def cmd_methods(args) -> None:
 def cmd_bench(args) -> None:
     from cam_mnist import bench
 
-    bench.main(args.bench_args)
+    bench.main(args.rest)
 
 
 def import_tensorflow(verbose: bool) -> None:
@@ -372,7 +373,12 @@ def import_tensorflow(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.rest = rest  # the benchmark parses its own arguments, --help included
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command in NEEDS_TENSORFLOW:
         import_tensorflow(getattr(args, "verbose", False))
     try:

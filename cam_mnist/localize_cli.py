@@ -40,7 +40,9 @@ def add_parser(commands) -> None:
         help="methods to score (default: all; with several digits per image, the fast layer-level ones)",
     )
     p.add_argument("--images", type=int, help="score only the first N test images (default: all 10k)")
-    p.add_argument("--slow-images", type=int, default=1000, help="test images for Score-CAM and occlusion")
+    p.add_argument(
+        "--slow-images", type=int, default=500, help="test (and validation) images for the slow methods (many passes)"
+    )
     p.add_argument("--faithful-images", type=int, default=500, help="test images for deletion/insertion AUC")
     p.add_argument("--examples", type=int, default=6, help="test images in the examples figure")
     p.set_defaults(func=run)

@@ -23,6 +23,7 @@ class MethodInfo:
     passes: str  # model passes per map
     slow: bool = False  # many passes per map: localize and bench score it on a subset of the images
     pixel_level: bool = False  # a map at the input's resolution, not the layer's grid upsampled
+    class_agnostic: bool = False  # the same map whatever the class (useless to tell two digits apart)
 
     def load(self) -> type:
         module, name = self.cls.split(":")
@@ -54,6 +55,36 @@ _ROWS = [
         "Jiang et al. 2021, IEEE TIP 30",
         "gradients at the layer",
         "1 forward + 1 backward",
+    ),
+    MethodInfo(
+        "hirescam",
+        f"{_M}:HiResCAM",
+        "Draelos & Carin 2020, arXiv 2011.08891",
+        "gradients at the layer",
+        "1 forward + 1 backward",
+    ),
+    MethodInfo(
+        "xgradcam",
+        f"{_M}:XGradCAM",
+        "Fu et al. 2020, arXiv 2008.02312",
+        "gradients at the layer",
+        "1 forward + 1 backward",
+    ),
+    MethodInfo(
+        "eigencam",
+        f"{_M}:EigenCAM",
+        "Muhammad & Yeasin 2020, arXiv 2008.00299",
+        "the layer's activations only (class-agnostic)",
+        "1 forward",
+        class_agnostic=True,
+    ),
+    MethodInfo(
+        "ablationcam",
+        f"{_M}:AblationCAM",
+        "Desai & Ramaswamy 2020, WACV",
+        "the layers after the target layer",
+        "1 forward + K passes of the layers after it",
+        slow=True,
     ),
     MethodInfo(
         "scorecam",
@@ -88,17 +119,41 @@ _ROWS = [
         slow=True,
         pixel_level=True,
     ),
+    MethodInfo(
+        "smoothgrad",
+        f"{_P}:SmoothGrad",
+        "Smilkov et al. 2017, arXiv 1706.03825",
+        "gradients to the input",
+        "16 forward + 16 backward (noisy copies)",
+        slow=True,
+        pixel_level=True,
+    ),
+    MethodInfo(
+        "integrated-gradients",
+        f"{_P}:IntegratedGradients",
+        "Sundararajan et al. 2017, arXiv 1703.01365",
+        "gradients to the input",
+        "33 forward + 33 backward (path steps)",
+        slow=True,
+        pixel_level=True,
+    ),
+    MethodInfo(
+        "rise",
+        f"{_P}:RISE",
+        "Petsiuk et al. 2018, arXiv 1806.07421",
+        "forward passes only",
+        "1 + 500 forward (random masks)",
+        slow=True,
+        pixel_level=True,
+    ),
 ]
 METHODS: dict[str, MethodInfo] = {m.name: m for m in _ROWS}
 
 
-def method_names(slow: bool | None = None, pixel_level: bool | None = None) -> list[str]:
-    """Method names in registry order; ``slow`` / ``pixel_level`` keep only those that are (or are not)."""
-    return [
-        name
-        for name, m in METHODS.items()
-        if (slow is None or m.slow == slow) and (pixel_level is None or m.pixel_level == pixel_level)
-    ]
+def method_names(**wanted: bool) -> list[str]:
+    """Method names in registry order; ``slow=False``, ``pixel_level=True``, ``class_agnostic=False``... keep only
+    those whose field has that value."""
+    return [name for name, m in METHODS.items() if all(getattr(m, key) == value for key, value in wanted.items())]
 
 
 def info(name: str) -> MethodInfo:

@@ -231,3 +231,146 @@ def test_works_inside_tf_function(model, images):
     explainer = get_method(model, "gradcam++")
     maps, raw, targets = explainer._graph(tf.constant(images), tf.constant(np.zeros(N, np.int32)))
     np.testing.assert_allclose(maps.numpy(), explainer(images, 0), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- the newer methods
+def test_hirescam_equals_gradcam_on_a_gap_model_and_differs_after_a_conv_and_relu(model, images):
+    # On conv -> GAP -> linear, dy/dA is w / cells at every cell: HiResCAM = Grad-CAM = CAM / cells.
+    targets = np.arange(N) % 3
+    _, hires = explain(model, images, "hirescam", targets, raw=True)
+    _, grad = explain(model, images, "gradcam", targets, raw=True)
+    _, cam = explain(model, images, "cam", targets, raw=True)
+    np.testing.assert_allclose(hires, grad, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(hires * 256, cam, atol=1e-5, rtol=1e-5)
+    # A conv and a ReLU after the target layer make the gradient vary from cell to cell: the two differ.
+    deep = _deep_head_model()
+    _, hires = explain(deep, images, "hirescam", 1, layer="target", raw=True)
+    _, grad = explain(deep, images, "gradcam", 1, layer="target", raw=True)
+    assert hires.max() > 1e-4 and not np.allclose(hires / hires.max(), grad / max(grad.max(), 1e-12), atol=1e-2)
+
+
+def test_xgradcam_equals_its_closed_form_on_a_hand_made_relu_model(images):
+    # target (K=2) -> 1x1 conv V + bias, ReLU -> GAP -> Dense W: dy^c/dA^k_ij = sum_m W_mc V_km [z^m_ij > 0] / cells,
+    # and XGrad-CAM's alpha_k = sum_ij A^k_ij / sum_ab A^k_ab * dy^c/dA^k_ij (Fu et al. eq. 11).
+    keras.utils.set_random_seed(5)
+    x = inputs = keras.Input((16, 16, 1))
+    a = layers.Conv2D(2, 3, padding="same", activation="relu", name="target")(x)
+    z = layers.Conv2D(3, 1, name="mix")(a)
+    y = layers.Dense(4, use_bias=False, name="logits")(layers.GlobalAveragePooling2D()(layers.ReLU()(z)))
+    hand = keras.Model(inputs, y)
+    acts = np.asarray(keras.Model(inputs, a)(images))  # (N, 16, 16, 2)
+    v = hand.get_layer("mix").kernel.numpy()
+    b = -np.median(np.einsum("nijk,km->nijm", acts, v[0, 0]), axis=(0, 1, 2))  # about half the cells off
+    hand.get_layer("mix").set_weights([v, b.astype(np.float32)])
+    w = hand.get_layer("logits").kernel.numpy()  # (3, 4)
+    gate = (np.einsum("nijk,km->nijm", acts, v[0, 0]) + b > 0).astype(np.float32)  # (N, 16, 16, 3)
+    peaks = []
+    for c in range(4):  # every class: some have negative weights everywhere, and ReLU leaves nothing
+        grads = np.einsum("nijm,km,m->nijk", gate, v[0, 0], w[:, c]) / 256  # dy^c/dA (N, 16, 16, 2)
+        alpha = (acts / acts.sum((1, 2), keepdims=True) * grads).sum((1, 2))  # (N, 2)
+        expected = np.maximum(np.einsum("nk,nijk->nij", alpha, acts), 0)
+        _, ours = explain(hand, images, "xgradcam", c, layer="target", raw=True)
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-7)
+        peaks.append(expected.max())
+    assert max(peaks) > 1e-4 and 0.3 < gate.mean() < 0.7  # a real map, and the ReLU's gate closed on many cells
+
+
+def test_eigencam_is_the_first_principal_direction_with_a_fixed_sign(model, images):
+    features = np.asarray(keras.Model(model.inputs[0], model.get_layer("features").output)(images))  # (N, 16, 16, 6)
+    _, ours = explain(model, images, "eigencam", raw=True)
+    for i in range(N):
+        flat = features[i].reshape(-1, 6)
+        v1 = np.linalg.svd(flat, full_matrices=False)[2][0]  # numpy's sign is its own
+        projection = flat @ v1
+        projection *= 1 if projection.sum() >= 0 else -1  # the documented orientation
+        np.testing.assert_allclose(ours[i].ravel(), np.maximum(projection, 0), rtol=1e-3, atol=1e-4)
+    # Negating every channel's activations' direction is not possible for a ReLU layer, so check determinism where
+    # it matters: the same images, and the same images in another batch order, give the same maps.
+    again = explain(model, images[::-1], "eigencam")[::-1]
+    np.testing.assert_allclose(explain(model, images, "eigencam"), again, atol=1e-5)
+    # Class-agnostic: every target gives the same map.
+    np.testing.assert_allclose(explain(model, images, "eigencam", 0), explain(model, images, "eigencam", 2))
+
+
+def test_ablationcam_matches_zeroing_each_channel(model, images):
+    tail = keras.Model(model.get_layer("features").output, model.get_layer("logits").output)
+    features = np.asarray(keras.Model(model.inputs[0], model.get_layer("features").output)(images))
+    c = 1
+    y = np.asarray(tail(features))[:, c]
+    weights = np.zeros((N, 6))
+    for k in range(6):
+        ablated = features.copy()
+        ablated[..., k] = 0
+        weights[:, k] = (y - np.asarray(tail(ablated))[:, c]) / y
+    expected = np.maximum(np.einsum("nk,nijk->nij", weights, features), 0)
+    _, ours = explain(model, images, "ablationcam", c, raw=True)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ablationcam_refuses_a_layer_with_a_path_around_it(images):
+    x = inputs = keras.Input((16, 16, 1))
+    a = layers.Conv2D(3, 3, padding="same", activation="relu", name="target")(x)
+    skip = layers.Conv2D(3, 3, padding="same")(x)
+    out = layers.Dense(2, name="logits")(layers.GlobalAveragePooling2D()(layers.Add()([a, skip])))
+    with pytest.raises(ValueError, match="depend on the image through more than layer 'target'"):
+        explain(keras.Model(inputs, out), images, "ablationcam", 0, layer="target")
+
+
+def test_smoothgrad_with_no_noise_is_the_plain_gradient(model, images):
+    x = tf.constant(images)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        score = model.get_layer("logits").output  # the logits, as every method explains them
+        logits = keras.Model(model.inputs[0], score)(x)[:, 2]
+    plain = np.abs(tape.gradient(logits, x).numpy()).sum(-1)
+    _, ours = explain(model, images, "smoothgrad", 2, raw=True, sigma=0.0, samples=3)
+    np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-8)
+    _, noisy = explain(model, images, "smoothgrad", 2, raw=True, sigma=0.3, samples=3)
+    assert not np.allclose(noisy, plain)
+
+
+def test_integrated_gradients_are_complete(images):
+    # Completeness (Sundararajan et al. §3): the attributions add up to f(x) - f(baseline), here within 1%.
+    keras.utils.set_random_seed(2)
+    x = inputs = keras.Input((16, 16, 1))
+    x = layers.Conv2D(4, 3, padding="same", activation="tanh", name="conv")(x)
+    x = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D()(x))
+    tiny = keras.Model(inputs, x)
+    ig = get_method(tiny, "integrated-gradients", layer="conv", steps=64)
+    attributions = ig.attributions(images, 1)  # (N, 16, 16, 1), signed
+    difference = np.asarray(tiny(images))[:, 1] - np.asarray(tiny(np.zeros_like(images)))[:, 1]
+    np.testing.assert_allclose(attributions.sum((1, 2, 3)), difference, rtol=0.01)
+    assert np.abs(difference).min() > 1e-3  # a real difference to explain
+
+
+def test_rise_is_reproducible_for_a_seed(model, images):
+    a = explain(model, images[:2], "rise", 1, masks=64, seed=3)
+    b = explain(keras.models.clone_model(model), images[:2], "rise", 1, masks=64, seed=3)  # another object
+    c = explain(model, images[:2], "rise", 1, masks=64, seed=4)
+    np.testing.assert_array_equal(a, explain(model, images[:2], "rise", 1, masks=64, seed=3))
+    assert a.shape == (2, 16, 16) and not np.allclose(a, c)
+    assert b.shape == a.shape
+
+
+def test_rise_matches_its_definition(model, images):
+    from cam_mnist.cams.pixels import _rise_masks
+
+    masks = _rise_masks(32, 4, 0.5, (16, 16), seed=0)
+    probs = np.stack([np.asarray(model(images[:1] * m[None, ..., None]))[0, 1] for m in masks])
+    expected = np.einsum("n,nhw->hw", probs, masks) / (32 * 0.5)
+    _, ours = explain(model, images[:1], "rise", 1, raw=True, masks=32, cells=4, seed=0)
+    np.testing.assert_allclose(ours[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_smooth_averages_shifted_maps_shifted_back(images):
+    # A model whose score is translation-equivariant away from the border: the smoothed map of a centred blob is
+    # the plain map (every shift maps back onto it), while smooth=0 is the plain pipeline.
+    model = _gap_model(seed=7)
+    blob = np.zeros((1, 16, 16, 1), np.float32)
+    blob[0, 6:10, 6:10] = 1
+    plain = explain(model, blob, "gradcam", 0)
+    smoothed = explain(model, blob, "gradcam", 0, smooth=1)
+    np.testing.assert_allclose(smoothed[0, 3:13, 3:13], plain[0, 3:13, 3:13], atol=1e-5)
+    assert not np.allclose(explain(model, images, "gradcam", 0, smooth=2), explain(model, images, "gradcam", 0))
+    with pytest.raises(ValueError, match="smooth must be a shift in 0..15 pixels"):
+        explain(model, images, "gradcam", smooth=16)

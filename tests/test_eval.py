@@ -193,12 +193,13 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
     model.set_weights(checkpoint.latest_valid(run_copy).model_weights)
     settings, split = evaluate.split_for(config, data_dir)
     val = evaluate.validation_for(config, settings, data_dir)
-    tau = localization.choose_threshold(explain(model, val.float_images(), "cam", val.labels), val.boxes)
+    cal = localization.calibrate(explain(model, val.float_images(), "cam", val.labels), val.boxes)
     correct = evaluate.predict_probs(predict, split, 64).argmax(1) == split.labels[:64]
     maps = explain(model, split.float_images(slice(0, 64)), "cam", split.labels[:64])
-    expected = localization.box_metrics(maps, correct, split.boxes[:64], calibrated=tau)
-    assert rows["cam"]["calibrated_threshold"] == tau
-    for key in ("top1_loc", "gt_known_loc", "top1_loc_calibrated", "max_box_acc", "peak_in_box"):
+    expected = localization.box_metrics(maps, correct, split.boxes[:64], calibrated=cal["tau"], v2=cal["v2"])
+    assert rows["cam"]["calibrated_threshold"] == cal["tau"]
+    assert [rows["cam"][f"maxboxacc_v2_tau_{d}"] for d in (30, 50, 70)] == [cal["v2"][d] for d in (0.3, 0.5, 0.7)]
+    for key in ("top1_loc", "gt_known_loc", "top1_loc_calibrated", "maxboxacc_v2", "maxboxacc_v2_50", "peak_in_box"):
         assert rows["cam"][key] == pytest.approx(expected[key]), key
     assert record["test_accuracy"] == pytest.approx(correct.mean())
     # A map of the whole canvas boxes the whole 40x40 canvas, never a digit's box at IoU 0.5.

@@ -148,6 +148,8 @@ def test_help_lists_every_command_and_preset(run_cli):
     for preset in PRESETS:
         assert f"\n  {preset} " in out, preset
     assert "examples:" in run_cli("explain", "--help").stdout
+    bench = run_cli("bench", "--help")  # the benchmark's own arguments, handed on
+    assert bench.returncode == 0 and "--slow-images" in bench.stdout
 
 
 def test_methods_command_prints_the_registry_and_the_readme_shows_it(run_cli, repo_root):

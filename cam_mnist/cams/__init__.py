@@ -11,8 +11,18 @@ import numpy as np
 
 from cam_mnist import registry
 from cam_mnist.cams.base import BaseCAM, Explanation
-from cam_mnist.cams.methods import CAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
-from cam_mnist.cams.pixels import GuidedBackprop, GuidedGradCAM, Occlusion
+from cam_mnist.cams.methods import (
+    CAM,
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from cam_mnist.cams.pixels import RISE, GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, SmoothGrad
 from cam_mnist.errors import UserError
 
 METHODS: dict[str, type[BaseCAM]] = {name: info.load() for name, info in registry.METHODS.items()}
@@ -53,8 +63,10 @@ def explain(
             targets (with ``return_targets``) are (N, k), most probable first.
         raw: also return the un-normalised maps at the layer's resolution.
         return_targets: also return the classes explained (the predicted ones resolved).
-        options: ``use_softmax`` (explain probabilities, not logits), ``batch_size``, occlusion's ``patch`` /
-            ``stride`` / ``baseline``.
+        options: ``use_softmax`` (explain probabilities, not logits), ``batch_size``, ``smooth`` (the mean map
+            over the image shifted by this many pixels each way, shifted back), occlusion's ``patch`` / ``stride``
+            / ``baseline``, smoothgrad's ``samples`` / ``sigma`` / ``seed``, integrated-gradients' ``steps`` /
+            ``baseline``, rise's ``masks`` / ``cells`` / ``keep`` / ``seed``.
 
     Returns:
         ``maps``; with ``raw`` and/or ``return_targets``, the tuple ``(maps[, raw_maps][, targets])``.
@@ -83,10 +95,17 @@ __all__ = [
     "GradCAM",
     "GradCAMPlusPlus",
     "LayerCAM",
+    "HiResCAM",
+    "XGradCAM",
+    "EigenCAM",
+    "AblationCAM",
     "ScoreCAM",
     "GuidedBackprop",
     "GuidedGradCAM",
     "Occlusion",
+    "SmoothGrad",
+    "IntegratedGradients",
+    "RISE",
     "METHODS",
     "Explanation",
     "explain",

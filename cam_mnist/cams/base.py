@@ -47,6 +47,15 @@ def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
 
 
+def shift(x: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
+    """(B, H, W[, C]) moved ``dy`` pixels down and ``dx`` right; what moves in from outside is zero."""
+    h, w = x.shape[1], x.shape[2]
+    rows, cols = tf.range(h), tf.range(w)
+    inside = ((rows >= dy) & (rows < h + dy))[:, None] & ((cols >= dx) & (cols < w + dx))[None, :]  # (H, W)
+    inside = tf.cast(inside, x.dtype)
+    return tf.roll(x, (dy, dx), axis=(1, 2)) * (inside[None] if x.shape.rank == 3 else inside[None, ..., None])
+
+
 class Explanation(NamedTuple):
     """What one call explains: the maps (N, H, W) in [0, 1], the raw maps (N, h, w) at the layer's resolution
     before upsampling and normalisation, and the (N,) classes explained (predicted ones resolved)."""
@@ -64,13 +73,23 @@ class BaseCAM:
     needs_gradients = True
     default_batch_size = 128  # images per graph call; methods with many forward passes per image use fewer
 
-    def __init__(self, model, layer: str | None = None, use_softmax: bool = False, batch_size: int | None = None):
+    def __init__(
+        self,
+        model,
+        layer: str | None = None,
+        use_softmax: bool = False,
+        batch_size: int | None = None,
+        smooth: int = 0,
+    ):
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.head = Head(model, self.layer, use_softmax)
         self.batch_size = batch_size or self.default_batch_size
         self.num_classes = self.head.num_classes
         self.input_shape = tuple(model.inputs[0].shape[1:])  # (H, W, C)
+        if not 0 <= smooth < min(self.input_shape[:2]):
+            raise UserError(f"smooth must be a shift in 0..{min(self.input_shape[:2]) - 1} pixels, got {smooth}")
+        self.smooth = smooth
         self._graph = tf.function(self._batch, reduce_retracing=True)
 
     # --------------------------------------------------------------------------------------- what methods override
@@ -93,7 +112,22 @@ class BaseCAM:
     # ------------------------------------------------------------------------------------------------ the pipeline
     def _batch(self, images, targets):
         raw, targets = self.raw_maps(images, targets)
-        return normalise(upsample(raw, self.input_shape[:2])), raw, targets
+        maps = upsample(raw, self.input_shape[:2])
+        if self.smooth:
+            maps = self._smoothed(images, targets, maps)
+        return normalise(maps), raw, targets
+
+    def _smoothed(self, images, targets, maps):
+        """``smooth``: test-time augmentation that maps back exactly (as pytorch-grad-cam's ``aug_smooth`` does with
+        flips). The image is shifted by ``smooth`` pixels up, down, left and right, each map is shifted back, and
+        every pixel is the mean of the maps that cover it. The classes stay those of the unshifted image."""
+        total, cover = maps, tf.ones_like(maps)
+        s = self.smooth
+        for dy, dx in ((s, 0), (-s, 0), (0, s), (0, -s)):
+            shifted, _ = self.raw_maps(shift(images, dy, dx), targets)
+            total += shift(upsample(shifted, self.input_shape[:2]), -dy, -dx)
+            cover += shift(tf.ones_like(maps), -dy, -dx)
+        return total / cover
 
     def __call__(self, images, targets="predicted", raw: bool = False):
         """Maps for N images: (N, H, W) float32 in [0, 1] (and, if ``raw``, the (N, h, w) un-normalised maps).

@@ -57,18 +57,38 @@ class Head:
         if len(model.inputs) != 1:
             raise UserError(f"model {model.name!r} has {len(model.inputs)} inputs; explanations need one image input")
         self._model = keras.Model(model.inputs[0], [layer.output, scores])
+        self._layer, self._scores, self._tail = layer, scores, None
         self.use_softmax = use_softmax
         self.num_classes = int(model.outputs[0].shape[-1])
 
     def forward(self, images):
         activations, scores = self._model(images, training=False)
+        return activations, self._finish(scores)
+
+    def build_tail(self) -> None:
+        """Make :meth:`scores_from` available: the model's layers after the target layer, as a model of its own.
+        Refused where the scores also depend on the image through another path (a skip connection around it)."""
+        if self._tail is None:
+            try:
+                self._tail = keras.Model(self._layer.output, self._scores)
+            except (ValueError, KeyError) as e:
+                raise UserError(
+                    f"the scores depend on the image through more than layer {self._layer.name!r} "
+                    f"({type(e).__name__}), so its channels cannot be ablated alone: choose a later layer"
+                ) from None
+
+    def scores_from(self, activations):
+        """The class scores computed from the target layer's activations (B, h, w, K) alone."""
+        return self._finish(self._tail(activations, training=False))
+
+    def _finish(self, scores):
         if self._dense is not None:
             scores = tf.matmul(scores, self._dense.kernel)
             if self._dense.use_bias:
                 scores += self._dense.bias
         if self.use_softmax:
             scores = tf.nn.softmax(scores)
-        return activations, scores
+        return scores
 
 
 def _has_layer(model, name: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cam_mnist.cams.base import BaseCAM, normalise, upsample
+from cam_mnist.cams.base import PREDICTED, BaseCAM, normalise, upsample
 from cam_mnist.cams.layers import gap_linear_kernel
 
 
@@ -90,3 +90,73 @@ class ScoreCAM(BaseCAM):
         _, masked_scores = self.head.forward(images)  # (B*K, classes)
         probs = tf.nn.softmax(tf.reshape(masked_scores, (b, k, -1)))  # (B, K, classes)
         return tf.gather(probs, targets, axis=2, batch_dims=1)  # (B, K)
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM. Draelos & Carin 2020, arXiv 2011.08891, eq. (5): M = sum_k dy^c/dA^k (.) A^k, each cell's
+    activation times its own gradient, where Grad-CAM first averages the gradient over the cells.
+
+    On a conv -> GAP -> linear model dy^c/dA^k_ij = w_k^c / (h w) at every cell, so HiResCAM = Grad-CAM = CAM / (h w).
+    """
+
+    name = "hirescam"
+
+    def channel_weights(self, images, activations, grads, targets):
+        return grads  # (B, h, w, K)
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM. Fu et al. 2020, arXiv 2008.02312, eq. (11): alpha_k^c = sum_ij (A^k_ij / sum_ab A^k_ab) dy^c/dA^k_ij,
+    the gradient averaged with the activations as weights (Grad-CAM averages it uniformly)."""
+
+    name = "xgradcam"
+
+    def channel_weights(self, images, activations, grads, targets):
+        share = tf.math.divide_no_nan(activations, tf.reduce_sum(activations, axis=(1, 2), keepdims=True))
+        return tf.reduce_sum(share * grads, axis=(1, 2))  # (B, K)
+
+
+class AblationCAM(BaseCAM):
+    """Ablation-CAM. Desai & Ramaswamy 2020 (WACV), eq. (2)-(3): w_k^c = (y^c - y^c_k) / y^c, where y^c_k is the
+    score with channel k of the layer set to zero; map = ReLU(sum_k w_k^c A^k). Needs no gradients: K passes of
+    the layers after the target layer per image (its tail, which must depend on the image through it alone)."""
+
+    name = "ablationcam"
+    needs_gradients = False
+    default_batch_size = 8  # K ablated copies of each image's activations per call
+
+    def __init__(self, model, layer=None, **kw):
+        super().__init__(model, layer, **kw)
+        self.head.build_tail()  # refuses a layer that is not the only path from the image to the scores
+
+    def channel_weights(self, images, activations, grads, targets):
+        b, h, w, k = (tf.shape(activations)[i] for i in range(4))
+        ablate = 1.0 - tf.eye(k)  # row j zeroes channel j
+        copies = activations[:, None] * ablate[None, :, None, None, :]  # (B, K, h, w, K)
+        ablated = self.head.scores_from(tf.reshape(copies, (-1, h, w, k)))  # (B*K, classes)
+        y_k = tf.gather(tf.reshape(ablated, (b, k, -1)), targets, axis=2, batch_dims=1)  # (B, K)
+        y = tf.gather(self.head.scores_from(activations), targets, batch_dims=1)[:, None]  # (B, 1)
+        return tf.math.divide_no_nan(y - y_k, y)  # (B, K)
+
+
+class EigenCAM(BaseCAM):
+    """Eigen-CAM. Muhammad & Yeasin 2020, arXiv 2008.00299, eq. (3)-(4): the activations (h w x K) projected on
+    their first right singular vector V_1, class-agnostic (the target only names what is reported).
+
+    The sign of a singular vector is arbitrary; it is fixed here so that the projection sums to >= 0 over the
+    cells, the orientation in which the activations themselves (non-negative after a ReLU) point. Computed from
+    the K x K Gram matrix A^T A, whose top eigenvector is V_1.
+    """
+
+    name = "eigencam"
+    needs_gradients = False
+
+    def raw_maps(self, images, targets):
+        activations, scores = self.head.forward(images)
+        targets = tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+        b, h, w, k = (tf.shape(activations)[i] for i in range(4))
+        flat = tf.reshape(activations, (b, h * w, k))
+        _, vectors = tf.linalg.eigh(tf.matmul(flat, flat, transpose_a=True))  # ascending eigenvalues
+        projection = tf.einsum("bnk,bk->bn", flat, vectors[:, :, -1])  # (B, h w)
+        sign = tf.where(tf.reduce_sum(projection, 1, keepdims=True) < 0, -1.0, 1.0)
+        return tf.nn.relu(tf.reshape(sign * projection, (b, h, w))), targets

@@ -108,3 +108,124 @@ class Occlusion(BaseCAM):
             occluded_scores, targets, axis=2, batch_dims=1
         )
         return tf.nn.relu(tf.einsum("bp,phw->bhw", drop, self.masks) / self.coverage), targets  # (B, H, W)
+
+
+def _input_gradients(head: Head, images, targets):
+    """dy^c/dx (B, H, W, C) of each image's own target's score."""
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        _, scores = head.forward(images)
+        score = tf.gather(scores, targets, batch_dims=1)
+    return tape.gradient(score, images)
+
+
+def _resolve(head: Head, images, targets):
+    """Targets with PREDICTED replaced by the class the model predicts for the (unperturbed) image."""
+    _, scores = head.forward(images)
+    return tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+
+
+class SmoothGrad(BaseCAM):
+    """SmoothGrad. Smilkov et al. 2017, arXiv 1706.03825, eq. (3): the input gradient averaged over ``samples``
+    copies of the image with Gaussian noise of standard deviation ``sigma`` x (max - min) of the image; the map is
+    its absolute value summed over channels. The noise is drawn once from ``seed``: the same maps every call.
+    With ``sigma`` 0 it is the plain gradient ("vanilla saliency", Simonyan et al. 2013)."""
+
+    name = "smoothgrad"
+    needs_gradients = False  # of the input, not of the layer: computed here
+    default_batch_size = 16
+
+    def __init__(self, model, layer=None, samples: int = 16, sigma: float = 0.15, seed: int = 0, **kw):
+        super().__init__(model, layer, **kw)
+        if samples < 1 or sigma < 0:
+            raise UserError(f"smoothgrad needs samples >= 1 and sigma >= 0, got {samples}, {sigma}")
+        self.sigma = sigma
+        self.noise = tf.constant(np.random.default_rng(seed).standard_normal((samples, *self.input_shape)), tf.float32)
+
+    def raw_maps(self, images, targets):
+        targets = _resolve(self.head, images, targets)
+        n = self.noise.shape[0]
+        span = tf.reduce_max(images, (1, 2, 3), keepdims=True) - tf.reduce_min(images, (1, 2, 3), keepdims=True)
+        noisy = images[:, None] + self.sigma * span[:, None] * self.noise[None]  # (B, n, H, W, C)
+        grads = _input_gradients(self.head, tf.reshape(noisy, (-1, *self.input_shape)), tf.repeat(targets, n))
+        mean = tf.reduce_mean(tf.reshape(grads, (-1, n, *self.input_shape)), 1)  # (B, H, W, C)
+        return tf.reduce_sum(tf.abs(mean), -1), targets
+
+
+class IntegratedGradients(BaseCAM):
+    """Integrated Gradients. Sundararajan et al. 2017, arXiv 1703.01365, eq. (1) by the trapezoidal rule over
+    ``steps`` intervals: IG_i = (x_i - x'_i) * integral_0^1 dy^c/dx_i (x' + a (x - x')) da, from the black image
+    x' = ``baseline``. Completeness (their §3): sum_i IG_i = y^c(x) - y^c(x'). The map is the positive part of IG
+    summed over channels; :meth:`attributions` gives IG itself."""
+
+    name = "integrated-gradients"
+    needs_gradients = False  # of the input along the path: computed here
+    default_batch_size = 8
+
+    def __init__(self, model, layer=None, steps: int = 32, baseline: float = 0.0, **kw):
+        super().__init__(model, layer, **kw)
+        if steps < 1:
+            raise UserError(f"integrated-gradients needs steps >= 1, got {steps}")
+        self.baseline = baseline
+        weights = np.ones(steps + 1, np.float32)
+        weights[[0, -1]] = 0.5  # the trapezoidal rule
+        self.alphas = tf.constant(np.linspace(0, 1, steps + 1), tf.float32)
+        self.weights = tf.constant(weights / steps)
+        self._attributions = tf.function(self._ig, reduce_retracing=True)
+
+    def _ig(self, images, targets):
+        s = self.alphas.shape[0]
+        start = tf.fill(tf.shape(images), self.baseline)
+        path = start[:, None] + self.alphas[:, None, None, None] * (images - start)[:, None]  # (B, S, H, W, C)
+        grads = _input_gradients(self.head, tf.reshape(path, (-1, *self.input_shape)), tf.repeat(targets, s))
+        average = tf.einsum("bshwc,s->bhwc", tf.reshape(grads, (-1, s, *self.input_shape)), self.weights)
+        return (images - start) * average  # (B, H, W, C)
+
+    def attributions(self, images, targets) -> np.ndarray:
+        """Integrated gradients (N, H, W, C) of each image's target class, signed."""
+        images = self._check_images(images)
+        targets = self._check_targets(targets, len(images))
+        return self._attributions(tf.constant(images), tf.constant(targets)).numpy()
+
+    def raw_maps(self, images, targets):
+        targets = _resolve(self.head, images, targets)
+        return tf.nn.relu(tf.reduce_sum(self._ig(images, targets), -1)), targets
+
+
+class RISE(BaseCAM):
+    """RISE. Petsiuk et al. 2018, arXiv 1806.07421, eq. (6): S_c = sum_i p_c(x (.) M_i) M_i / (N E[M]), over ``masks``
+    random masks: a ``cells`` x ``cells`` grid of cells kept with probability ``keep``, upsampled bilinearly and
+    shifted at random by up to one cell (their §3.2). The masks are drawn once from ``seed``. ``masks`` forward
+    passes per image, no gradients."""
+
+    name = "rise"
+    needs_gradients = False
+    default_batch_size = 2
+
+    def __init__(self, model, layer=None, masks: int = 500, cells: int = 8, keep: float = 0.5, seed: int = 0, **kw):
+        super().__init__(model, layer, **kw)
+        if masks < 1 or cells < 1 or not 0 < keep <= 1:
+            raise UserError(f"rise needs masks >= 1, cells >= 1 and keep in (0, 1], got {masks}, {cells}, {keep}")
+        self.keep = keep
+        self.masks = tf.constant(_rise_masks(masks, cells, keep, self.input_shape[:2], seed))  # (N, H, W)
+
+    def raw_maps(self, images, targets):
+        targets = _resolve(self.head, images, targets)
+        n = self.masks.shape[0]
+        masked = images[:, None] * self.masks[None, ..., None]  # (B, N, H, W, C)
+        _, scores = self.head.forward(tf.reshape(masked, (-1, *self.input_shape)))
+        probs = scores if self.head.use_softmax else tf.nn.softmax(scores)
+        p = tf.gather(tf.reshape(probs, (-1, n, probs.shape[-1])), targets, axis=2, batch_dims=1)  # (B, N)
+        return tf.einsum("bn,nhw->bhw", p, self.masks) / (n * self.keep), targets
+
+
+def _rise_masks(n: int, cells: int, keep: float, size: tuple[int, int], seed: int) -> np.ndarray:
+    """(n, H, W) float32 masks: binary cells x cells grids, upsampled bilinearly to (cells + 1) cell sizes and
+    cropped at a random offset within one cell (Petsiuk et al. §3.2)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    ch, cw = -(-h // cells), -(-w // cells)
+    grids = (rng.random((n, cells, cells)) < keep).astype(np.float32)
+    up = tf.image.resize(grids[..., None], ((cells + 1) * ch, (cells + 1) * cw), method="bilinear")[..., 0].numpy()
+    dy, dx = rng.integers(0, ch, n), rng.integers(0, cw, n)
+    return np.stack([up[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)]).astype(np.float32)
