@@ -67,9 +67,8 @@ class Explanation(NamedTuple):
 
 class BaseCAM:
     """A map method bound to one model and layer. Subclasses override :meth:`channel_weights` (or, for maps that
-    are not channel-weighted sums, :meth:`raw_maps`)."""
+    are not channel-weighted sums, :meth:`raw_maps`). Their names live in :mod:`cam_mnist.registry` alone."""
 
-    name = "base"  # its name in the registry, :mod:`cam_mnist.registry`
     needs_gradients = True
     default_batch_size = 128  # images per graph call; methods with many forward passes per image use fewer
 

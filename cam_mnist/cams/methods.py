@@ -16,7 +16,6 @@ class CAM(BaseCAM):
     """Class activation mapping. Zhou et al. 2016, arXiv 1512.04150, eq. (2): M_c(x, y) = sum_k w_k^c f_k(x, y),
     with w the GAP -> logits weights. Needs no gradients; refuses a model without a GAP -> linear head."""
 
-    name = "cam"
     needs_gradients = False
 
     def __init__(self, model, layer=None, **kw):
@@ -33,8 +32,6 @@ class GradCAM(BaseCAM):
     On a conv -> GAP -> linear model dy^c/dA^k_ij = w_k^c / (h w), so Grad-CAM = CAM / (h w) exactly.
     """
 
-    name = "gradcam"
-
     def channel_weights(self, images, activations, grads, targets):
         return tf.reduce_mean(grads, axis=(1, 2))  # (B, K)
 
@@ -50,8 +47,6 @@ class GradCAMPlusPlus(BaseCAM):
     normalised). As in the authors' code (and tf-keras-vis), alpha is normalised to sum to 1 over positions.
     """
 
-    name = "gradcam++"
-
     def channel_weights(self, images, activations, grads, targets):
         g2 = tf.square(grads)
         denominator = 2.0 * g2 + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * g2 * grads
@@ -64,8 +59,6 @@ class LayerCAM(BaseCAM):
     """Layer-CAM. Jiang et al. 2021, IEEE TIP 30, eq. (4)-(5): every cell weighted by its own positive gradient,
     w_ij^kc = ReLU(dy^c/dA^k_ij), map = ReLU(sum_k w_ij^kc A^k_ij)."""
 
-    name = "layercam"
-
     def channel_weights(self, images, activations, grads, targets):
         return tf.nn.relu(grads)  # (B, h, w, K)
 
@@ -77,7 +70,6 @@ class ScoreCAM(BaseCAM):
     Needs K forward passes per image and no gradients, so it runs on small batches.
     """
 
-    name = "scorecam"
     needs_gradients = False
     default_batch_size = 8
 
@@ -99,8 +91,6 @@ class HiResCAM(BaseCAM):
     On a conv -> GAP -> linear model dy^c/dA^k_ij = w_k^c / (h w) at every cell, so HiResCAM = Grad-CAM = CAM / (h w).
     """
 
-    name = "hirescam"
-
     def channel_weights(self, images, activations, grads, targets):
         return grads  # (B, h, w, K)
 
@@ -108,8 +98,6 @@ class HiResCAM(BaseCAM):
 class XGradCAM(BaseCAM):
     """XGrad-CAM. Fu et al. 2020, arXiv 2008.02312, eq. (11): alpha_k^c = sum_ij (A^k_ij / sum_ab A^k_ab) dy^c/dA^k_ij,
     the gradient averaged with the activations as weights (Grad-CAM averages it uniformly)."""
-
-    name = "xgradcam"
 
     def channel_weights(self, images, activations, grads, targets):
         share = tf.math.divide_no_nan(activations, tf.reduce_sum(activations, axis=(1, 2), keepdims=True))
@@ -121,7 +109,6 @@ class AblationCAM(BaseCAM):
     score with channel k of the layer set to zero; map = ReLU(sum_k w_k^c A^k). Needs no gradients: K passes of
     the layers after the target layer per image (its tail, which must depend on the image through it alone)."""
 
-    name = "ablationcam"
     needs_gradients = False
     default_batch_size = 8  # K ablated copies of each image's activations per call
 
@@ -148,7 +135,6 @@ class EigenCAM(BaseCAM):
     the K x K Gram matrix A^T A, whose top eigenvector is V_1.
     """
 
-    name = "eigencam"
     needs_gradients = False
 
     def raw_maps(self, images, targets):

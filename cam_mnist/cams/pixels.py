@@ -43,8 +43,6 @@ class GuidedBackprop(BaseCAM):
     """Guided backpropagation. Springenberg et al. 2015, arXiv 1412.6806, §3.4: dy^c/dx with every ReLU's backward
     pass replaced by the guided rule. The map is the positive part of the input gradient, summed over channels."""
 
-    name = "guided-backprop"
-
     def __init__(self, model, layer=None, **kw):
         super().__init__(model, layer, **kw)
         guided = _guided_copy(model)
@@ -62,8 +60,6 @@ class GuidedBackprop(BaseCAM):
 class GuidedGradCAM(GuidedBackprop):
     """Guided Grad-CAM. Selvaraju et al. 2017, §3.1: guided backpropagation times Grad-CAM upsampled to the input."""
 
-    name = "guided-gradcam"
-
     def __init__(self, model, layer=None, **kw):
         super().__init__(model, layer, **kw)
         self.gradcam = GradCAM(model, self.layer.name, use_softmax=self.head.use_softmax)
@@ -79,7 +75,6 @@ class Occlusion(BaseCAM):
     ``baseline`` over the image with ``stride``; each pixel's value is the mean drop of the target's score over
     the placements that cover it. Needs one forward pass per placement and no gradients."""
 
-    name = "occlusion"
     needs_gradients = False
     default_batch_size = 8
 
@@ -131,7 +126,6 @@ class SmoothGrad(BaseCAM):
     its absolute value summed over channels. The noise is drawn once from ``seed``: the same maps every call.
     With ``sigma`` 0 it is the plain gradient ("vanilla saliency", Simonyan et al. 2013)."""
 
-    name = "smoothgrad"
     needs_gradients = False  # of the input, not of the layer: computed here
     default_batch_size = 16
 
@@ -158,7 +152,6 @@ class IntegratedGradients(BaseCAM):
     x' = ``baseline``. Completeness (their §3): sum_i IG_i = y^c(x) - y^c(x'). The map is the positive part of IG
     summed over channels; :meth:`attributions` gives IG itself."""
 
-    name = "integrated-gradients"
     needs_gradients = False  # of the input along the path: computed here
     default_batch_size = 8
 
@@ -198,7 +191,6 @@ class RISE(BaseCAM):
     shifted at random by up to one cell (their §3.2). The masks are drawn once from ``seed``. ``masks`` forward
     passes per image, no gradients."""
 
-    name = "rise"
     needs_gradients = False
     default_batch_size = 2
 
