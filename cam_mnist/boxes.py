@@ -28,43 +28,49 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
     return np.where(rows.any(1)[:, None], boxes, 0).astype(np.int64)
 
 
-def components(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every 8-connected component of each (N, H, W) bool mask: its image index (M,), tight box (M, 4) and size
-    in pixels (M,), ordered by image, then as found (top-most, then left-most). One labelling for the batch."""
+def _components(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """Every 8-connected component of each (N, H, W) bool mask, from one labelling of the batch: its image index
+    (M,), its size in pixels (M,) and its bounding slices (image, rows, cols), in the order found (by image, then
+    top-most, then left-most)."""
     labels, count = ndimage.label(np.asarray(masks, bool), structure=_PER_IMAGE_8_CONNECTED)
     if count == 0:
-        return np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), []
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]  # (M,) pixels per component
     # find_objects gives every component's bounding slices (image, rows, cols) in one pass over the labels.
     slices = ndimage.find_objects(labels)
-    image = np.fromiter((s[0].start for s in slices), np.int64, count)
-    boxes = np.array([(r.start, c.start, r.stop, c.stop) for _, r, c in slices], np.int64)
-    return image, boxes, sizes
+    return np.fromiter((s[0].start for s in slices), np.int64, count), sizes, slices
+
+
+def _boxes(slices: list, index) -> np.ndarray:
+    """(len(index), 4) tight boxes of the components ``index``: built one by one, so only for those asked."""
+    return np.array([(slices[i][1].start, slices[i][2].start, slices[i][1].stop, slices[i][2].stop) for i in index],
+                    np.int64).reshape(-1, 4)  # fmt: skip
+
+
+def _largest(n: int, image: np.ndarray, sizes: np.ndarray, slices: list) -> np.ndarray:
+    """(n, 4) box of each image's largest component; (0, 0, 0, 0) for an image without any."""
+    out = np.zeros((n, 4), np.int64)
+    if len(image):
+        order = np.lexsort((-sizes, image))  # by image, then largest first (stable: first-found wins ties)
+        first = order[np.r_[True, image[order][1:] != image[order][:-1]]]
+        out[image[first]] = _boxes(slices, first)
+    return out
 
 
 def largest_component_boxes(masks: np.ndarray) -> np.ndarray:
     """(N, H, W) bool -> (N, 4) tight box of each image's largest 8-connected component; (0, 0, 0, 0) if empty.
     Ties go to the component found first (top-most, then left-most)."""
-    return _largest(len(masks), *components(masks))
-
-
-def _largest(n: int, image: np.ndarray, boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    out = np.zeros((n, 4), np.int64)
-    if len(image):
-        order = np.lexsort((-sizes, image))  # by image, then largest first (stable: first-found wins ties)
-        first = order[np.r_[True, image[order][1:] != image[order][:-1]]]
-        out[image[first]] = boxes[first]
-    return out
+    return _largest(len(masks), *_components(masks))
 
 
 def component_ious(masks: np.ndarray, true_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N,) IoU with the true box of the largest component's box (the CAM paper's box), and (N,) the best IoU over
     every component's box (wsolevaluation's MaxBoxAccV2 counts an image at its best box); 0 for an empty mask."""
     n = len(masks)
-    image, boxes, sizes = components(masks)
-    largest = iou(_largest(n, image, boxes, sizes), true_boxes)
+    image, sizes, slices = _components(masks)
+    largest = iou(_largest(n, image, sizes, slices), true_boxes)
     best = np.zeros(n)
-    np.maximum.at(best, image, iou(boxes, np.asarray(true_boxes)[image]))
+    np.maximum.at(best, image, iou(_boxes(slices, range(len(slices))), np.asarray(true_boxes)[image]))
     return largest, best
 
 

@@ -313,8 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "bench":  # every argument is handed on to the benchmark
             continue
         p.add_argument("--data-dir", default="data", help="where MNIST and the generated splits live")
-        if p.add_help:
-            p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and warning messages")
+        p.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and warning messages")
     return parser
 
 

@@ -30,17 +30,22 @@ V2_DELTAS = (0.3, 0.5, 0.7)  # MaxBoxAccV2's IoU thresholds delta (Choe et al. 2
 def box_ious_by_threshold(maps: np.ndarray, true_boxes: np.ndarray, thresholds) -> dict[float, tuple]:
     """{threshold: ((N,) IoU of the largest component's box, (N,) best IoU over every component's box)}, both from
     one labelling of the N maps per threshold (:func:`cam_mnist.boxes.component_ious`)."""
-    # Labelling is most of the time; scipy's label runs without the GIL, so threads share the thresholds out.
     maps = np.asarray(maps, np.float32)
-    thresholds = sorted({float(t) for t in thresholds})
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        ious = pool.map(lambda t: bx.component_ious(bx.keep_above(maps, t), true_boxes), thresholds)
-        return dict(zip(thresholds, ious, strict=True))
+    return _by_threshold(lambda t: bx.component_ious(bx.keep_above(maps, t), true_boxes), thresholds)
 
 
 def ious_by_threshold(maps: np.ndarray, true_boxes: np.ndarray, thresholds) -> dict[float, np.ndarray]:
-    """{threshold: (N,) IoU of the map's protocol box (largest component) with the true box}."""
-    return {t: largest for t, (largest, _) in box_ious_by_threshold(maps, true_boxes, thresholds).items()}
+    """{threshold: (N,) IoU of the map's protocol box (largest component) with the true box}: the CAM paper's box
+    alone, without the per-component boxes of MaxBoxAccV2 (training's heatmap steps sweep it on validation)."""
+    return _by_threshold(lambda t: bx.iou(bx.boxes_from_maps(maps, t), true_boxes), thresholds)
+
+
+def _by_threshold(ious_at, thresholds) -> dict:
+    """{threshold: ious_at(threshold)}. Labelling is most of the time; scipy's label runs without the GIL, so
+    threads share the thresholds out."""
+    thresholds = sorted({float(t) for t in thresholds})
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        return dict(zip(thresholds, pool.map(ious_at, thresholds), strict=True))
 
 
 def best_threshold(ious: dict[float, np.ndarray], delta: float = bx.IOU_CORRECT) -> float:

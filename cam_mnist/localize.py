@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cam_mnist.errors import DataError, UserError
-from cam_mnist.registry import METHODS, method_names
+from cam_mnist.errors import DataError
+from cam_mnist.registry import METHODS, info, method_names
 
 # Several digits per image: the class-discriminative maps of the layer (the pixel-level ones barely change with
 # the class, a class-agnostic one not at all), and not the slow ones.
@@ -115,9 +115,8 @@ def localize(
     from cam_mnist import checkpoint, evaluate
     from cam_mnist.runs import run_dir_or_latest
 
-    unknown = [m for m in methods or [] if m not in METHODS]
-    if unknown:
-        raise UserError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+    for method in methods or []:
+        info(method)  # refuses an unknown name, listing the known ones
     run_dir, data_dir = run_dir_or_latest(run_dir), Path(data_dir)
     config = evaluate.load_run(run_dir)
     state = checkpoint.load(checkpoint.path_for(run_dir, step), None) if step else checkpoint.latest_valid(run_dir)

@@ -24,6 +24,11 @@ from cam_mnist.errors import UserError
 PREDICTED = -1  # target sentinel: explain the class the model predicts
 
 
+def resolve_targets(targets: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+    """(B,) targets with each PREDICTED replaced by the class of the image's highest score."""
+    return tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+
+
 class _FirstTraceIsNotRetrace(logging.Filter):
     """TensorFlow warns about "retracing" when several objects of one class each trace their own graph once, as
     every new explainer must; the warning is wrong here and drowns the CLI's output, so only it is dropped."""
@@ -100,7 +105,7 @@ class BaseCAM:
         """The un-normalised maps (B, h, w) at the layer's resolution, and the (B,) targets actually explained."""
         with tf.GradientTape() as tape:  # records through the weights, so dy/dA exists
             activations, scores = self.head.forward(images)  # (B, h, w, K), (B, classes)
-            targets = tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+            targets = resolve_targets(targets, scores)
             score = tf.gather(scores, targets, batch_dims=1)  # (B,) y^c of each image's own target
         grads = tape.gradient(score, activations) if self.needs_gradients else None
         weights = self.channel_weights(images, activations, grads, targets)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cam_mnist.cams.base import PREDICTED, BaseCAM, normalise, upsample
+from cam_mnist.cams.base import BaseCAM, normalise, resolve_targets, upsample
 from cam_mnist.cams.layers import gap_linear_kernel
 
 
@@ -139,7 +139,7 @@ class EigenCAM(BaseCAM):
 
     def raw_maps(self, images, targets):
         activations, scores = self.head.forward(images)
-        targets = tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+        targets = resolve_targets(targets, scores)
         b, h, w, k = (tf.shape(activations)[i] for i in range(4))
         flat = tf.reshape(activations, (b, h * w, k))
         _, vectors = tf.linalg.eigh(tf.matmul(flat, flat, transpose_a=True))  # ascending eigenvalues

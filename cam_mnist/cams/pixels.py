@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cam_mnist.cams.base import PREDICTED, BaseCAM, upsample
+from cam_mnist.cams.base import BaseCAM, resolve_targets, upsample
 from cam_mnist.cams.layers import Head
 from cam_mnist.cams.methods import GradCAM
 from cam_mnist.errors import UserError
@@ -52,7 +52,7 @@ class GuidedBackprop(BaseCAM):
         with tf.GradientTape() as tape:
             tape.watch(images)
             _, scores = self.guided_head.forward(images)
-            targets = tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+            targets = resolve_targets(targets, scores)
             score = tf.gather(scores, targets, batch_dims=1)
         return tf.nn.relu(tf.reduce_sum(tape.gradient(score, images), -1)), targets  # (B, H, W)
 
@@ -94,7 +94,7 @@ class Occlusion(BaseCAM):
     def raw_maps(self, images, targets):
         b, p = tf.shape(images)[0], self.masks.shape[0]
         _, scores = self.head.forward(images)
-        targets = tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+        targets = resolve_targets(targets, scores)
         keep = 1.0 - self.masks[None, :, :, :, None]  # (1, P, H, W, 1)
         occluded = images[:, None] * keep + self.baseline * (1.0 - keep)  # (B, P, H, W, C)
         _, occluded_scores = self.head.forward(tf.reshape(occluded, (-1, *self.input_shape)))  # (B*P, classes)
@@ -117,7 +117,7 @@ def _input_gradients(head: Head, images, targets):
 def _resolve(head: Head, images, targets):
     """Targets with PREDICTED replaced by the class the model predicts for the (unperturbed) image."""
     _, scores = head.forward(images)
-    return tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+    return resolve_targets(targets, scores)
 
 
 class SmoothGrad(BaseCAM):
