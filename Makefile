@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: setup data train eval localize test bench lint clean
+.PHONY: setup data train eval localize tensorboard test bench lint clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ eval: setup          ## test accuracy per checkpoint of the newest run (or ARGS=
 localize: setup      ## localization, segmentation and faithfulness of every CAM method on the newest run
 	$(PY) -m cam_mnist localize $(ARGS)
 
+tensorboard: setup   ## every run's curves and panels in TensorBoard (out/<run>/tb), at http://localhost:6006
+	$(VENV)/bin/tensorboard --logdir out $(ARGS)
+
 test: setup          ## the whole suite, a few minutes on 2 CPU cores
 	$(PY) -m pytest $(ARGS)
 
@@ -36,7 +39,7 @@ bench: setup         ## speed measurements -> bench/results.json (quoted in the 
 	$(PY) -m cam_mnist bench $(ARGS)
 
 lint: setup
-	$(PY) -m ruff check cam_mnist tests
+	$(PY) -m ruff check cam_mnist tests scripts
 
 clean:               ## remove generated outputs (keeps data/ and .venv)
 	rm -rf out

@@ -15,6 +15,7 @@ import numpy as np
 from cam_mnist import config as cfg
 from cam_mnist import explain_cli, frontier_cli, localize_cli
 from cam_mnist.cli_common import PROG, command_parser, markdown_table
+from cam_mnist.distribute import STRATEGIES
 from cam_mnist.errors import UserError
 from cam_mnist.runs import OUT, latest_run, mark_latest, run_dir_or_latest
 
@@ -100,9 +101,13 @@ def cmd_train(args) -> None:
         log_file.write(line + "\n")
         log_file.flush()
 
-    log(f"run {run_dir} preset={config.preset} steps={config.train.steps} batch={config.train.batch_size}")
+    log(
+        f"run {run_dir} preset={config.preset} steps={config.train.steps} batch={config.train.batch_size} "
+        f"strategy={args.strategy}" + (f" devices={','.join(args.devices)}" if args.devices else "")
+    )
     with log_file:
-        summary = Trainer(config, run_dir, Path(args.data_dir), log=log).run(progress=not args.quiet)
+        trainer = Trainer(config, run_dir, Path(args.data_dir), log=log, strategy=args.strategy, devices=args.devices)
+        summary = trainer.run(progress=not args.quiet)
     if "test_accuracy" in summary:
         print(f"heatmaps: {run_dir / 'heatmaps'}  page: {run_dir / 'index.html'}  model: {run_dir / 'model.keras'}")
 
@@ -252,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run folder; if it has checkpoints the run resumes (default: out/<preset>-<time>)")
     p.add_argument("--resume", action="store_true", help="resume the newest run (out/latest)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--strategy",
+        default="default",
+        choices=STRATEGIES,
+        help="tf.distribute: 'default' (one device), 'mirrored' (every local GPU, or --devices), 'multiworker' "
+        "(the cluster of TF_CONFIG); results match one device within float rounding",
+    )
+    p.add_argument(
+        "--devices", nargs="+", default=(), help="mirrored: the devices, e.g. GPU:0 GPU:1 (CPU:0 CPU:1 splits the CPU)"
+    )
     cfg.add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 

@@ -19,7 +19,7 @@ FEATURES, LOGITS, PROBS = "cam_features", "logits", "probs"
 NUM_CLASSES = 10
 
 
-def _lenet(x, config: ModelConfig):
+def _lenet(x, config: ModelConfig, synchronized: bool = False):
     # The TF1 reference exactly: conv5x5x32, pool, conv5x5x64, pool; the second pool's output feeds GAP.
     x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1")(x)
     x = layers.MaxPooling2D(name="pool1")(x)
@@ -27,7 +27,7 @@ def _lenet(x, config: ModelConfig):
     return layers.MaxPooling2D(name=FEATURES)(x)  # (B, H/4, W/4, 64)
 
 
-def _stack(x, config: ModelConfig):
+def _stack(x, config: ModelConfig, synchronized: bool = False):
     # Ours: a plain stack, one conv -> (pool) -> BN -> ReLU per entry of ``layers``; the last one's ReLU output is
     # A^k. BN lets Adam use a high learning rate; its momentum is 0.9, not Keras' 0.99, so that the moving statistics
     # keep up with weights that Adam moves quickly (with 0.99 inference-mode accuracy lagged training for hundreds
@@ -42,15 +42,18 @@ def _stack(x, config: ModelConfig):
         if s.pool:
             x = layers.MaxPooling2D(name=f"pool{i}")(x)
         if config.batch_norm:
-            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+            x = layers.BatchNormalization(momentum=0.9, synchronized=synchronized, name=f"{name}_bn")(x)
         x = layers.ReLU(name=FEATURES if last else f"relu{i}")(x)
     return x
 
 
-def build_model(config: ModelConfig, canvas: int, num_classes: int = NUM_CLASSES) -> keras.Model:
-    """The CAM model for ``canvas x canvas`` grey images; output: class probabilities (B, num_classes)."""
+def build_model(
+    config: ModelConfig, canvas: int, num_classes: int = NUM_CLASSES, synchronized_bn: bool = False
+) -> keras.Model:
+    """The CAM model for ``canvas x canvas`` grey images; output: class probabilities (B, num_classes).
+    ``synchronized_bn``: batch statistics over every replica of a ``tf.distribute`` strategy (see distribute.py)."""
     inputs = keras.Input((canvas, canvas, 1), name="image")
-    features = {"lenet": _lenet, "stack": _stack}[config.arch](inputs, config)
+    features = {"lenet": _lenet, "stack": _stack}[config.arch](inputs, config, synchronized_bn)
     pooled = layers.GlobalAveragePooling2D(name="gap")(features)  # (B, K)
     logits = layers.Dense(num_classes, use_bias=False, name=LOGITS)(pooled)  # (B, C); kernel w_k^c is (K, C)
     # softmax: exactly one digit per image; sigmoid: each class present or not (several digits, multi-label).

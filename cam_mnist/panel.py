@@ -1,120 +1,156 @@
-"""The fixed panel of test images whose CAMs a training run draws at every heatmap step.
+"""The fixed panel of images whose maps a training run (or :class:`cam_mnist.callbacks.CAMCallback`) draws as the
+weights change.
 
 For each panel image and step: ``heatmaps/img_03/step_0000400.png`` shows the CAM of the *true* class and of the
-*predicted* class side by side (with several digits: the map of each true class), each with the digit's true box
-in white, the CAM's own box in magenta (the largest connected region above the threshold tau chosen on validation
-at that step) and their IoU in its caption; ``heatmaps/grid/step_0000400.png`` puts all panel images on one page.
-At the end of the run each image gets ``evolution.gif`` and the run gets ``index.html``.
+*predicted* class side by side (with several digits: the map of each true class; without labels: the predicted
+class), each with the digit's true box in white, the map's own box in magenta (the largest connected region above
+the threshold tau chosen on validation at that step) and their IoU in its caption; ``heatmaps/grid/
+step_0000400.png`` puts all panel images on one page and ``step_0000400.json`` beside it holds each caption's
+numbers for the viewer (:mod:`cam_mnist.viewer`). At the end of the run each image gets ``evolution.gif``.
 """
 
 from __future__ import annotations
 
-import csv
-import html
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cam_mnist import plotting
+from cam_mnist.atomic import atomic_write_bytes
 from cam_mnist.boxes import boxes_from_maps, iou
 from cam_mnist.data import Split
 
 HEATMAPS = "heatmaps"
 
 
+def displayable(images: np.ndarray) -> np.ndarray:
+    """Images as a person sees them: uint8 as they are; floats in [0, 1] as they are; other floats (a model's own
+    normalisation) min-max scaled per image."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8 or (images.min() >= 0 and images.max() <= 1):
+        return images
+    lo = images.min(axis=tuple(range(1, images.ndim)), keepdims=True)
+    span = images.max(axis=tuple(range(1, images.ndim)), keepdims=True) - lo
+    return (images - lo) / np.where(span > 0, span, 1)
+
+
 class Panel:
-    """Draws the CAMs of ``split[:size]`` for a model whose weights change between calls."""
+    """Draws the maps of a few fixed images for a model whose weights change between calls.
 
-    def __init__(self, model, split: Split, size: int):
-        self.images = split.images[:size]
-        self.float_images = split.float_images(slice(0, size))
-        self.labels = split.labels[:size]
-        self.boxes = split.boxes[:size]
-        self.model = model
-        from cam_mnist.cams import CAM
+    Args:
+        model: a Keras classifier taking ``images``.
+        images: (P, H, W[, C]) as the model takes them; ``shown``: the same as a person sees them (default:
+            :func:`displayable` of ``images``).
+        labels: (P,) true classes, (P, K) for K digits per image, or None (the predicted class only).
+        boxes: (P, 4) true boxes (y0, x0, y1, x1), (P, K, 4), or None (no IoU).
+        method: the map's method name (:mod:`cam_mnist.registry`); ``options`` go to it (e.g. ``smooth=2``).
+    """
 
-        self.cam = CAM(model, batch_size=size)  # traced once; reads the current weights at every call
+    def __init__(self, model, images, labels=None, boxes=None, method: str = "cam", layer=None, shown=None, **options):
+        from cam_mnist.cams import get_method
 
-    def snapshot(self, run_dir: Path, step: int, tau: float) -> None:
-        """Draw every panel image's maps at ``step``, boxed at ``tau`` x each map's maximum."""
-        probs = self.model.predict_on_batch(self.float_images)  # (P, classes)
+        self.model, self.images = model, np.asarray(images, np.float32)
+        self.shown = displayable(images) if shown is None else shown
+        self.labels = None if labels is None else np.asarray(labels)
+        self.boxes = None if boxes is None else np.asarray(boxes)
+        # traced once; reads the current weights at every call
+        self.explainer = get_method(model, method, layer, batch_size=len(self.images), **options)
+
+    @classmethod
+    def of_split(cls, model, split: Split, size: int) -> Panel:
+        """The first ``size`` images of a cluttered-MNIST split, with their labels and boxes."""
+        index = slice(0, size)
+        return cls(model, split.float_images(index), split.labels[index], split.boxes[index], shown=split.images[index])
+
+    def columns(self, probs: np.ndarray) -> tuple[list[tuple[str, np.ndarray, np.ndarray | None]], str]:
+        """What each image's tiles show: (name, classes (P,), true boxes (P, 4) or None) per tile; and in words."""
+        if self.labels is None:
+            return [("pred", probs.argmax(1), None)], "map of the predicted class"
         if self.labels.ndim == 2:  # several digits: the map of each true class, scored against that digit's box
-            classes = [self.labels[:, k] for k in range(self.labels.shape[1])]
-            truths = [self.boxes[:, k] for k in range(self.labels.shape[1])]
-            names, what = ["class"] * len(classes), "CAM of each true class"
-        else:
-            classes, truths = [self.labels, probs.argmax(1)], [self.boxes, self.boxes]
-            names, what = ["true", "pred"], "CAM of true | predicted class"
-        maps = [self.cam(self.float_images, c) for c in classes]  # each (P, H, W)
-        map_boxes = [boxes_from_maps(m, tau) for m in maps]  # each (P, 4)
-        ious = [iou(b, t) for b, t in zip(map_boxes, truths, strict=True)]  # each (P,)
-        tiles = []
+            return [
+                ("class", self.labels[:, k], None if self.boxes is None else self.boxes[:, k])
+                for k in range(self.labels.shape[1])
+            ], "map of each true class"
+        return [
+            ("true", self.labels, self.boxes),
+            ("pred", probs.argmax(1), self.boxes),
+        ], "map of true | predicted class"
+
+    def draw(self, step: int, tau: float, note: str = "") -> Drawing:
+        """The maps of the current weights, boxed at ``tau`` x each map's maximum: one picture per image, one record
+        per tile (class, probability, IoU) and the page of every image; ``note`` ends the page's caption."""
+        probs = np.asarray(self.model(self.images, training=False))  # (P, classes)
+        columns, what = self.columns(probs)
+        drawn = []
+        for name, classes, truth in columns:
+            maps = self.explainer(self.images, classes)  # (P, H, W)
+            found = boxes_from_maps(maps, tau)  # (P, 4)
+            ious = iou(found, truth) if truth is not None else [None] * len(maps)
+            drawn.append((name, classes, maps, found, ious))
+        tiles, records = [], []
         for i in range(len(self.images)):
-            pair = plotting.hstack(
-                [
-                    plotting.captioned(
-                        plotting.overlay(self.images[i], m[i], self.boxes[i], map_box=b[i]),
-                        f"{name} {int(c[i])} p={probs[i, c[i]]:.2f} IoU {o[i]:.2f}",
-                    )
-                    for name, c, m, b, o in zip(names, classes, maps, map_boxes, ious, strict=True)
-                ]
-            )
-            plotting.save_png(Path(run_dir) / HEATMAPS / f"img_{i:02d}" / f"step_{step:07d}.png", pair)
-            tiles.append(pair)
-        caption = f"step {step}: {what}; white: true box, magenta: CAM box above {tau:.2f} of its max (tau from val)"
-        page = plotting.captioned(plotting.grid(tiles, columns=4), caption)
-        plotting.save_png(Path(run_dir) / HEATMAPS / "grid" / f"step_{step:07d}.png", page)
+            row = [
+                {
+                    "name": name,
+                    "class": int(c[i]),
+                    "p": float(probs[i, c[i]]),
+                    "iou": None if o[i] is None else float(o[i]),
+                }
+                for name, c, _, _, o in drawn
+            ]
+            parts = [
+                plotting.captioned(
+                    plotting.overlay(self.shown[i], m[i], None if self.boxes is None else self.boxes[i], map_box=b[i]),
+                    f"{r['name']} {r['class']} p={r['p']:.2f}" + ("" if r["iou"] is None else f" IoU {r['iou']:.2f}"),
+                )
+                for r, (_, _, m, b, _) in zip(row, drawn, strict=True)
+            ]
+            tiles.append(plotting.hstack(parts))
+            records.append(row)
+        truth = "white: true box, " if self.boxes is not None else ""
+        caption = f"{what}; {truth}magenta: the map's box above {tau:.2f} of its max"
+        page = plotting.captioned(plotting.grid(tiles, columns=4), f"step {step}: {caption}{note}")
+        return Drawing(step, tau, caption, tiles, records, [d[2] for d in drawn], page)
 
 
-def write_gifs(run_dir: Path) -> int:
-    """One ``evolution.gif`` per panel image from its step PNGs on disk (so resumed runs include every step)."""
+@dataclass
+class Drawing:
+    """What :meth:`Panel.draw` drew at one step."""
+
+    step: int
+    tau: float
+    caption: str
+    tiles: list[np.ndarray]  # one picture per image: its tiles side by side
+    records: list[list[dict]]  # per image, per tile: name, class, p (its probability), iou (None without boxes)
+    maps: list[np.ndarray]  # per tile column: (P, H, W) maps in [0, 1]
+    page: np.ndarray  # every image on one captioned page
+
+    def save(self, folder: Path) -> None:
+        """``folder/img_XX/step_N.png`` per image, ``folder/grid/step_N.png`` and the records beside it as
+        ``step_N.json`` (what the viewer reads)."""
+        folder, name = Path(folder), f"step_{self.step:07d}"
+        for i, tile in enumerate(self.tiles):
+            plotting.save_png(folder / f"img_{i:02d}" / f"{name}.png", tile)
+        plotting.save_png(folder / "grid" / f"{name}.png", self.page)
+        record = {"step": self.step, "tau": self.tau, "caption": self.caption, "images": self.records}
+        atomic_write_bytes(folder / "grid" / f"{name}.json", json.dumps(record).encode())
+
+
+def write_gifs(folder: Path) -> int:
+    """One ``evolution.gif`` per panel image of ``folder`` (a run's ``heatmaps/``) from its step PNGs on disk (so
+    resumed runs include every step)."""
     from PIL import Image
 
-    folders = sorted(p for p in (Path(run_dir) / HEATMAPS).glob("img_*") if p.is_dir())
-    for folder in folders:
-        steps = sorted(folder.glob("step_*.png"))
+    folders = sorted(p for p in Path(folder).glob("img_*") if p.is_dir())
+    for images in folders:
+        steps = sorted(images.glob("step_*.png"))
         read = lambda p: np.asarray(Image.open(p).convert("RGB"))  # noqa: E731
         frames = [plotting.captioned(read(p), f"step {int(p.stem[5:])}") for p in steps]
         if frames:
-            plotting.save_gif(folder / "evolution.gif", frames)
+            plotting.save_gif(images / "evolution.gif", frames)
     return len(folders)
-
-
-def write_index(run_dir: Path, title: str, digits: int = 1) -> Path:
-    """``index.html``: every grid by step, with validation accuracy beside it, newest first. ``digits`` per image
-    says what the pictures show (:meth:`Panel.snapshot` draws the true and predicted class for one digit, each
-    true class for several)."""
-    run_dir = Path(run_dir)
-    metrics = {}
-    if (run_dir / "metrics.csv").exists():
-        with open(run_dir / "metrics.csv") as f:
-            metrics = {int(r["step"]): r for r in csv.DictReader(f)}
-    rows = []
-    for png in sorted((run_dir / HEATMAPS / "grid").glob("step_*.png"), reverse=True):
-        step = int(png.stem[5:])
-        m = metrics.get(step, {})
-        pct = lambda key, m=m: f"{float(m[key]):.2%}" if m.get(key) else "n/a"  # noqa: E731
-        rows.append(
-            f"<tr><td><b>step {step}</b><br>val accuracy {pct('val_accuracy')}<br>val loss {m.get('val_loss', 'n/a')}"
-            f"<br>CAM top-1 loc {pct('val_loc_tau')} (tau {m.get('val_tau', 'n/a')})<br>at 20%: {pct('val_loc_20')}"
-            f"<br>peak in box {pct('val_peak_in_box')}</td>"
-            f"<td><img src='{png.relative_to(run_dir)}' width='800'></td></tr>"
-        )
-    shown = (
-        "CAM of the true class (left) and of the predicted class (right)"
-        if digits == 1
-        else f"CAM of each of the {digits} true classes, left to right, each boxed against its own digit"
-    )
-    accuracy = "val accuracy: exact match of every digit. " if digits > 1 else ""
-    page = (
-        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<h1>{html.escape(title)}</h1><p>{shown} for a fixed panel of test images; white box: the digit's true "
-        f"box, magenta: the CAM's box at the threshold tau chosen on validation (IoU in each caption). {accuracy}"
-        f"Localization columns: validation images.</p><table>{''.join(rows)}</table>"
-    )
-    path = run_dir / "index.html"
-    path.write_text(page)
-    return path
 
 
 def progress_picture(run_dir: Path, images: list[int], steps: list[int] | None = None) -> np.ndarray:

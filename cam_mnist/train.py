@@ -1,10 +1,11 @@
 """Train the CAM network on cluttered MNIST, drawing the panel's CAMs as it learns; resume exactly after a kill.
 
 A run lives in one folder: ``config.json`` (the resolved settings), ``train.log``, ``metrics.csv`` (validation
-at every heatmap step), ``checkpoints/``, ``heatmaps/``, ``index.html``, and at the end ``model.keras`` and
-``summary.json``. Running again on a folder with checkpoints resumes from the newest valid one; because weights,
-optimizer state and the loss accumulator are checkpointed and the data is a pure function of (seed, step), the
-resumed run ends with the same weights as an uninterrupted one (with op determinism on, on the same machine).
+at every heatmap step), ``checkpoints/``, ``heatmaps/``, ``index.html`` (the viewer), ``tb/`` (TensorBoard), and at
+the end ``model.keras`` and ``summary.json``. Running again on a folder with checkpoints resumes from the newest
+valid one; because weights, optimizer state and the loss accumulator are checkpointed and the data is a pure
+function of (seed, step), the resumed run ends with the same weights as an uninterrupted one (with op determinism
+on, on the same machine).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cam_mnist import checkpoint, data, panel
+from cam_mnist import checkpoint, data, distribute, panel, viewer
 from cam_mnist.atomic import atomic_write_bytes
 from cam_mnist.config import RunConfig, TrainConfig
+from cam_mnist.errors import UserError
 from cam_mnist.evaluate import cam_localization, multi_hot, predict_probs, score, validation_threshold
 from cam_mnist.mnist import load_digits
 from cam_mnist.model import LOGITS, NUM_CLASSES
+from cam_mnist.summaries import FOLDER as TB_FOLDER
+from cam_mnist.summaries import EventLog
 
 METRICS_FIELDS = [
     "step",
@@ -89,9 +93,18 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 class Trainer:
-    """One run: model, optimizer, data and the files of ``run_dir``."""
+    """One run: model, optimizer, data and the files of ``run_dir``, on the devices of a ``tf.distribute``
+    strategy (:mod:`cam_mnist.distribute`: ``default``, ``mirrored`` over ``devices``, or ``multiworker``)."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, data_dir: Path = data.DATA_DIR, log=print):
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        data_dir: Path = data.DATA_DIR,
+        log=print,
+        strategy: str = "default",
+        devices: tuple[str, ...] = (),
+    ):
         import keras
         import tensorflow as tf
 
@@ -99,6 +112,8 @@ class Trainer:
 
         self.config, self.run_dir, self.log = config, Path(run_dir), log
         t = config.train
+        self.strategy = distribute.make_strategy(strategy, devices)  # before any other TensorFlow work
+        self.strategy_name, replicas = strategy, self.strategy.num_replicas_in_sync
         setup_tensorflow(t.seed, t.deterministic)
         self.digits = load_digits(data.ensure_mnist(Path(data_dir)))
         data.prepare(config.data, data_dir)
@@ -106,17 +121,23 @@ class Trainer:
         # The validation images scored at every heatmap step: the split's first val_size held-out ones.
         self.val = data.held_out_of(data.read_split(folder / "val.npz", "val"), config.data).head(t.val_size)
         self.test = data.read_split(folder / "test.npz", "test")
-        self.model = build_model(config.model, config.data.canvas)
-        self.optimizer = make_optimizer(t)
-        self.optimizer.build(self.model.trainable_variables)
+        with self.strategy.scope():  # variables mirrored on every replica
+            # Any strategy but the default synchronises batch norm, on one device too, so that one device and
+            # several compute the same statistics the same way (Keras' E[x^2] - E[x]^2, not tf.nn.moments).
+            self.model = build_model(config.model, config.data.canvas, synchronized_bn=strategy != "default")
+            self.optimizer = make_optimizer(t)
+            self.optimizer.build(self.model.trainable_variables)
         self.steps_per_epoch = config.data.train_size // t.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"train_size {config.data.train_size} is smaller than one batch of {t.batch_size}")
+        if t.batch_size % replicas:
+            raise UserError(f"batch_size {t.batch_size} does not split evenly over {replicas} replicas")
         logits = logits_model(self.model)
+        # One loss per image: each replica sums its images' losses over the global batch size (distribute.py).
         if config.model.head == "sigmoid":  # targets: multi-hot (B, classes); one binary cross-entropy per class
-            loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+            loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
         else:  # targets: class indices (B,)
-            loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         variables = self.model.trainable_variables
         kernel = self.model.get_layer(LOGITS).kernel  # (K, C): the CAM weights w_k^c
         self._center = t.center_logits
@@ -128,15 +149,21 @@ class Trainer:
             # Removing it after each step changes no prediction, no loss and no gradient, only the CAM.
             kernel.assign(kernel - tf.reduce_mean(kernel, axis=1, keepdims=True))
 
-        @tf.function(reduce_retracing=True)
-        def train_step(images_u8, targets):  # (B, H, W) uint8; (B,) int32 or (B, classes) float32
-            images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (B, H, W, 1) in [0, 1]
+        def replica_step(images_u8, targets):  # (b, H, W) uint8; (b,) int32 or (b, classes) float32: a replica's
+            images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (b, H, W, 1) in [0, 1]
             with tf.GradientTape() as tape:
-                loss = loss_fn(targets, logits(images, training=True))
+                per_image = loss_fn(targets, logits(images, training=True))
+                loss = tf.nn.compute_average_loss(per_image, global_batch_size=t.batch_size)
+            # Keras' optimizer sums the gradients of every replica before applying them.
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-            if self._center:
-                center_kernel()
             return loss
+
+        @tf.function(reduce_retracing=True)
+        def train_step(images_u8, targets):
+            losses = self.strategy.run(replica_step, args=(images_u8, targets))
+            if self._center:  # in cross-replica context: one assignment updates every replica's copy
+                center_kernel()
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
         @tf.function(reduce_retracing=True)
         def predict(images):
@@ -173,7 +200,8 @@ class Trainer:
             self.log(f"resumed from {state.path.name} (step {start})")
         rows = [r for r in _read_metrics(run_dir / "metrics.csv") if int(r["step"]) <= start]
         _write_metrics(run_dir / "metrics.csv", rows)  # later rows belonged to steps we are about to redo
-        drawer = panel.Panel(self.model, self.test, t.panel_size)
+        drawer = panel.Panel.of_split(self.model, self.test, t.panel_size)
+        self.events = EventLog(run_dir / TB_FOLDER)  # appends after the steps an earlier session logged
         if start == 0:
             if self._center:  # the initial weights too (a resumed run's checkpoint is centred already)
                 self._center_kernel()
@@ -185,7 +213,7 @@ class Trainer:
         try:
             step = start
             while step < t.steps and not flag.stop:
-                images, targets = self.batch(step)
+                images, targets = distribute.replica_batches(self.strategy, self.batch(step), t.batch_size)
                 began = time.perf_counter()
                 loss = float(self._train_step(images, targets))
                 spent = time.perf_counter() - began
@@ -195,6 +223,7 @@ class Trainer:
                 acc["elapsed_s"] += spent
                 acc["window_s"] += spent
                 bar.update(1)
+                self.events.scalars(step, {"train/loss": loss, "train/learning_rate": self.learning_rate()})
                 if step % t.heatmap_every == 0 or step == t.steps:
                     bar.set_postfix(self._snapshot(drawer, step, acc, rows))
                 if step % t.checkpoint_every == 0 or step == t.steps or flag.stop:
@@ -203,6 +232,7 @@ class Trainer:
         finally:
             flag.restore()
             bar.close()
+            self.events.close()
         if flag.stop:
             self.log(f"interrupted: checkpoint written at step {step}; run the same command again to resume")
             return {"interrupted_at": step}
@@ -214,7 +244,8 @@ class Trainer:
         t = self.config.train
         probs = predict_probs(self.predict, self.val)
         val, cam = score(probs, self.val.labels), cam_localization(self.model, self.val, probs)
-        drawer.snapshot(self.run_dir, step, cam["tau"])
+        drawing = drawer.draw(step, cam["tau"], note=" (tau from val)")
+        drawing.save(self.run_dir / panel.HEATMAPS)
         count = acc["loss_count"]
         row = {
             "step": step,
@@ -232,6 +263,20 @@ class Trainer:
         }
         rows.append(row)
         _write_metrics(self.run_dir / "metrics.csv", rows)
+        self.events.scalars(
+            step,
+            {
+                "val/accuracy": val["accuracy"],
+                "val/loss": val["loss"],
+                "val/cam_loc_tau": cam["loc_tau"],
+                "val/tau": cam["tau"],
+                "val/cam_loc_20": cam["loc_20"],
+                "val/peak_in_box": cam["peak_in_box"],
+            },
+        )
+        self.events.image(step, "panel", drawing.page)
+        self.events.flush()  # TensorBoard shows the step now, not when the writer's buffer fills
+        viewer.write_run_index(self.run_dir, f"{self.run_dir.name}: step {step} of {t.steps}", self.config.data.digits)
         self.log(f"step {step}: " + " ".join(f"{k}={row[k]}" for k in METRICS_FIELDS[2:]))
         acc.update(loss_sum=0.0, loss_count=0, window_s=0.0)
         return {"val_acc": row["val_accuracy"], "loc": row["val_loc_tau"], "loss": row["train_loss"]}
@@ -244,8 +289,8 @@ class Trainer:
         test, cam = score(probs, self.test.labels), cam_localization(self.model, self.test, probs, tau)
         self.model.save(self.run_dir / ".model.keras.tmp.keras")
         (self.run_dir / ".model.keras.tmp.keras").replace(self.run_dir / "model.keras")
-        panel.write_gifs(self.run_dir)
-        panel.write_index(
+        panel.write_gifs(self.run_dir / panel.HEATMAPS)
+        viewer.write_run_index(
             self.run_dir, f"{self.run_dir.name}: test accuracy {test['accuracy']:.2%}", self.config.data.digits
         )
         t = self.config.train
@@ -262,6 +307,8 @@ class Trainer:
             "wall_seconds": round(acc["wall_s"], 1),
             "images_per_s": round(t.steps * t.batch_size / acc["elapsed_s"], 1),
             "test_images": len(self.test),
+            "strategy": self.strategy_name,
+            "replicas": self.strategy.num_replicas_in_sync,
         }
         atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         self.log(

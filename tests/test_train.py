@@ -2,11 +2,14 @@
 
 import csv
 import dataclasses
+import io
 import json
 import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -44,6 +47,7 @@ def test_tiny_run_writes_everything(tiny_run, data_dir):
         "index.html",
         "model.keras",
         "summary.json",
+        "tb",
     } <= names
     steps = [0, 4, 8, 12]
     for i in range(4):  # per image per step, plus the animation
@@ -61,7 +65,63 @@ def test_tiny_run_writes_everything(tiny_run, data_dir):
     assert (tiny_run.parent / "latest").resolve() == tiny_run.resolve()
     page = (tiny_run / "index.html").read_text()
     assert "CAM of the true class (left) and of the predicted class (right)" in page
-    assert page.count("<img src='heatmaps/grid/step_") == len(steps)
+
+
+class _Links(HTMLParser):
+    """Every src and href of a page, and the text of its inlined JSON."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.json, self._in_json = [], "", False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.links += [attrs[k] for k in ("src", "href") if k in attrs]
+        self._in_json = tag == "script" and attrs.get("type") == "application/json"
+
+    def handle_data(self, data):
+        if self._in_json:
+            self.json += data
+
+    def handle_endtag(self, tag):
+        self._in_json = False
+
+
+def test_the_viewer_links_only_files_that_exist_and_shows_every_step(tiny_run):
+    parser = _Links()
+    parser.feed((tiny_run / "index.html").read_text())
+    data = json.loads(parser.json)
+    steps = [int(r["step"]) for r in csv.DictReader(open(tiny_run / "metrics.csv"))]
+    assert data["steps"] == steps
+    assert len(data["images"]) == config.RunConfig.load(tiny_run / "config.json").train.panel_size  # a row each
+    linked = parser.links + [path for row in data["images"] for path in row]
+    assert len(linked) > 4 * len(steps) and all(not p.startswith(("/", "http")) for p in linked)  # relative
+    missing = [p for p in linked if not (tiny_run / unquote(p)).is_file()]
+    assert not missing
+    for i, row in enumerate(data["images"]):  # each step's picture and its caption's numbers, from the records
+        for k, step in enumerate(steps):
+            assert row[k] == f"heatmaps/img_{i:02d}/step_{step:07d}.png"
+            tiles = json.loads((tiny_run / "heatmaps" / "grid" / f"step_{step:07d}.json").read_text())["images"][i]
+            assert data["captions"][i][k] == " | ".join(
+                f"{t['name']} {t['class']} p={t['p']:.2f} IoU {t['iou']:.2f}" for t in tiles
+            )
+    assert "validation: accuracy" in data["metrics"][-1]
+
+
+def test_tensorboard_logs_every_step_and_every_heatmap(tiny_run):
+    from cam_mnist.summaries import read_events
+
+    events = read_events(tiny_run / "tb")
+    rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
+    assert [s for s, _ in events["train/loss"]] == list(range(1, 13))
+    assert [s for s, _ in events["train/learning_rate"]] == list(range(1, 13))
+    for tag, column in [("val/accuracy", "val_accuracy"), ("val/cam_loc_tau", "val_loc_tau"), ("val/loss", "val_loss")]:
+        assert [s for s, _ in events[tag]] == [int(r["step"]) for r in rows]
+        np.testing.assert_allclose([v for _, v in events[tag]], [float(r[column]) for r in rows], atol=1e-5)
+    for (step, png), row in zip(events["panel"], rows, strict=True):  # the grid picture of the same step
+        assert step == int(row["step"])
+        grid = np.asarray(Image.open(tiny_run / "heatmaps" / "grid" / f"step_{step:07d}.png").convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), grid)
 
 
 def test_every_heatmap_step_scores_localization(tiny_run, data_dir):
@@ -101,7 +161,7 @@ def test_panel_draws_the_true_box_and_the_cam_box_with_their_iou(tiny_run, data_
     captions = []
     captioned = plotting.captioned
     monkeypatch.setattr(plotting, "captioned", lambda rgb, text: captions.append(text) or captioned(rgb, text))
-    panel.Panel(model, split, 2).snapshot(tmp_path, 7, tau=0.4)
+    panel.Panel.of_split(model, split, 2).draw(7, tau=0.4).save(tmp_path / "heatmaps")
 
     maps = CAM(model)(split.float_images(slice(0, 2)), split.labels[:2])  # the true class's maps
     boxes = boxes_from_maps(maps, 0.4)
@@ -177,6 +237,14 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, data_dir, run_cli, 
         np.testing.assert_array_equal(a, b)  # bit-identical
     read = lambda p: [[r[k] for k in VALIDATION_COLUMNS] for r in csv.DictReader(open(p / "metrics.csv"))]  # noqa: E731
     assert read(killed) == read(whole)  # no gap, no duplicate, same numbers
+    from cam_mnist.summaries import read_events
+
+    logged, expected = read_events(killed / "tb"), read_events(whole / "tb")
+    assert logged.keys() == expected.keys()
+    for tag, values in expected.items():  # TensorBoard's curves: every step once, with the uninterrupted values
+        assert [s for s, _ in logged[tag]] == [s for s, _ in values], tag
+        if tag.startswith(("train/", "val/")):
+            np.testing.assert_allclose([v for _, v in logged[tag]], [v for _, v in values], rtol=1e-6)
 
 
 def test_ctrl_c_stops_after_a_checkpoint(tmp_path, data_dir, run_cli, repo_root):
@@ -371,3 +439,14 @@ def test_picture_puts_each_panel_image_at_each_step_in_a_grid(tiny_run, tmp_path
             np.testing.assert_array_equal(tile, read(i, s)[..., :3], err_msg=f"image {i}, step {s}")
     result = run_cli("picture", "--run-dir", tiny_run, "--steps", "5", "--out", out)
     assert result.returncode == 2 and "no heatmap at step 5; the run drew steps 0, 4, 8, 12" in result.stderr
+
+
+def test_the_viewer_screenshot_script_draws_the_page_where_chromium_is_installed(tiny_run, tmp_path, repo_root):
+    png = tmp_path / "viewer.png"
+    command = [sys.executable, "scripts/screenshot_viewer.py", tiny_run / "index.html", png, "--size", "800,600"]
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=180)
+    if result.returncode == 2 and "no Chromium found" in result.stderr:
+        pytest.skip("Chromium is not installed here (Debian package 'chromium'): " + result.stderr.strip())
+    assert result.returncode == 0, result.stderr
+    shot = np.asarray(Image.open(png).convert("RGB"))
+    assert shot.shape == (600, 800, 3) and shot.std() > 10  # a page with pictures, not a blank one
