@@ -21,10 +21,11 @@ NUM_CLASSES = 10
 
 def _lenet(x, config: ModelConfig, synchronized: bool = False):
     # The TF1 reference exactly: conv5x5x32, pool, conv5x5x64, pool; the second pool's output feeds GAP.
-    x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1")(x)
-    x = layers.MaxPooling2D(name="pool1")(x)
-    x = layers.Conv2D(64, 5, padding="same", activation="relu", name="conv2")(x)
-    return layers.MaxPooling2D(name=FEATURES)(x)  # (B, H/4, W/4, 64)
+    kw = {"dtype": config.precision}
+    x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1", **kw)(x)
+    x = layers.MaxPooling2D(name="pool1", **kw)(x)
+    x = layers.Conv2D(64, 5, padding="same", activation="relu", name="conv2", **kw)(x)
+    return layers.MaxPooling2D(name=FEATURES, **kw)(x)  # (B, H/4, W/4, 64)
 
 
 def _stack(x, config: ModelConfig, synchronized: bool = False):
@@ -33,17 +34,25 @@ def _stack(x, config: ModelConfig, synchronized: bool = False):
     # keep up with weights that Adam moves quickly (with 0.99 inference-mode accuracy lagged training for hundreds
     # of steps: 11% against 95%).
     specs = [ConvSpec.parse(s) for s in config.layers]
+    kw = {"dtype": config.precision}
     for i, s in enumerate(specs, start=1):
         last = i == len(specs)
         name = "last_conv" if last else f"conv{i}"
         x = layers.Conv2D(
-            s.width, s.kernel, s.stride, "same", dilation_rate=s.dilation, use_bias=not config.batch_norm, name=name
+            s.width,
+            s.kernel,
+            s.stride,
+            "same",
+            dilation_rate=s.dilation,
+            use_bias=not config.batch_norm,
+            name=name,
+            **kw,
         )(x)
         if s.pool:
-            x = layers.MaxPooling2D(name=f"pool{i}")(x)
+            x = layers.MaxPooling2D(name=f"pool{i}", **kw)(x)
         if config.batch_norm:
-            x = layers.BatchNormalization(momentum=0.9, synchronized=synchronized, name=f"{name}_bn")(x)
-        x = layers.ReLU(name=FEATURES if last else f"relu{i}")(x)
+            x = layers.BatchNormalization(momentum=0.9, synchronized=synchronized, name=f"{name}_bn", **kw)(x)
+        x = layers.ReLU(name=FEATURES if last else f"relu{i}", **kw)(x)
     return x
 
 
@@ -53,14 +62,16 @@ def build_model(
     """The CAM model for ``canvas x canvas`` grey images; output: class probabilities (B, num_classes).
     ``synchronized_bn``: batch statistics over every replica of a ``tf.distribute`` strategy (see distribute.py)."""
     inputs = keras.Input((canvas, canvas, 1), name="image")
+    # Mixed precision: the conv stack computes in the policy's dtype; the head from GAP on in float32, so that the
+    # logits, the probabilities and the CAM weights keep full precision (Keras' advice for the last layers).
     features = {"lenet": _lenet, "stack": _stack}[config.arch](inputs, config, synchronized_bn)
-    pooled = layers.GlobalAveragePooling2D(name="gap")(features)  # (B, K)
-    logits = layers.Dense(num_classes, use_bias=False, name=LOGITS)(pooled)  # (B, C); kernel w_k^c is (K, C)
+    pooled = layers.GlobalAveragePooling2D(name="gap", dtype="float32")(features)  # (B, K)
+    logits = layers.Dense(num_classes, use_bias=False, name=LOGITS, dtype="float32")(pooled)  # kernel w_k^c (K, C)
     # softmax: exactly one digit per image; sigmoid: each class present or not (several digits, multi-label).
     probs = (
-        layers.Softmax(name=PROBS)(logits)
+        layers.Softmax(name=PROBS, dtype="float32")(logits)
         if config.head == "softmax"
-        else layers.Activation("sigmoid", name=PROBS)(logits)
+        else layers.Activation("sigmoid", name=PROBS, dtype="float32")(logits)
     )
     return keras.Model(inputs, probs, name=f"cam_{config.arch}")
 

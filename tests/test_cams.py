@@ -1,11 +1,14 @@
 """The CAM family on tiny models built here: exact identities, independent re-implementations, tf-keras-vis."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras import layers
 
+from cam_mnist import registry
 from cam_mnist.cams import METHODS, explain, get_method
 
 N = 6
@@ -374,3 +377,24 @@ def test_smooth_averages_shifted_maps_shifted_back(images):
     assert not np.allclose(explain(model, images, "gradcam", 0, smooth=2), explain(model, images, "gradcam", 0))
     with pytest.raises(ValueError, match="smooth must be a shift in 0..15 pixels"):
         explain(model, images, "gradcam", smooth=16)
+
+
+@pytest.mark.parametrize("method", registry.method_names(slow=False))
+def test_a_mixed_precision_model_is_explained_in_float32_like_its_float32_twin(method):
+    """--precision mixed_bfloat16 computes the convs in bfloat16: the maps are still made (and returned) in float32,
+    and match those of the same weights in float32 to bfloat16's rounding."""
+    from cam_mnist import config
+    from cam_mnist.model import build_model
+
+    settings = config.preset("tiny").model
+    keras.utils.set_random_seed(0)
+    full = build_model(settings, 40)
+    mixed = build_model(dataclasses.replace(settings, precision="mixed_bfloat16"), 40)
+    mixed.set_weights(full.get_weights())
+    assert mixed.get_layer("cam_features").compute_dtype == "bfloat16" and mixed.output.dtype == "float32"
+    x = np.random.default_rng(0).uniform(0, 1, (8, 40, 40, 1)).astype(np.float32)
+    classes = np.asarray(full(x)).argmax(1)  # the same classes for both: a near-tie may flip in bfloat16
+    a, b = explain(full, x, method, classes), explain(mixed, x, method, classes)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert a.std(axis=(1, 2)).min() > 0.01  # real maps, not constant ones
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98

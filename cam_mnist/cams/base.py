@@ -40,6 +40,11 @@ class _FirstTraceIsNotRetrace(logging.Filter):
 tf.get_logger().addFilter(_FirstTraceIsNotRetrace())
 
 
+def as_float32(x: tf.Tensor) -> tf.Tensor:
+    """A mixed-precision model's bfloat16 / float16 tensor in float32, in which every map is made."""
+    return tf.cast(x, tf.float32)
+
+
 def normalise(maps: tf.Tensor) -> tf.Tensor:
     """Min-max per map to [0, 1]; a constant map (e.g. all zeros) becomes all zeros, never NaN. (B, H, W)."""
     lo = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
@@ -108,6 +113,7 @@ class BaseCAM:
             targets = resolve_targets(targets, scores)
             score = tf.gather(scores, targets, batch_dims=1)  # (B,) y^c of each image's own target
         grads = tape.gradient(score, activations) if self.needs_gradients else None
+        activations, grads = as_float32(activations), None if grads is None else as_float32(grads)  # mixed precision
         weights = self.channel_weights(images, activations, grads, targets)
         if weights.shape.rank == 2:
             weights = weights[:, None, None, :]
@@ -145,7 +151,7 @@ class BaseCAM:
         """The maps, raw maps and explained classes for N images (see :meth:`__call__`)."""
         images = self._check_images(images)
         targets = self._check_targets(targets, len(images))
-        outs = [[], [], []]
+        outs = None  # filled batch by batch: one copy of each map, no list of batches to concatenate
         b = self.batch_size
         for lo in range(0, len(images), b):  # batches, not images: one graph call each
             x, t = images[lo : lo + b], targets[lo : lo + b]
@@ -153,9 +159,12 @@ class BaseCAM:
             if n < b and len(images) > b:  # pad the last batch so the graph keeps one shape
                 x = np.concatenate([x, np.repeat(x[-1:], b - n, 0)])
                 t = np.concatenate([t, np.repeat(t[-1:], b - n, 0)])
-            for out, value in zip(outs, self._graph(tf.constant(x), tf.constant(t)), strict=True):
-                out.append(value.numpy()[:n])
-        return Explanation(*(np.concatenate(o) for o in outs))
+            values = [v.numpy() for v in self._graph(tf.constant(x), tf.constant(t))]
+            if outs is None:
+                outs = [np.empty((len(images), *v.shape[1:]), v.dtype) for v in values]
+            for out, value in zip(outs, values, strict=True):
+                out[lo : lo + n] = value[:n]
+        return Explanation(*outs)
 
     def _check_images(self, images) -> np.ndarray:
         images = np.asarray(images, np.float32)

@@ -62,8 +62,10 @@ class Head:
         self.num_classes = int(model.outputs[0].shape[-1])
 
     def forward(self, images):
+        """The target layer's activations, in the layer's own dtype (a mixed-precision model's are bfloat16 or
+        float16: differentiate with respect to these, then cast), and the class scores in float32."""
         activations, scores = self._model(images, training=False)
-        return activations, self._finish(scores)
+        return activations, self._finish(tf.cast(scores, tf.float32))
 
     def build_tail(self) -> None:
         """Make :meth:`scores_from` available: the model's layers after the target layer, as a model of its own.

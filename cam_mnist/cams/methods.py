@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cam_mnist.cams.base import BaseCAM, normalise, resolve_targets, upsample
+from cam_mnist.cams.base import BaseCAM, as_float32, normalise, resolve_targets, upsample
 from cam_mnist.cams.layers import gap_linear_kernel
 
 
@@ -139,6 +139,7 @@ class EigenCAM(BaseCAM):
 
     def raw_maps(self, images, targets):
         activations, scores = self.head.forward(images)
+        activations = as_float32(activations)
         targets = resolve_targets(targets, scores)
         b, h, w, k = (tf.shape(activations)[i] for i in range(4))
         flat = tf.reshape(activations, (b, h * w, k))
