@@ -450,3 +450,42 @@ def test_the_viewer_screenshot_script_draws_the_page_where_chromium_is_installed
     assert result.returncode == 0, result.stderr
     shot = np.asarray(Image.open(png).convert("RGB"))
     assert shot.shape == (600, 800, 3) and shot.std() > 10  # a page with pictures, not a blank one
+
+
+_FAKE_DOM = """
+const elements = {};
+const element = (id) => (elements[id] = elements[id] || {id, src: "", textContent: "", value: "0"});
+globalThis.document = {getElementById: element};
+globalThis.setInterval = () => 1; globalThis.clearInterval = () => {};
+element("slider").value = process.argv[2];
+"""
+
+
+def test_the_viewer_slider_shows_each_steps_pictures_and_captions(tiny_run, tmp_path):
+    """The page's own script, run by Node.js against a stand-in for the DOM: moving the slider to a step puts that
+    step's picture and caption in every row."""
+    import shutil
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("Node.js is not installed here: the viewer's script cannot be run outside a browser")
+    parser = _Links()
+    page = (tiny_run / "index.html").read_text()
+    parser.feed(page)
+    data = json.loads(parser.json)
+    script = page.split("<script>")[-1].split("</script>")[0]
+    harness = tmp_path / "viewer.js"
+    harness.write_text(
+        "const json = " + json.dumps(parser.json) + ";\n" + _FAKE_DOM
+        + "element('data').textContent = json;\n" + script
+        + "\nelement('slider').value = process.argv[3]; element('slider').oninput();\n"
+        + "console.log(JSON.stringify(Object.values(elements).map(e => [e.id, e.src, e.textContent])));"
+    )  # fmt: skip
+    for start, moved in [(len(data["steps"]) - 1, 1), (0, 2)]:
+        result = subprocess.run([node, harness, str(start), str(moved)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        shown = {e[0]: e for e in json.loads(result.stdout)}
+        for i, (paths, captions) in enumerate(zip(data["images"], data["captions"], strict=True)):
+            assert shown[f"img{i}"][1] == paths[moved] and shown[f"cap{i}"][2] == captions[moved]
+        assert shown["step"][2] == f"step {data['steps'][moved]} ({moved + 1} of {len(data['steps'])})"
+        assert shown["metrics"][2] == data["metrics"][moved]
