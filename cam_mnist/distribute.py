@@ -69,16 +69,6 @@ def _split_cpu(count: int) -> None:
             raise UserError(f"cannot split the CPU into {count} devices after TensorFlow has started: {e}") from None
 
 
-def is_chief(strategy) -> bool:
-    """Whether this process is the one that should tell the user about the run (worker 0 of a cluster)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return (
-        resolver is None
-        or resolver.task_type in (None, "chief")
-        or (resolver.task_type == "worker" and resolver.task_id == 0)
-    )
-
-
 def replica_batches(strategy, arrays: tuple, batch_size: int):
     """``arrays`` (each with the global batch first) as per-replica slices for ``strategy.run``; on one replica,
     the arrays themselves."""

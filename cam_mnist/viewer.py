@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cam_mnist.atomic import atomic_write_bytes
+from cam_mnist.panel import HEATMAPS
 
 _SCRIPT = """
 const data = JSON.parse(document.getElementById("data").textContent);
@@ -129,4 +130,4 @@ def write_run_index(run_dir: Path, title: str, digits: int = 1) -> Path:
         f"IoU in each caption).{exact}"
     )
     run_dir = Path(run_dir)
-    return write_index(run_dir / "index.html", run_dir / "heatmaps", title, intro, run_metrics(run_dir))
+    return write_index(run_dir / "index.html", run_dir / HEATMAPS, title, intro, run_metrics(run_dir))
