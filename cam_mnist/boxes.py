@@ -32,10 +32,11 @@ def _components(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     """Every 8-connected component of each (N, H, W) bool mask, from one labelling of the batch: its image index
     (M,), its size in pixels (M,) and its bounding slices (image, rows, cols), in the order found (by image, then
     top-most, then left-most)."""
-    labels, count = ndimage.label(np.asarray(masks, bool), structure=_PER_IMAGE_8_CONNECTED)
+    masks = np.asarray(masks, bool)
+    labels, count = ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTED)
     if count == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), []
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]  # (M,) pixels per component
+    sizes = np.bincount(labels[masks], minlength=count + 1)[1:]  # (M,) pixels per component: the kept ones only
     # find_objects gives every component's bounding slices (image, rows, cols) in one pass over the labels.
     slices = ndimage.find_objects(labels)
     return np.fromiter((s[0].start for s in slices), np.int64, count), sizes, slices

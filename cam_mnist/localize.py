@@ -22,6 +22,7 @@ from cam_mnist.registry import METHODS, info, method_names
 # the class, a class-agnostic one not at all), and not the slow ones.
 DIGITS_DEFAULT = method_names(slow=False, pixel_level=False, class_agnostic=False)
 BASELINES = ["centre", "full", "random"]
+FAITHFULNESS_BASELINE = "random"
 COLUMNS = [
     ("top1_loc_calibrated", "top-1 loc, τ from val"),
     ("calibrated_threshold", "τ (val)"),
@@ -62,14 +63,17 @@ def score(name, maps_true, maps_predicted, split, n, probs, near, predict, image
     if maps_predicted is not None:  # faithfulness needs a model's own map; the ceiling's ideal maps have none
         result |= loc.average_drop_increase(predict, images[:n], maps_predicted, predicted[:n], probs[:n])
         f = min(n, faithful_n)
-        result |= loc.deletion_insertion(predict, images[:f], maps_predicted[:f], predicted[:f])
+        result |= loc.deletion_insertion(predict, images[:f], maps_predicted[:f], predicted[:f], probs=probs[:f])
     return {"method": name, "images": n, **result}
 
 
+TWIN_CHECK = 1000  # test images whose maps two methods must share, beside every validation map, to be twins
+
+
 def _same_maps(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], atol: float = 1e-5) -> bool:
-    """Whether two methods gave the same validation and test maps (within float rounding), so that every score
-    of one is the other's: on a conv -> GAP -> linear model CAM, Grad-CAM, HiResCAM and XGrad-CAM are one map
-    (tested identities). Checked on a few images first: most pairs differ there."""
+    """Whether two methods gave the same maps (within float rounding), so that every score of one is the
+    other's: on a conv -> GAP -> linear model CAM, Grad-CAM, HiResCAM and XGrad-CAM are one map (tested
+    identities). Checked on a few images first: most pairs differ there."""
     return all(
         x.shape == y.shape and np.allclose(x[:16], y[:16], atol=atol) for x, y in zip(a, b, strict=True)
     ) and all(np.allclose(x, y, atol=atol) for x, y in zip(a, b, strict=True))
@@ -167,18 +171,24 @@ def _localize_one(
         began = time.perf_counter()
         v = val.head(min(len(val), m))  # tau from this method's own maps of the validation images
         val_maps = explain(model, v.float_images(), method, v.labels)
-        maps_true = explain(model, images[:m], method, labels[:m])
-        maps_predicted = maps_true.copy()  # equal wherever the prediction is right; recompute the rest
         w = wrong[wrong < m]
-        if len(w):
-            maps_predicted[w] = explain(model, images[w], method, predicted[w])
-        # What identifies the maps: every map, on a grid of every 4th pixel (a copy of each would cost 1.2 GB).
-        fingerprint = tuple(m[:, ::4, ::4].copy() for m in (val_maps, maps_true, maps_predicted))
+        wrong_maps = explain(model, images[w], method, predicted[w]) if len(w) else np.zeros((0, *images.shape[1:3]))
+        # Twins (e.g. CAM, Grad-CAM and HiResCAM on a conv -> GAP -> linear model) are scored once. What
+        # identifies a method's maps: every validation map, every map of a wrong prediction's class and the first
+        # TWIN_CHECK true-class test maps, on a grid of every 4th pixel; a twin's other test maps are not made.
+        head = explain(model, images[: min(m, TWIN_CHECK)], method, labels[: min(m, TWIN_CHECK)])
+        fingerprint = tuple(x[:, ::4, ::4].copy() for x in (val_maps, wrong_maps, head))
         twin = next((row for earlier, row in scored if _same_maps(earlier, fingerprint)), None)
-        if twin is not None:  # e.g. CAM, Grad-CAM and HiResCAM on a conv -> GAP -> linear model: scored once
+        if twin is not None:
             cal = {"tau": twin["calibrated_threshold"], "v2": twin["v2_thresholds"]}
             row = {**twin, "method": method, "same_maps_as": twin.get("same_maps_as", twin["method"])}
+            maps_true = head
         else:
+            rest = explain(model, images[len(head) : m], method, labels[len(head) : m]) if m > len(head) else None
+            maps_true = head if rest is None else np.concatenate([head, rest])
+            del head, rest
+            maps_predicted = maps_true.copy()  # equal wherever the prediction is right
+            maps_predicted[w] = wrong_maps
             cal = localization.calibrate(val_maps, v.boxes)
             row = score(
                 method, maps_true, maps_predicted, split, m, probs, dilated, predict, images, faithful_images, cal
@@ -201,7 +211,11 @@ def _localize_one(
     for kind in BASELINES:
         maps = localization.baseline_maps(kind, split.boxes[:n], (n, *images.shape[1:3]))
         cal = localization.calibrate(localization.baseline_maps(kind, val.boxes, val.masks.shape), val.boxes)
-        row = score(f"baseline: {kind}", maps, maps, split, n, probs, dilated, predict, images, faithful_images, cal)
+        # Faithfulness of one map that knows nothing of the image, the random one, is the reference every method
+        # is read against. The centre box is a localization baseline, and a constant map has nothing to measure:
+        # the image times 1 is the image (no drop), and it ranks no pixel above another.
+        own = maps if kind == FAITHFULNESS_BASELINE else None
+        row = score(f"baseline: {kind}", maps, own, split, n, probs, dilated, predict, images, faithful_images, cal)
         rows.append({**row, "seconds": 0.0})
         examples[f"baseline: {kind}"] = (maps[:n_examples], cal["tau"])
 

@@ -173,7 +173,7 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
 
     from cam_mnist import localization
     from cam_mnist.cams import explain
-    from cam_mnist.localize import localize
+    from cam_mnist.localize import BASELINES, localize
     from cam_mnist.registry import METHODS
 
     record = localize(run_copy, data_dir, images=64, slow_images=16, faithful_images=8, examples=2, log=lambda m: 0)
@@ -202,8 +202,15 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
     for key in ("top1_loc", "gt_known_loc", "top1_loc_calibrated", "maxboxacc_v2", "maxboxacc_v2_50", "peak_in_box"):
         assert rows["cam"][key] == pytest.approx(expected[key]), key
     assert record["test_accuracy"] == pytest.approx(correct.mean())
-    # A map of the whole canvas boxes the whole 40x40 canvas, never a digit's box at IoU 0.5.
+    # A map of the whole canvas boxes the whole 40x40 canvas, never a digit's box at IoU 0.5; the random map is the
+    # baseline of faithfulness.
     assert rows["baseline: full"]["top1_loc"] == 0.0 and rows["baseline: full"]["gt_known_loc"] == 0.0
+    assert [k for k in BASELINES if "deletion_auc" in rows[f"baseline: {k}"]] == ["random"]
+    # Twins are scored once: Grad-CAM is CAM on this conv -> GAP -> linear model; Grad-CAM++ is not.
+    assert rows["gradcam"]["same_maps_as"] == "cam" and "same_maps_as" not in rows["gradcam++"]
+    assert {k: v for k, v in rows["gradcam"].items() if k not in ("method", "same_maps_as", "seconds")} == {
+        k: v for k, v in rows["cam"].items() if k not in ("method", "seconds")
+    }
 
     written = json.loads((run_copy / "eval" / "localization.json").read_text())
     assert written["methods"] == json.loads(json.dumps(record["methods"]))

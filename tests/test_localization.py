@@ -167,6 +167,15 @@ def test_deletion_insertion_directions(brightness_model):
     g = loc.deletion_insertion(brightness_model, images, good, target, steps=8, blur_sigma=1)
     b = loc.deletion_insertion(brightness_model, images, bad, target, steps=8, blur_sigma=1)
     assert g["deletion_auc"] < b["deletion_auc"] and g["insertion_auc"] > b["insertion_auc"]
+    # Given the whole image's probabilities, the two passes over the unchanged image are not made: the same AUCs
+    # from two fewer calls, and wrong probabilities show that they are the ones used.
+    calls = []
+    counted = lambda x: calls.append(len(x)) or brightness_model(x)  # noqa: E731
+    probs = brightness_model(images)
+    assert loc.deletion_insertion(counted, images, good, target, steps=8, blur_sigma=1, probs=probs) == pytest.approx(g)
+    assert len(calls) == 2 * 9 - 2
+    wrong = loc.deletion_insertion(brightness_model, images, good, target, steps=8, blur_sigma=1, probs=probs * 0)
+    assert wrong["deletion_auc"] < g["deletion_auc"]
 
 
 def test_peak_in_box_counts_the_maximum_only():
