@@ -93,9 +93,9 @@ class ModelConfig:
     batch_norm: bool = _opt(True, "batch norm after each conv of the 'stack' arch")
     head: str = _opt("softmax", "'softmax' (one digit per image) or 'sigmoid' (multi-label: several digits)")
     precision: str = _opt(
-        "float32",
-        "'float32', or 'mixed_bfloat16': convs in bfloat16, weights, logits and probabilities in float32 (1.23x the "
-        "training images/s on this AVX512-BF16 CPU)",
+        "mixed_bfloat16",
+        "'mixed_bfloat16': convs in bfloat16, weights, logits, probabilities and maps in float32 (1.23x the training "
+        "images/s of 'float32' on this AVX512-BF16 CPU; a CPU without native bfloat16 may be slower: use 'float32')",
     )
 
 
@@ -103,7 +103,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, checkpoints and the heatmap panel."""
 
-    steps: int = _opt(6400, "optimizer steps in the whole run (8.2 epochs of 50k images at batch 64)")
+    steps: int = _opt(7900, "optimizer steps in the whole run (10.1 epochs of 50k images at batch 64)")
     batch_size: int = _opt(
         64, "images per step (64: as many images/s as 128 on 2 cores, twice the updates; see README)"
     )
@@ -111,14 +111,15 @@ class TrainConfig:
     lr: float = _opt(3e-3, "peak learning rate")
     schedule: str = _opt("cosine", "'constant' or 'cosine' (linear warm-up, then cosine decay to 0)")
     warmup_steps: int = _opt(400, "linear warm-up steps of the cosine schedule")
-    center_logits: bool = _opt(
-        True,
-        "softmax head: keep the logits kernel w_k^c zero-mean over classes, which changes no prediction but takes "
-        "the part every class shares out of each CAM",
+    cam_gauge: str = _opt(
+        "min",
+        "softmax head: the per-channel constant taken out of the CAM weights w_k^c after every step, which changes "
+        "no prediction, only the CAM: 'min' (each channel's smallest class weight 0, so every weight >= 0 and a map "
+        "only adds evidence), 'mean' (zero mean over classes: the part every class shares out of each CAM), 'none'",
     )
     seed: int = _opt(0, "seeds the weights and the training data order and clutter")
-    heatmap_every: int = _opt(640, "steps between heatmap snapshots and validation (10 per run)")
-    checkpoint_every: int = _opt(640, "steps between checkpoints")
+    heatmap_every: int = _opt(790, "steps between heatmap snapshots and validation (10 per run)")
+    checkpoint_every: int = _opt(790, "steps between checkpoints")
     keep_checkpoints: int = _opt(25, "newest checkpoints kept on disk; older ones are deleted")
     panel_size: int = _opt(16, "fixed test images whose CAMs are drawn at every heatmap step")
     val_size: int = _opt(
@@ -161,6 +162,11 @@ class RunConfig:
         did not exist yet takes the value that meant "off" (:data:`ADDED_LATER`), and a retired field is dropped
         when it had no effect (:data:`RETIRED`). A run that depended on a retired option is refused, naming it."""
         d = json.loads(Path(path).read_text())
+        for section, fields in RENAMED.items():
+            values = d.get(section, {})
+            for old, (new, convert) in fields.items():
+                if old in values:
+                    values[new] = convert(values.pop(old))
         for section, fields in ADDED_LATER.items():
             d.setdefault(section, {})
             for name, off in fields.items():
@@ -194,8 +200,10 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 ADDED_LATER = {
     "data": {"hide_patch": 0, "hide_epochs": 0},
     "model": {"precision": "float32"},
-    "train": {"center_logits": False},
+    "train": {"cam_gauge": "none"},
 }
+# Fields renamed: the old name and a function of its value giving the new field's value.
+RENAMED = {"train": {"center_logits": ("cam_gauge", lambda centred: "mean" if centred else "none")}}
 
 # Options that only served one experiment and were removed; ``git checkout RETIRED_AT`` still has them. Each maps
 # to a test of a saved config (the value, the whole dict): true where the option had no effect on that run.
@@ -217,22 +225,27 @@ RETIRED = {
 # digits, `two-digits` ours with two digits per image; `seed` is the reference repo exactly and `seed-adam` its
 # network trained with our optimiser; `tiny` is for tests and smoke runs (seconds on a CPU). What the help lists:
 PRESET_HELP = {
-    "default": "ours: 25x25 CAM map, hide-and-seek, centred CAM weights; 6400 steps (~20 min on 2 cores)",
+    "default": "ours: 25x25 CAM map, hide-and-seek, centred CAM weights; bfloat16, 7900 steps (~17 min on 2 cores)",
     "long": "ours at batch 128 for 10k steps (4x the default's images) on 58k digits",
     "two-digits": "ours on two digits of different classes per image, a sigmoid per class",
     "seed": "the TF1 reference exactly: LeNet, SGD lr 0.5, batch 256, 360 steps",
     "seed-adam": "the reference's LeNet trained with our optimiser (Adam, cosine), 4800 steps",
     "tiny": "the default's recipe at a tenth of its widths on a 40x40 canvas: seconds, for tests",
 }
-OFF = {"data": {"hide_patch": 0}, "train": {"center_logits": False}}  # our additions, off: the reference's recipe
-LENET = {"arch": "lenet", "layers": (), "batch_norm": False}
+OFF = {"data": {"hide_patch": 0}, "train": {"cam_gauge": "none"}}  # our additions, off: the reference's recipe
+LENET = {"arch": "lenet", "layers": (), "batch_norm": False, "precision": "float32"}
+# The presets measured before the default moved to bfloat16, 7900 steps and the 'min' gauge keep the settings they
+# were measured with.
+FLOAT32_6400 = {"steps": 6400, "heatmap_every": 640, "checkpoint_every": 640}
 PRESETS: dict[str, dict[str, dict]] = {
     "default": {},
     # The default's network at batch 128 for 10k steps (26 epochs, hide-and-seek in the first 12), trained on 58k
     # digits: MNIST's 50k train and the first 8000 validation digits (validation scores the other 2000).
     "long": {
         "data": {"hide_epochs": 12, "extra_train_digits": 8000},
+        "model": {"precision": "float32"},
         "train": {
+            "cam_gauge": "mean",
             "steps": 10_000,
             "batch_size": 128,
             "warmup_steps": 200,
@@ -242,7 +255,11 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # Two digits of different classes per image, a sigmoid per class (a sigmoid sees each logit's level, so its
     # CAM weights are not centred).
-    "two-digits": {"data": {"digits": 2}, "model": {"head": "sigmoid"}, "train": {"center_logits": False}},
+    "two-digits": {
+        "data": {"digits": 2},
+        "model": {"head": "sigmoid", "precision": "float32"},
+        "train": {**FLOAT32_6400, "cam_gauge": "none"},
+    },
     "seed": {
         "data": OFF["data"],
         "model": LENET,
@@ -263,11 +280,18 @@ PRESETS: dict[str, dict[str, dict]] = {
     "seed-adam": {
         "data": OFF["data"],
         "model": LENET,
-        "train": {"lr": 1e-3, "steps": 4800, "warmup_steps": 400, "heatmap_every": 600, "checkpoint_every": 600},
+        "train": {
+            "cam_gauge": "mean",
+            "lr": 1e-3,
+            "steps": 4800,
+            "warmup_steps": 400,
+            "heatmap_every": 600,
+            "checkpoint_every": 600,
+        },
     },
     "tiny": {  # the default's recipe at a tenth of its widths
         "data": {"canvas": 40, "distractors": 2, "train_size": 512, "hide_epochs": 0},
-        "model": {"layers": ("4x4/2", "4x3", "8x4/2", "8x3x1", "8x1")},
+        "model": {"layers": ("4x4/2", "4x3", "8x4/2", "8x3x1", "8x1"), "precision": "float32"},
         "train": {
             "steps": 12,
             "batch_size": 32,
@@ -352,9 +376,10 @@ def validate(config: RunConfig) -> None:
         ),
         (m.arch != "stack" or len(m.layers) > 0, "the 'stack' arch needs --layers"),
         (m.arch != "lenet" or not m.layers, "--layers is for the 'stack' arch; 'lenet' is a fixed network"),
+        (t.cam_gauge in ("none", "mean", "min"), f"cam_gauge must be 'none', 'mean' or 'min', got {t.cam_gauge!r}"),
         (
-            not t.center_logits or m.head == "softmax",
-            "center_logits needs the softmax head: a sigmoid per class sees every logit's level (--no-center-logits)",
+            t.cam_gauge == "none" or m.head == "softmax",
+            "cam_gauge needs the softmax head: a sigmoid per class sees every logit's level (--cam-gauge none)",
         ),
         (t.optimizer in ("sgd", "adam"), f"optimizer must be 'sgd' or 'adam', got {t.optimizer!r}"),
         (t.schedule in ("constant", "cosine"), f"schedule must be 'constant' or 'cosine', got {t.schedule!r}"),

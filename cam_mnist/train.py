@@ -92,6 +92,17 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
+def native_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bfloat16 natively: x86's avx512_bf16 or amx_bf16 flag, Arm's bf16 feature, as Linux
+    lists them; None where the list cannot be read (another OS)."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return None
+    words = {w for line in lines if line.startswith(("flags", "Features")) for w in line.split(":", 1)[-1].split()}
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"}) if words else None
+
+
 class Trainer:
     """One run: model, optimizer, data and the files of ``run_dir``, on the devices of a ``tf.distribute``
     strategy (:mod:`cam_mnist.distribute`: ``default``, ``mirrored`` over ``devices``, or ``multiworker``)."""
@@ -127,6 +138,12 @@ class Trainer:
             self.model = build_model(config.model, config.data.canvas, synchronized_bn=strategy != "default")
             self.optimizer = make_optimizer(t)
             self.optimizer.build(self.model.trainable_variables)
+        if config.model.precision == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU"):
+            if native_bfloat16() is False:
+                log(
+                    "note: this CPU has no native bfloat16 (avx512_bf16, amx_bf16 or bf16 flags), so bfloat16 "
+                    "convolutions may run slower than float32 here; `--precision float32` trains the float32 network"
+                )
         self.steps_per_epoch = config.data.train_size // t.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"train_size {config.data.train_size} is smaller than one batch of {t.batch_size}")
@@ -140,14 +157,18 @@ class Trainer:
             loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         variables = self.model.trainable_variables
         kernel = self.model.get_layer(LOGITS).kernel  # (K, C): the CAM weights w_k^c
-        self._center = t.center_logits
+        self._center = t.cam_gauge != "none"
+        shared = {"mean": tf.reduce_mean, "min": tf.reduce_min}.get(t.cam_gauge)
 
         def center_kernel():
             # Softmax cannot see a part of the logits shared by every class, so the gradient has none either
-            # (sum_c dL/dy_c = 0), and Adam's drift and the initial weights leave an arbitrary class-shared part in
-            # w_k^c. It adds the same map to every class's CAM: a blob around anything the features fire on.
-            # Removing it after each step changes no prediction, no loss and no gradient, only the CAM.
-            kernel.assign(kernel - tf.reduce_mean(kernel, axis=1, keepdims=True))
+            # (sum_c dL/dy_c = 0): adding b_k to w_k^c for every class c changes no prediction, no loss and no
+            # gradient, only the CAM (CAM paper eq. 2: M_c = sum_k w_k^c f_k), by the same map sum_k b_k f_k in
+            # every class. Adam's drift and the initial weights leave an arbitrary such part; after each step it
+            # is fixed. 'mean' takes out what every class shares (zero mean over classes), so a class's map also
+            # subtracts the features other classes use; 'min' makes each channel's smallest weight 0, so every
+            # weight is >= 0 and a map only adds the evidence its class weighs more than the least-weighing class.
+            kernel.assign(kernel - shared(kernel, axis=1, keepdims=True))
 
         def replica_step(images_u8, targets):  # (b, H, W) uint8; (b,) int32 or (b, classes) float32: a replica's
             images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (b, H, W, 1) in [0, 1]
@@ -203,7 +224,7 @@ class Trainer:
         drawer = panel.Panel.of_split(self.model, self.test, t.panel_size)
         self.events = EventLog(run_dir / TB_FOLDER)  # appends after the steps an earlier session logged
         if start == 0:
-            if self._center:  # the initial weights too (a resumed run's checkpoint is centred already)
+            if self._center:  # the initial weights too (a resumed run's checkpoint has its gauge already)
                 self._center_kernel()
             self._snapshot(drawer, 0, acc, rows)
 

@@ -72,7 +72,7 @@ def test_two_digits_need_the_sigmoid_head():
 def tiny_two_digit_run(tmp_path_factory, run_cli, data_dir):
     run_dir = tmp_path_factory.mktemp("runs") / "two"
     result = run_cli(
-        "train", "--preset", "tiny", "--digits", "2", "--head", "sigmoid", "--no-center-logits", "--canvas", "60",
+        "train", "--preset", "tiny", "--digits", "2", "--head", "sigmoid", "--cam-gauge", "none", "--canvas", "60",
         "--run-dir", run_dir, "--quiet", "--data-dir", data_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -308,22 +308,26 @@ def test_the_defaults_are_the_default_preset():
     # ModelConfig() is the network `make train` trains, so a user building one in Python gets the same model.
     assert config.ModelConfig() == config.preset("default").model
     assert config.RunConfig() == config.preset("default")
-    assert config.ModelConfig().layers == config.FINE and config.TrainConfig().center_logits
+    assert config.ModelConfig().layers == config.FINE and config.TrainConfig().cam_gauge == "min"
 
 
 def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path):
-    # A config.json saved before hide-and-seek and centred CAM weights existed meant "without them"; one saved
-    # with retired options at values that had no effect loads; a run that used one is refused, naming the commit.
+    # A config.json saved before hide-and-seek, centred CAM weights and bfloat16 existed meant "without them"; one
+    # saved with center_logits (today's cam_gauge) gets the gauge it trained with; one saved with retired options at
+    # values that had no effect loads; a run that used one is refused, naming the commit.
     old = config.preset("default").to_dict()
-    del old["data"]["hide_patch"], old["data"]["hide_epochs"], old["train"]["center_logits"]
+    del old["data"]["hide_patch"], old["data"]["hide_epochs"], old["train"]["cam_gauge"], old["model"]["precision"]
     old["data"] |= {"rotate": 0.0, "rescale": 0.0}
     old["model"] |= {"widths": [24, 48, 64], "pool_first": True, "stem_stride": 2, "quarter_convs": 2}
     old["train"]["weight_decay"] = 0.0
     path = tmp_path / "config.json"
     path.write_text(json.dumps(old))
     loaded = config.RunConfig.load(path)
-    assert (loaded.data.hide_patch, loaded.data.hide_epochs, loaded.train.center_logits) == (0, 0, False)
-    assert loaded.model == config.preset("default").model
+    assert (loaded.data.hide_patch, loaded.data.hide_epochs, loaded.train.cam_gauge) == (0, 0, "none")
+    assert loaded.model == dataclasses.replace(config.preset("default").model, precision="float32")
+    for centred, gauge in ((True, "mean"), (False, "none")):
+        path.write_text(json.dumps({**old, "train": {**old["train"], "center_logits": centred}}))
+        assert config.RunConfig.load(path).train.cam_gauge == gauge
     for section, field, value in [("data", "rotate", 15.0), ("train", "weight_decay", 1e-4), ("model", "arch", "fast")]:
         path.write_text(json.dumps({**old, section: {**old[section], field: value}}))
         with pytest.raises(UserError, match=rf"made with {section}\.{field}, .* `git checkout e4652dd`"):
@@ -348,43 +352,76 @@ def test_every_preset_validates_and_builds_a_cam_model():
         assert model.get_layer(FEATURES).output.shape[1:3] == (c.data.canvas // 4,) * 2, name
     # long is the default's network trained on more images of more digits, the test digits never among them;
     # seed and seed-adam are the reference's network, with its optimiser and with ours.
+    # The default computes its convs in bfloat16; the presets measured in float32 keep float32, and the reference's
+    # network is the reference's, in float32.
     default, long = config.preset("default"), config.preset("long")
-    assert long.model == default.model
+    assert default.model.precision == "mixed_bfloat16"
+    assert [config.preset(p).model.precision for p in ("long", "two-digits", "seed", "seed-adam", "tiny")] == [
+        "float32"
+    ] * 5
+    assert dataclasses.replace(long.model, precision=default.model.precision) == default.model
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert long.data.extra_train_digits > default.data.extra_train_digits == 0
     seed, seed_adam = config.preset("seed"), config.preset("seed-adam")
     assert seed.model == seed_adam.model and seed.model.arch == "lenet"
     assert (seed.train.optimizer, seed_adam.train.optimizer) == ("sgd", default.train.optimizer)
     # two-digits is default's network with a sigmoid per class (README: "trains the same network").
-    assert dataclasses.replace(config.preset("two-digits").model, head="softmax") == default.model
+    two = config.preset("two-digits").model
+    assert dataclasses.replace(two, head="softmax", precision=default.model.precision) == default.model
 
 
-def test_centred_logits_change_the_cam_but_no_prediction(tmp_path, data_dir, run_cli):
-    # Softmax sees only differences of logits: keeping the CAM weights zero-mean over classes must leave the loss,
-    # the predictions and every gradient as they were (up to float rounding), and change only the maps.
+def test_native_bfloat16_reads_the_cpus_flags(tmp_path):
+    # make train notes when the default's bfloat16 convolutions run on a CPU that would emulate them.
+    from cam_mnist.train import native_bfloat16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    for text, expected in [
+        ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 fma\n", True),
+        ("processor\t: 0\nflags\t\t: fpu avx2 fma\nprocessor\t: 1\nflags\t\t: fpu avx2 fma\n", False),
+        ("processor\t: 0\nFeatures\t: fp asimd bf16 sve\n", True),  # Arm
+        ("processor\t: 0\nFeatures\t: fp asimd\n", False),
+        ("processor\t: 0\n", None),  # no flags listed: unknown
+    ]:
+        cpuinfo.write_text(text)
+        assert native_bfloat16(cpuinfo) is expected, text
+    assert native_bfloat16(tmp_path / "absent") is None
+
+
+def test_the_cam_gauge_changes_the_cam_but_no_prediction(tmp_path, data_dir, run_cli):
+    # Softmax sees only differences of logits: taking a per-channel constant out of the CAM weights after every
+    # step ('mean': zero mean over classes; 'min': each channel's smallest weight 0) must leave the loss, the
+    # predictions and every gradient as they were (up to float rounding), and change only the maps.
     import keras
 
     runs = {}
-    for flag in ("--center-logits", "--no-center-logits"):
-        run_dir = tmp_path / flag
-        result = run_cli("train", "--preset", "tiny", flag, "--run-dir", run_dir, "--quiet", "--data-dir", data_dir)
+    for gauge in ("mean", "min", "none"):
+        run_dir = tmp_path / gauge
+        result = run_cli(
+            "train", "--preset", "tiny", "--cam-gauge", gauge, "--run-dir", run_dir, "--quiet", "--data-dir", data_dir
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr
         with open(run_dir / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
-        runs[flag] = (rows, keras.models.load_model(run_dir / "model.keras"))
-    (centred_rows, centred), (plain_rows, plain) = runs["--center-logits"], runs["--no-center-logits"]
-    for a, b in zip(centred_rows, plain_rows, strict=True):
-        for key in ("train_loss", "val_loss"):
-            if a[key]:
-                assert float(a[key]) == pytest.approx(float(b[key]), abs=2e-4), (a["step"], key)
-    w_centred, w_plain = (m.get_layer("logits").kernel.numpy() for m in (centred, plain))
-    np.testing.assert_allclose(w_centred.mean(1), 0, atol=1e-6)  # zero-mean over classes after every step
-    assert np.abs(w_plain.mean(1)).max() > 1e-3  # without it, a class-shared part remains
-    np.testing.assert_allclose(w_centred, w_plain - w_plain.mean(1, keepdims=True), atol=2e-4)
+        runs[gauge] = (rows, keras.models.load_model(run_dir / "model.keras"))
+    plain_rows, plain = runs["none"]
+    w_plain = plain.get_layer("logits").kernel.numpy()
+    assert np.abs(w_plain.mean(1)).max() > 1e-3  # without a gauge, a class-shared part remains
     x = np.random.default_rng(0).random((4, 40, 40, 1), np.float32)
-    np.testing.assert_allclose(centred.predict(x, verbose=0), plain.predict(x, verbose=0), atol=2e-4)
-    with pytest.raises(ValueError, match="center_logits needs the softmax head"):
-        config.validate(config.RunConfig.from_dict({"model": {"head": "sigmoid"}, "train": {"center_logits": True}}))
+    for gauge, shared in (("mean", np.mean), ("min", np.min)):
+        rows, model = runs[gauge]
+        for a, b in zip(rows, plain_rows, strict=True):
+            for key in ("train_loss", "val_loss"):
+                if a[key]:
+                    assert float(a[key]) == pytest.approx(float(b[key]), abs=2e-4), (gauge, a["step"], key)
+        w = model.get_layer("logits").kernel.numpy()
+        np.testing.assert_allclose(shared(w, 1), 0, atol=1e-6)  # after every step
+        np.testing.assert_allclose(w, w_plain - shared(w_plain, 1, keepdims=True), atol=2e-4)
+        np.testing.assert_allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0), atol=2e-4)
+    assert (runs["min"][1].get_layer("logits").kernel.numpy() >= 0).all()  # a 'min' map only adds evidence
+    with pytest.raises(ValueError, match="cam_gauge needs the softmax head"):
+        config.validate(config.RunConfig.from_dict({"model": {"head": "sigmoid"}, "train": {"cam_gauge": "mean"}}))
+    with pytest.raises(ValueError, match="cam_gauge must be 'none', 'mean' or 'min', got 'max'"):
+        config.validate(config.RunConfig.from_dict({"train": {"cam_gauge": "max"}}))
 
 
 @pytest.mark.parametrize(
