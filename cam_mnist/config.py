@@ -225,7 +225,7 @@ RETIRED = {
 # digits, `two-digits` ours with two digits per image; `seed` is the reference repo exactly and `seed-adam` its
 # network trained with our optimiser; `tiny` is for tests and smoke runs (seconds on a CPU). What the help lists:
 PRESET_HELP = {
-    "default": "ours: 25x25 CAM map, hide-and-seek, centred CAM weights; bfloat16, 7900 steps (~17 min on 2 cores)",
+    "default": "ours: 25x25 CAM map, hide-and-seek, CAM weights >= 0 (min gauge), bfloat16, 7900 steps (~17 min)",
     "long": "ours at batch 128 for 10k steps (4x the default's images) on 58k digits",
     "two-digits": "ours on two digits of different classes per image, a sigmoid per class",
     "seed": "the TF1 reference exactly: LeNet, SGD lr 0.5, batch 256, 360 steps",

@@ -157,10 +157,10 @@ class Trainer:
             loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         variables = self.model.trainable_variables
         kernel = self.model.get_layer(LOGITS).kernel  # (K, C): the CAM weights w_k^c
-        self._center = t.cam_gauge != "none"
+        self._gauge = t.cam_gauge != "none"
         shared = {"mean": tf.reduce_mean, "min": tf.reduce_min}.get(t.cam_gauge)
 
-        def center_kernel():
+        def fix_gauge():
             # Softmax cannot see a part of the logits shared by every class, so the gradient has none either
             # (sum_c dL/dy_c = 0): adding b_k to w_k^c for every class c changes no prediction, no loss and no
             # gradient, only the CAM (CAM paper eq. 2: M_c = sum_k w_k^c f_k), by the same map sum_k b_k f_k in
@@ -182,15 +182,15 @@ class Trainer:
         @tf.function(reduce_retracing=True)
         def train_step(images_u8, targets):
             losses = self.strategy.run(replica_step, args=(images_u8, targets))
-            if self._center:  # in cross-replica context: one assignment updates every replica's copy
-                center_kernel()
+            if self._gauge:  # in cross-replica context: one assignment updates every replica's copy
+                fix_gauge()
             return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
         @tf.function(reduce_retracing=True)
         def predict(images):
             return self.model(images, training=False)
 
-        self._train_step, self._center_kernel = train_step, center_kernel
+        self._train_step, self._fix_gauge = train_step, fix_gauge
         self.predict = lambda x: predict(x).numpy()
         self._epoch, self._epoch_data = None, None
 
@@ -224,8 +224,8 @@ class Trainer:
         drawer = panel.Panel.of_split(self.model, self.test, t.panel_size)
         self.events = EventLog(run_dir / TB_FOLDER)  # appends after the steps an earlier session logged
         if start == 0:
-            if self._center:  # the initial weights too (a resumed run's checkpoint has its gauge already)
-                self._center_kernel()
+            if self._gauge:  # the initial weights too (a resumed run's checkpoint has its gauge already)
+                self._fix_gauge()
             self._snapshot(drawer, 0, acc, rows)
 
         wall_start, wall_base = time.perf_counter(), acc["wall_s"]  # wall time of earlier sessions of this run
