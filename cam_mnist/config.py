@@ -94,7 +94,7 @@ class ModelConfig:
     head: str = _opt("softmax", "'softmax' (one digit per image) or 'sigmoid' (multi-label: several digits)")
     precision: str = _opt(
         "mixed_bfloat16",
-        "'mixed_bfloat16': convs in bfloat16, weights, logits, probabilities and maps in float32 (1.23x the training "
+        "'mixed_bfloat16': convs in bfloat16, weights, logits, probabilities and maps in float32 (1.33x the training "
         "images/s of 'float32' on this AVX512-BF16 CPU; a CPU without native bfloat16 may be slower: use 'float32')",
     )
 

@@ -206,8 +206,8 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
     # baseline of faithfulness.
     assert rows["baseline: full"]["top1_loc"] == 0.0 and rows["baseline: full"]["gt_known_loc"] == 0.0
     assert [k for k in BASELINES if "deletion_auc" in rows[f"baseline: {k}"]] == ["random"]
-    # Twins are scored once: Grad-CAM is CAM on this conv -> GAP -> linear model; Grad-CAM++ is not.
-    assert rows["gradcam"]["same_maps_as"] == "cam" and "same_maps_as" not in rows["gradcam++"]
+    # Twins are scored once: Grad-CAM is CAM on this conv -> GAP -> linear model; guided backpropagation is not.
+    assert rows["gradcam"]["same_maps_as"] == "cam" and "same_maps_as" not in rows["guided-backprop"]
     assert {k: v for k, v in rows["gradcam"].items() if k not in ("method", "same_maps_as", "seconds")} == {
         k: v for k, v in rows["cam"].items() if k not in ("method", "seconds")
     }
