@@ -159,8 +159,9 @@ class RunConfig:
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         """The config a run saved. A config.json written by an older version still rebuilds its run: a field that
-        did not exist yet takes the value that meant "off" (:data:`ADDED_LATER`), and a retired field is dropped
-        when it had no effect (:data:`RETIRED`). A run that depended on a retired option is refused, naming it."""
+        did not exist yet takes the value that meant "off" (:data:`ADDED_LATER`), a renamed one its new name and
+        value (:data:`RENAMED`), and a retired field is dropped when it had no effect (:data:`RETIRED`). A run that
+        depended on a retired option is refused, naming it."""
         d = json.loads(Path(path).read_text())
         for section, fields in RENAMED.items():
             values = d.get(section, {})

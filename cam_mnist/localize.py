@@ -23,6 +23,7 @@ from cam_mnist.registry import METHODS, info, method_names
 DIGITS_DEFAULT = method_names(slow=False, pixel_level=False, class_agnostic=False)
 BASELINES = ["centre", "full", "random"]
 FAITHFULNESS_BASELINE = "random"
+TWIN_CHECK = 1000  # test images whose maps two methods must share, beside every validation map, to be twins
 COLUMNS = [
     ("top1_loc_calibrated", "top-1 loc, τ from val"),
     ("calibrated_threshold", "τ (val)"),
@@ -65,9 +66,6 @@ def score(name, maps_true, maps_predicted, split, n, probs, near, predict, image
         f = min(n, faithful_n)
         result |= loc.deletion_insertion(predict, images[:f], maps_predicted[:f], predicted[:f], probs=probs[:f])
     return {"method": name, "images": n, **result}
-
-
-TWIN_CHECK = 1000  # test images whose maps two methods must share, beside every validation map, to be twins
 
 
 def _same_maps(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], atol: float = 1e-5) -> bool:
@@ -179,14 +177,13 @@ def _localize_one(
         head = explain(model, images[: min(m, TWIN_CHECK)], method, labels[: min(m, TWIN_CHECK)])
         fingerprint = tuple(x[:, ::4, ::4].copy() for x in (val_maps, wrong_maps, head))
         twin = next((row for earlier, row in scored if _same_maps(earlier, fingerprint)), None)
+        maps_true = head
         if twin is not None:
             cal = {"tau": twin["calibrated_threshold"], "v2": twin["v2_thresholds"]}
             row = {**twin, "method": method, "same_maps_as": twin.get("same_maps_as", twin["method"])}
-            maps_true = head
         else:
-            rest = explain(model, images[len(head) : m], method, labels[len(head) : m]) if m > len(head) else None
-            maps_true = head if rest is None else np.concatenate([head, rest])
-            del head, rest
+            if m > len(head):
+                maps_true = np.concatenate([head, explain(model, images[len(head) : m], method, labels[len(head) : m])])
             maps_predicted = maps_true.copy()  # equal wherever the prediction is right
             maps_predicted[w] = wrong_maps
             cal = localization.calibrate(val_maps, v.boxes)
