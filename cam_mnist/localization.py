@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from cam_mnist import boxes as bx
+from cam_mnist.resize import area_resize, bilinear_resize
 
 MAXBOX_THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.05), 2)  # wsolevaluation uses 0.01; 0.05 keeps 10k maps fast
 IDEAL_BLUR_PX = 2.0  # the blurred ideal map of the ceiling rows: a map as sharp as a digit's stroke is wide
@@ -263,39 +264,3 @@ def ideal_maps(masks: np.ndarray, grid: tuple[int, int], blur_px: float = 0.0) -
     maps = bilinear_resize(cells, (h, w))
     peak = maps.reshape(n, -1).max(1)[:, None, None]
     return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
-
-
-def _area_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in): output cell i averages the input pixels it covers, partial pixels by their covered share."""
-    edges = np.arange(n_out + 1) * n_in / n_out
-    pixel = np.arange(n_in)
-    overlap = np.clip(np.minimum(edges[1:, None], pixel + 1) - np.maximum(edges[:-1, None], pixel), 0, None)
-    return overlap / overlap.sum(1, keepdims=True)
-
-
-def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of bilinear resizing with half-pixel centres, as ``tf.image.resize`` does."""
-    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    weights = np.zeros((n_out, n_in))
-    np.add.at(weights, (np.arange(n_out), lo), 1 - (src - lo))
-    np.add.at(weights, (np.arange(n_out), hi), src - lo)
-    return weights
-
-
-def area_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) -> (N, h, w), each output cell the mean of the input area it covers."""
-    return _separable(maps, _area_weights(maps.shape[1], size[0]), _area_weights(maps.shape[2], size[1]))
-
-
-def bilinear_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, h, w) -> (N, H, W) bilinear with half-pixel centres: the CAM pipeline's upsampling, in numpy."""
-    return _separable(maps, _bilinear_weights(maps.shape[1], size[0]), _bilinear_weights(maps.shape[2], size[1]))
-
-
-def _separable(maps: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """rows @ map @ cols.T for every map: two batched matrix products (an unoptimised three-operand einsum loops
-    over every index at once and took minutes for 10k maps)."""
-    rows, cols = rows.astype(np.float32), cols.astype(np.float32)
-    return np.matmul(rows, np.matmul(maps.astype(np.float32), cols.T))

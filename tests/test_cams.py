@@ -10,6 +10,7 @@ from keras import layers
 
 from cam_mnist import registry
 from cam_mnist.cams import METHODS, explain, get_method
+from cam_mnist.cams.base import upsample
 
 N = 6
 
@@ -234,6 +235,17 @@ def test_works_inside_tf_function(model, images):
     explainer = get_method(model, "gradcam++")
     maps, raw, targets = explainer._graph(tf.constant(images), tf.constant(np.zeros(N, np.int32)))
     np.testing.assert_allclose(maps.numpy(), explainer(images, 0), atol=1e-6)
+
+
+@pytest.mark.parametrize("grid, size", [((25, 25), (100, 100)), ((12, 7), (100, 40)), ((30, 30), (10, 10))])
+def test_upsampling_by_matrices_equals_tensorflows_resize(grid, size):
+    maps = tf.random.stateless_uniform((3, *grid), seed=(0, grid[1]))
+    expected = tf.image.resize(maps[..., None], size, method="bilinear")[..., 0].numpy()
+    np.testing.assert_allclose(upsample(maps, size).numpy(), expected, atol=1e-6)
+    # inside a graph with the batch size, or the whole map size, unknown until it runs
+    for spec in (tf.TensorSpec((None, *grid)), tf.TensorSpec((None, None, None))):
+        graph = tf.function(lambda m: upsample(m, size), input_signature=[spec])
+        np.testing.assert_allclose(graph(maps).numpy(), expected, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- the newer methods

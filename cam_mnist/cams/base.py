@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from cam_mnist.cams.layers import Head, resolve_layer
 from cam_mnist.errors import UserError
+from cam_mnist.resize import bilinear_weights
 
 PREDICTED = -1  # target sentinel: explain the class the model predicts
 
@@ -53,8 +54,15 @@ def normalise(maps: tf.Tensor) -> tf.Tensor:
 
 
 def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """(B, h, w) -> (B, H, W), bilinear, as Grad-CAM and the CAM paper upsample to the image size."""
-    return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+    """(B, h, w) -> (B, H, W), bilinear, as Grad-CAM and the CAM paper upsample to the image size.
+
+    Computed as rows @ map @ cols.T with fixed interpolation matrices: equal to ``tf.image.resize`` (half-pixel
+    centres) to float rounding, and on one-channel maps two small matrix products beat its resize kernel."""
+    h, w = maps.shape[1], maps.shape[2]
+    if h is None or w is None:  # a layer whose size is known only at run time
+        return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+    rows, cols = bilinear_weights(h, size[0]), bilinear_weights(w, size[1])  # (H, h), (W, w)
+    return tf.matmul(tf.matmul(rows, maps), cols, transpose_b=True)
 
 
 def shift(x: tf.Tensor, dy: int, dx: int) -> tf.Tensor:

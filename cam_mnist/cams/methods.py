@@ -97,11 +97,12 @@ class HiResCAM(BaseCAM):
 
 class XGradCAM(BaseCAM):
     """XGrad-CAM. Fu et al. 2020, arXiv 2008.02312, eq. (11): alpha_k^c = sum_ij (A^k_ij / sum_ab A^k_ab) dy^c/dA^k_ij,
-    the gradient averaged with the activations as weights (Grad-CAM averages it uniformly)."""
+    the gradient averaged with the activations as weights (Grad-CAM averages it uniformly). The division is taken
+    out of the sum, so it runs on (B, K) numbers instead of every cell."""
 
     def channel_weights(self, images, activations, grads, targets):
-        share = tf.math.divide_no_nan(activations, tf.reduce_sum(activations, axis=(1, 2), keepdims=True))
-        return tf.reduce_sum(share * grads, axis=(1, 2))  # (B, K)
+        total = tf.reduce_sum(activations, axis=(1, 2))  # (B, K): sum_ab A^k_ab
+        return tf.math.divide_no_nan(tf.reduce_sum(activations * grads, axis=(1, 2)), total)  # (B, K)
 
 
 class AblationCAM(BaseCAM):
