@@ -129,8 +129,9 @@ def frontier(path: Path, series: dict, panels: list, targets: dict, xlabel: str)
     (x, y)), and the target of ``targets[key]`` dashed."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), sharex=True)
     for ax, (key, title, ylim) in zip(axes, panels, strict=True):
-        for i, (run, values) in enumerate(series.items()):  # tab20: up to 20 runs, each its own colour
-            ax.plot(*values[key], marker="o", markersize=3, label=run, color=plt.cm.tab20(i % 20))
+        for i, (run, values) in enumerate(series.items()):  # tab20's colours, then again with another line style
+            style = ("-", ":", "-.")[i // 20 % 3]
+            ax.plot(*values[key], marker="o", markersize=3, label=run, color=plt.cm.tab20(i % 20), linestyle=style)
         if key in targets:
             ax.axhline(targets[key], linestyle="--", color="grey", label=f"target {targets[key]:.3g}")
         ax.set(title=title, xlabel=xlabel, ylim=ylim)
