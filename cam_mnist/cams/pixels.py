@@ -11,6 +11,7 @@ from cam_mnist.cams.base import BaseCAM, resolve_targets, upsample
 from cam_mnist.cams.layers import Head
 from cam_mnist.cams.methods import GradCAM
 from cam_mnist.errors import UserError
+from cam_mnist.resize import bilinear_resize
 
 
 @tf.custom_gradient
@@ -218,6 +219,6 @@ def _rise_masks(n: int, cells: int, keep: float, size: tuple[int, int], seed: in
     h, w = size
     ch, cw = -(-h // cells), -(-w // cells)
     grids = (rng.random((n, cells, cells)) < keep).astype(np.float32)
-    up = tf.image.resize(grids[..., None], ((cells + 1) * ch, (cells + 1) * cw), method="bilinear")[..., 0].numpy()
+    up = bilinear_resize(grids, ((cells + 1) * ch, (cells + 1) * cw))
     dy, dx = rng.integers(0, ch, n), rng.integers(0, cw, n)
     return np.stack([up[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)]).astype(np.float32)
