@@ -254,7 +254,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         },
     },
     # Two digits of different classes per image, a sigmoid per class (a sigmoid sees each logit's level, so its
-    # CAM weights are not centred).
+    # CAM weights have no free gauge).
     "two-digits": {
         "data": {"digits": 2},
         "model": {"head": "sigmoid", "precision": "float32"},
