@@ -137,32 +137,56 @@ def _training_step(preset: str, precision: str | None, steps: int):
 def forward_rate(model, images, batch: int = 128) -> float:
     """Images per second of the model's own forward pass at the methods' batch size: no map can be made faster
     than the one pass every method starts with."""
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward = _forward(model)
     n = len(images) - len(images) % batch or len(images)  # whole batches: one traced shape
 
     def run():
         for lo in range(0, n, batch):
-            forward(tf.constant(images[lo : lo + batch])).numpy()
+            forward(images[lo : lo + batch])
 
     return n / best_of(run, repeats=1)
 
 
+def _forward(model):
+    """The model's forward pass on one batch of numpy images, to numpy: what every method's maps start with."""
+    graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: graph(tf.constant(x)).numpy()
+
+
+def paired_rates(first, second, batches: list, repeats: int = 3) -> tuple[float, float]:
+    """Images per second of two functions of one batch, timed in turn on each batch (which goes first alternates),
+    each batch's time the fastest of ``repeats``. Drift of the machine's speed (up to 40% within an hour here)
+    then falls on both alike, and their ratio is what one run can resolve."""
+    for fn in (first, second):
+        fn(batches[0])  # warm-up: traces
+    best = np.full((2, len(batches)), np.inf)
+    for r in range(repeats):
+        for i, batch in enumerate(batches):
+            order = (0, 1) if (r + i) % 2 == 0 else (1, 0)
+            for j in order:
+                began = time.perf_counter()
+                (first, second)[j](batch)
+                best[j, i] = min(best[j, i], time.perf_counter() - began)
+    images = sum(len(b) for b in batches)
+    return images / best[0].sum(), images / best[1].sum()
+
+
 def cam_family(model, images, slow_images: int, forward: float) -> list[dict]:
-    """Maps per second of every method and its share of the forward rate: for the fast ones the forward rate
-    measured beside each (forward and method alternate, best of three each), so that the machine's drift does not
-    enter the share; for the slow ones, whose share is a few percent at most, ``forward``, measured once."""
-    rows = []
+    """Maps per second of every method and its share of the forward rate. The fast methods are timed batch by
+    batch in turn with the forward pass (:func:`paired_rates`); the slow ones, whose share is a few percent at
+    most, against ``forward``, measured once."""
+    rows, one_pass = [], _forward(model)
     for name, info in registry.METHODS.items():
         explainer = get_method(model, name)
         n = min(slow_images, len(images)) if info.slow else len(images)
-        n -= n % explainer.batch_size if n >= explainer.batch_size else 0  # whole batches, as the forward rate
-        explainer(images[: explainer.batch_size])  # trace once
-        run = lambda explainer=explainer, n=n: explainer(images[:n], "predicted")  # noqa: E731
+        b = explainer.batch_size
+        n -= n % b if n >= b else 0  # whole batches, as the forward rate
         if info.slow:
-            beside, rate = forward, n / best_of(run, repeats=1)
+            explainer(images[:b])  # trace once
+            beside, rate = forward, n / best_of(lambda explainer=explainer, n=n: explainer(images[:n]), repeats=1)
         else:
-            rates = [(forward_rate(model, images[:n]), n / best_of(run, repeats=1)) for _ in range(3)]
-            beside, rate = (max(r) for r in zip(*rates, strict=True))
+            batches = [images[lo : lo + b] for lo in range(0, n, b)]
+            beside, rate = paired_rates(one_pass, explainer, batches)
         rows.append(
             {
                 "method": name,
@@ -315,8 +339,8 @@ def to_markdown(r: dict) -> str:
         lines += [
             "",
             f"Maps per second on `{r['cam_run']}` (100x100 test images, predicted class), beside the model's "
-            f"forward pass: {r['forward_images_per_s']} images/s (for the fast methods, the forward pass measured "
-            f"beside each, alternating, best of three each):",
+            f"forward pass: {r['forward_images_per_s']} images/s (for the fast methods, the forward pass timed "
+            f"in turn with each, batch by batch, each batch's fastest of three):",
             "",
             "| method | images | maps/s | forward pass beside it | share of the forward rate |",
             "|---|---|---|---|---|",

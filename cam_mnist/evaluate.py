@@ -20,7 +20,6 @@ from cam_mnist.config import DataConfig, RunConfig
 from cam_mnist.errors import ArchitectureMismatch, CheckpointError, DataError
 
 EVAL = "eval"
-PRESENT = 0.5  # a sigmoid head names a class when its probability exceeds this
 REFERENCE_ACCURACY = 0.976  # the TF1 reference repo's reported test accuracy (on a leaky test set)
 # The CAM columns of accuracy_per_step.csv; a row written before one of them existed is scored again.
 EVAL_COLUMNS = ["cam_top1_loc_tau", "tau_from_val", "cam_top1_loc_20", "cam_gt_known_loc_20", "cam_peak_in_box"]
@@ -48,18 +47,32 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
-def multilabel_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Several digits per image, a sigmoid per class. labels (N, K): the K distinct true classes of each image.
-    A class is predicted when its probability exceeds PRESENT; ``accuracy`` is the exact match (the predicted set
-    is the true set), ``per_digit`` the fraction of true digits found, ``loss`` the mean binary cross-entropy."""
+def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, head: str) -> dict:
+    """Several digits per image. labels (N, K): the K distinct true classes of each image; the model names the K
+    classes it rates most probable (:func:`named`). ``accuracy`` is the exact match (the named set is the true set),
+    ``per_digit`` the fraction of true digits named, ``loss`` the loss the head trains on: the mean binary
+    cross-entropy per class for ``sigmoid``, the cross-entropy against 1/K on each true class for ``softmax``."""
     n, classes = probs.shape
     truth = multi_hot(labels, classes)
     p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)  # in float32, 1 - 1e-12 would round to 1: log(0)
+    if head == "sigmoid":
+        loss = -(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean()
+    else:
+        loss = -(truth / labels.shape[1] * np.log(p)).sum(1).mean()
     return {
-        "accuracy": float(((probs > PRESENT) == truth).all(1).mean()),
+        "accuracy": float((named(probs, labels.shape[1]) == truth.astype(bool)).all(1).mean()),
         "per_digit": float(detected(probs, labels).mean()),
-        "loss": float(-(truth * np.log(p) + (1 - truth) * np.log(1 - p)).mean()),
+        "loss": float(loss),
     }
+
+
+def named(probs: np.ndarray, k: int) -> np.ndarray:
+    """(N, classes) bool: the k classes of highest probability in each image. Every image holds exactly k digits
+    (the data's ``digits``), so the model names k classes. No fixed probability threshold would fit both heads:
+    a softmax over k-hot targets gives each present class about 1/k, a sigmoid about 1."""
+    out = np.zeros(probs.shape, bool)
+    np.put_along_axis(out, np.argsort(-probs, axis=1, kind="stable")[:, :k], True, 1)
+    return out
 
 
 def multi_hot(labels: np.ndarray, classes: int) -> np.ndarray:
@@ -69,17 +82,17 @@ def multi_hot(labels: np.ndarray, classes: int) -> np.ndarray:
     return out
 
 
-def score(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """The metrics that fit the labels: one class per image (N,) or several (N, K)."""
-    return classification_metrics(probs, labels) if labels.ndim == 1 else multilabel_metrics(probs, labels)
+def score(probs: np.ndarray, labels: np.ndarray, head: str) -> dict:
+    """The metrics that fit the labels: one class per image (N,) or several (N, K), with the loss ``head`` trains on."""
+    return classification_metrics(probs, labels) if labels.ndim == 1 else multilabel_metrics(probs, labels, head)
 
 
 def detected(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per true digit, whether the model names its class: (N,) argmax == label for one digit per image,
-    (N, K) probability above PRESENT for several."""
+    (N, K) the class among the K most probable (:func:`named`) for K digits."""
     if labels.ndim == 1:
         return probs.argmax(1) == labels
-    return np.take_along_axis(probs, labels, 1) > PRESENT
+    return np.take_along_axis(named(probs, labels.shape[1]), labels, 1)
 
 
 def cam_localization(model, split: data.Split, probs: np.ndarray, tau: float | None = None) -> dict:
@@ -87,7 +100,7 @@ def cam_localization(model, split: data.Split, probs: np.ndarray, tau: float | N
     class against its own box:
 
     - ``loc_20``: top-1 localization by the CAM paper's protocol (box above 20% of the map's max, IoU >= 0.5,
-      class named: argmax, or p > 0.5 with several digits); ``gt_known_20``: the same without the class;
+      class named: argmax, or among the top K with K digits); ``gt_known_20``: the same without the class;
     - ``loc_tau``: top-1 localization at the threshold ``tau`` chosen on validation (:func:`localization.
       choose_threshold`); with ``tau=None`` it is chosen on ``split`` itself, which is what training reports on
       its validation images;
@@ -225,7 +238,7 @@ def evaluate_run(
             continue
         model.set_weights(state.model_weights)
         probs = predict_probs(predict, split)
-        metrics = score(probs, split.labels)
+        metrics = score(probs, split.labels, config.model.head)
         tau = validation_threshold(model, val)
         cam = cam_localization(model, split, probs, tau)
         rows[step] = {
@@ -260,6 +273,6 @@ def robustness(run_dir: Path, distractors=(0, 4, 8, 16), data_dir: Path = data.D
     out = []
     for d in distractors:
         settings, split = split_for(config, data_dir, distractors=d)
-        m = score(predict_probs(predict, split), split.labels)
+        m = score(predict_probs(predict, split), split.labels, config.model.head)
         out.append({"distractors": d, "test_accuracy": m["accuracy"], "test_loss": m["loss"], "step": state.step})
     return out

@@ -129,24 +129,10 @@ def localize(
     settings, split = evaluate.split_for(config, data_dir)
     val = evaluate.validation_for(config, settings, data_dir)
     n = min(images or len(split), len(split))
+    common = (run_dir, state.step, model, predict, split, val, n)  # what both kinds of split are scored with
     if split.labels.ndim == 2:
-        return _localize_digits(
-            run_dir, state.step, model, predict, split, val, n, methods or DIGITS_DEFAULT, slow_images, examples, log
-        )
-    return _localize_one(
-        run_dir,
-        state.step,
-        model,
-        predict,
-        split,
-        val,
-        n,
-        methods or list(METHODS),
-        slow_images,
-        faithful_images,
-        examples,
-        log,
-    )
+        return _localize_digits(*common, methods or DIGITS_DEFAULT, slow_images, examples, log, config.model.head)
+    return _localize_one(*common, methods or list(METHODS), slow_images, faithful_images, examples, log)
 
 
 def _localize_one(
@@ -264,7 +250,7 @@ DIGIT_COLUMNS = [
 ]
 
 
-def _localize_digits(run_dir, step, model, predict, split, val, n, methods, slow_images, n_examples, log) -> dict:
+def _localize_digits(run_dir, step, model, predict, split, val, n, methods, slow_images, n_examples, log, head) -> dict:
     """Several digits per image: each digit scored with the map of its own class (see
     :func:`cam_mnist.localization.per_digit_metrics`); writes ``eval/localization_digits.{json,md,png}``."""
     from cam_mnist import evaluate, localization, plotting
@@ -278,7 +264,7 @@ def _localize_digits(run_dir, step, model, predict, split, val, n, methods, slow
     probs = evaluate.predict_probs(predict, split, n)
     labels = split.labels[:n]
     found = evaluate.detected(probs, labels)  # (n, K)
-    metrics = evaluate.multilabel_metrics(probs, labels)
+    metrics = evaluate.multilabel_metrics(probs, labels, head)
     k = labels.shape[1]
     rows, examples = [], {}
     for method in methods:

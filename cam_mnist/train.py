@@ -153,6 +153,8 @@ class Trainer:
         # One loss per image: each replica sums its images' losses over the global batch size (distribute.py).
         if config.model.head == "sigmoid":  # targets: multi-hot (B, classes); one binary cross-entropy per class
             loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+        elif config.data.digits > 1:  # targets: 1/K on each of the K true classes (B, classes), Mahajan et al. 2018
+            loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
         else:  # targets: class indices (B,)
             loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         variables = self.model.trainable_variables
@@ -196,15 +198,20 @@ class Trainer:
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The training batch of global ``step``: regenerated from (seed, epoch), so resuming needs no data state.
-        Returns the uint8 images and the loss's targets (class indices, or multi-hot for several digits)."""
+        Returns the uint8 images and the loss's targets (class indices, or (B, classes) for several digits)."""
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch_data = data.train_epoch(self.digits, self.config.data, self.config.train.seed, epoch)
             self._epoch = epoch
         b = self.config.train.batch_size
-        labels = self._epoch_data.labels[i * b : (i + 1) * b]
-        targets = multi_hot(labels, NUM_CLASSES) if labels.ndim == 2 else labels.astype(np.int32)
-        return self._epoch_data.images[i * b : (i + 1) * b], targets
+        rows = slice(i * b, (i + 1) * b)
+        images, labels = self._epoch_data.images[rows], self._epoch_data.labels[rows]
+        if labels.ndim == 1:
+            return images, labels.astype(np.int32)
+        targets = multi_hot(labels, NUM_CLASSES)  # a sigmoid's: each class present or not
+        if self.config.model.head == "softmax":  # a softmax's: a distribution, 1/K on each of the K digits' classes
+            targets /= labels.shape[1]
+        return images, targets
 
     def learning_rate(self) -> float:
         return float(np.asarray(self.optimizer.learning_rate))
@@ -264,7 +271,7 @@ class Trainer:
         row of metrics.csv."""
         t = self.config.train
         probs = predict_probs(self.predict, self.val)
-        val, cam = score(probs, self.val.labels), cam_localization(self.model, self.val, probs)
+        val, cam = score(probs, self.val.labels, self.config.model.head), cam_localization(self.model, self.val, probs)
         drawing = drawer.draw(step, cam["tau"], note=" (tau from val)")
         drawing.save(self.run_dir / panel.HEATMAPS)
         count = acc["loss_count"]
@@ -307,7 +314,10 @@ class Trainer:
         # The test split is scored once: accuracy, and CAM localization at the threshold chosen on validation.
         tau = validation_threshold(self.model, self.val)
         probs = predict_probs(self.predict, self.test)
-        test, cam = score(probs, self.test.labels), cam_localization(self.model, self.test, probs, tau)
+        test, cam = (
+            score(probs, self.test.labels, self.config.model.head),
+            cam_localization(self.model, self.test, probs, tau),
+        )
         self.model.save(self.run_dir / ".model.keras.tmp.keras")
         (self.run_dir / ".model.keras.tmp.keras").replace(self.run_dir / "model.keras")
         panel.write_gifs(self.run_dir / panel.HEATMAPS)

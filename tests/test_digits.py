@@ -14,20 +14,39 @@ from cam_mnist.config import preset, validate
 def test_multilabel_metrics_hand_made():
     labels = np.array([[3, 7], [0, 1], [2, 5]])
     probs = np.full((3, 10), 0.1)
-    probs[0, [3, 7]] = 0.9  # both found, nothing else: exact
-    probs[1, [0]] = 0.9  # one of two found
-    probs[2, [2, 5, 9]] = 0.9  # both found plus a false one: not exact
-    m = evaluate.multilabel_metrics(probs, labels)
+    probs[0, [3, 7]] = 0.9  # both named, nothing else: exact
+    probs[1, [0, 4]] = [0.9, 0.5]  # one of two named, and a wrong class above the other
+    probs[2, [2, 9, 5]] = [0.9, 0.85, 0.8]  # both likely, but a wrong class is among the two most probable
+    m = evaluate.multilabel_metrics(probs, labels, "sigmoid")
     assert m["accuracy"] == pytest.approx(1 / 3)
-    assert m["per_digit"] == pytest.approx(5 / 6)
+    assert m["per_digit"] == pytest.approx(4 / 6)
     truth = evaluate.multi_hot(labels, 10)
     assert truth.sum() == 6 and truth[0, 3] == truth[0, 7] == 1
     expected = -np.mean(truth * np.log(probs) + (1 - truth) * np.log(1 - probs))
     assert m["loss"] == pytest.approx(expected)
-    np.testing.assert_array_equal(evaluate.detected(probs, labels), [[1, 1], [1, 0], [1, 1]])
+    np.testing.assert_array_equal(evaluate.detected(probs, labels), [[1, 1], [1, 0], [1, 0]])
+    # Two classes named per image whatever their probabilities: a sigmoid's 0.45 and 0.4 still name 3 and 7.
+    unsure = np.full((1, 10), 0.01)
+    unsure[0, [3, 7]] = [0.45, 0.4]
+    assert evaluate.multilabel_metrics(unsure, labels[:1], "sigmoid")["accuracy"] == 1.0
     certain = np.zeros((1, 10), np.float32)
     certain[0, [3, 7]] = 1.0  # a saturated float32 sigmoid: the loss must stay finite (it is 0 here)
-    assert evaluate.multilabel_metrics(certain, labels[:1])["loss"] == pytest.approx(0, abs=1e-9)
+    assert evaluate.multilabel_metrics(certain, labels[:1], "sigmoid")["loss"] == pytest.approx(0, abs=1e-9)
+
+
+def test_multilabel_metrics_of_a_softmax_over_two_digits():
+    # A softmax trained on 1/K per true class: its ideal output is 0.5 on each of two digits, never above 0.5.
+    labels = np.array([[3, 7], [0, 1]])
+    probs = np.full((2, 10), 0.0125)
+    probs[0, [3, 7]] = 0.45
+    probs[1, [0, 2]] = [0.6, 0.3]
+    m = evaluate.multilabel_metrics(probs, labels, "softmax")
+    assert m["accuracy"] == 0.5 and m["per_digit"] == 0.75
+    # cross-entropy against the target (1/2 on each true class): -(0.5 log 0.45 + 0.5 log 0.45), and row 2's
+    assert m["loss"] == pytest.approx(-(np.log(0.45) + 0.5 * np.log(0.6) + 0.5 * np.log(0.0125)) / 2)
+    ideal = np.zeros((1, 10))
+    ideal[0, [3, 7]] = 0.5
+    assert evaluate.multilabel_metrics(ideal, labels[:1], "softmax")["loss"] == pytest.approx(np.log(2))
 
 
 def _two_digit_truth():
@@ -59,11 +78,14 @@ def test_per_digit_metrics_zero_map_is_defined():
     assert m["top1_loc"] == m["gt_known_loc"] == 0.0
 
 
-def test_two_digits_need_the_sigmoid_head():
+def test_the_two_digits_preset_is_valid_with_either_head():
     config = preset("two-digits")
-    assert config.data.digits == 2 and config.model.head == "sigmoid"
-    config.model.head = "softmax"
-    with pytest.raises(ValueError, match="multi-label head"):
+    assert config.data.digits == 2
+    for head, gauge in (("softmax", "min"), ("sigmoid", "none")):
+        config.model.head, config.train.cam_gauge = head, gauge
+        validate(config)
+    config.train.cam_gauge = "min"  # a sigmoid per class sees each logit's level: no free gauge
+    with pytest.raises(ValueError, match="cam_gauge needs the softmax head"):
         validate(config)
 
 
@@ -97,9 +119,10 @@ def _final_metrics(run_dir, data_dir) -> dict:
     from cam_mnist.config import RunConfig
 
     model = keras.models.load_model(run_dir / "model.keras")
-    _, test = evaluate.split_for(RunConfig.load(run_dir / "config.json"), data_dir)
+    config = RunConfig.load(run_dir / "config.json")
+    _, test = evaluate.split_for(config, data_dir)
     probs = evaluate.predict_probs(lambda x: np.asarray(model(x, training=False)), test)
-    return evaluate.multilabel_metrics(probs, test.labels)
+    return evaluate.multilabel_metrics(probs, test.labels, config.model.head)
 
 
 def test_tiny_run_draws_both_classes(tiny_two_digit_run):
@@ -130,3 +153,35 @@ def test_tiny_run_eval_and_localize(tiny_two_digit_run, run_cli, data_dir):
     ]  # fmt: skip
     assert all(r["images"] == 200 for r in record["methods"])
     assert (tiny_two_digit_run / "eval" / "localization_digits_examples.png").stat().st_size > 0
+
+
+def test_a_softmax_over_two_digits_trains_on_half_of_each_digit(tmp_path, run_cli, data_dir):
+    # The softmax head on two digits per image (Mahajan et al. 2018): its target is 1/2 on each digit's class, it
+    # names its two most probable classes, and it has the softmax's free gauge, so the CAM weights stay >= 0.
+    import keras
+
+    from cam_mnist.config import RunConfig
+    from cam_mnist.train import Trainer
+
+    run_dir = tmp_path / "softmax"
+    result = run_cli(
+        "train", "--preset", "tiny", "--digits", "2", "--head", "softmax", "--cam-gauge", "min", "--canvas", "60",
+        "--run-dir", run_dir, "--quiet", "--data-dir", data_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = keras.models.load_model(run_dir / "model.keras")
+    probs = model.predict(np.random.default_rng(0).random((3, 60, 60, 1), np.float32), verbose=0)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)  # one distribution over the classes
+    kernel = model.get_layer("logits").kernel.numpy()
+    np.testing.assert_allclose(kernel.min(1), 0, atol=1e-6)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = _final_metrics(run_dir, data_dir)
+    assert summary["test_accuracy"] == pytest.approx(final["accuracy"], abs=1e-4)
+    assert summary["test_loss"] == pytest.approx(final["loss"], rel=1e-4)
+
+    trainer = Trainer(RunConfig.load(run_dir / "config.json"), tmp_path / "unused", data_dir, log=lambda *a: None)
+    images, targets = trainer.batch(0)
+    labels = trainer._epoch_data.labels[: len(images)]
+    assert targets.shape == (len(images), 10)
+    np.testing.assert_array_equal(np.take_along_axis(targets, labels, 1), 0.5)
+    np.testing.assert_allclose(targets.sum(1), 1.0)

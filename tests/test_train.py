@@ -356,7 +356,7 @@ def test_every_preset_validates_and_builds_a_cam_model():
     # in float32 keep float32, and the reference's own recipe is the reference's, in float32.
     default, long = config.preset("default"), config.preset("long")
     assert default.model.precision == config.preset("seed-adam").model.precision == "mixed_bfloat16"
-    assert [config.preset(p).model.precision for p in ("long", "two-digits", "seed", "tiny")] == ["float32"] * 4
+    assert [config.preset(p).model.precision for p in ("long", "seed", "tiny")] == ["float32"] * 3
     assert dataclasses.replace(long.model, precision=default.model.precision) == default.model
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert long.data.extra_train_digits > default.data.extra_train_digits == 0
@@ -364,9 +364,11 @@ def test_every_preset_validates_and_builds_a_cam_model():
     seed, seed_adam = config.preset("seed"), config.preset("seed-adam")
     assert seed.model == dataclasses.replace(seed_adam.model, precision="float32") and seed.model.arch == "lenet"
     assert (seed.train.optimizer, seed_adam.train.optimizer) == ("sgd", default.train.optimizer)
-    # two-digits is default's network with a sigmoid per class (README: "trains the same network").
-    two = config.preset("two-digits").model
-    assert dataclasses.replace(two, head="softmax", precision=default.model.precision) == default.model
+    # two-digits is the default's network and recipe with a sigmoid per class, which has no free gauge.
+    two = config.preset("two-digits")
+    assert dataclasses.replace(two.model, head="softmax") == default.model and two.model.head == "sigmoid"
+    assert dataclasses.replace(two.train, cam_gauge=default.train.cam_gauge) == default.train
+    assert two.train.cam_gauge == "none" and two.data.digits == 2
 
 
 def test_native_bfloat16_reads_the_cpus_flags(tmp_path):

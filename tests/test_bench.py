@@ -1,0 +1,51 @@
+"""`make bench`'s timing: the pairing that makes a method's share of the forward pass resolvable on a machine
+whose speed drifts, and the CAM-family table on a real (tiny) trained model."""
+
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from cam_mnist import bench, registry
+from cam_mnist.config import RunConfig
+from cam_mnist.data import load_split
+
+
+def test_paired_rates_alternate_and_measure_each_function():
+    calls = []
+
+    def cheap(batch):
+        calls.append("cheap")
+        time.sleep(0.002)
+
+    def dear(batch):
+        calls.append("dear")
+        time.sleep(0.006)
+
+    batches = [np.zeros((4, 2))] * 3 + [np.zeros((2, 2))]  # 14 images
+    fast, slow = bench.paired_rates(cheap, dear, batches, repeats=2)
+    timed = calls[2:]  # after one warm-up call of each
+    pairs = [tuple(timed[i : i + 2]) for i in range(0, len(timed), 2)]
+    assert len(pairs) == 2 * len(batches)
+    expected = [("cheap", "dear") if (r + i) % 2 == 0 else ("dear", "cheap") for r in range(2) for i in range(4)]
+    assert pairs == expected  # which goes first alternates batch by batch, and between repeats
+    assert fast == pytest.approx(14 / (4 * 0.002), rel=0.5) and slow == pytest.approx(14 / (4 * 0.006), rel=0.5)
+    assert 2 < fast / slow < 4
+
+
+def test_cam_family_rows_on_a_trained_model(tiny_run, data_dir):
+    model = keras.models.load_model(tiny_run / "model.keras")
+    config = RunConfig.load(tiny_run / "config.json")
+    images = load_split("test", config.data, data_dir).float_images(slice(0, 16))
+    rows = bench.cam_family(model, images, slow_images=2, forward=1000.0)
+    assert [r["method"] for r in rows] == list(registry.METHODS)
+    for row in rows:
+        slow = registry.METHODS[row["method"]].slow
+        assert row["images"] == (2 if slow else 16)
+        assert row["maps_per_s"] > 0 and row["forward_beside"] > 0
+        assert row["share_of_forward"] == pytest.approx(row["maps_per_s"] / row["forward_beside"], abs=1e-3)
+        if slow:  # measured once beside them all
+            assert row["forward_beside"] == 1000.0
+        else:  # timed in turn with the method: its own measurement
+            assert row["forward_beside"] != 1000.0
