@@ -3,7 +3,7 @@
 Every model built here is a flat Keras functional model with three named layers the CAM family relies on:
   - ``cam_features``: the (B, h, w, K) activations A^k that GAP averages (the CAM paper's f_k(x, y));
   - ``logits``: the bias-free Dense layer, S_c = sum_k w_k^c * mean_xy f_k(x, y)  (paper eq. before eq. 1);
-  - ``probs``: softmax over the logits (or a sigmoid per class for several digits per image), the model's output.
+  - ``probs``: softmax over the logits (or, with the ``sigmoid`` head, a sigmoid per class), the model's output.
 Keeping logits and softmax apart makes CAM weights (the Dense kernel) and gradients w.r.t. logits well defined.
 The saved ``model.keras`` needs no custom objects: it takes (N, H, W, 1) float32 in [0, 1], returns probabilities.
 """
@@ -67,7 +67,8 @@ def build_model(
     features = {"lenet": _lenet, "stack": _stack}[config.arch](inputs, config, synchronized_bn)
     pooled = layers.GlobalAveragePooling2D(name="gap", dtype="float32")(features)  # (B, K)
     logits = layers.Dense(num_classes, use_bias=False, name=LOGITS, dtype="float32")(pooled)  # kernel w_k^c (K, C)
-    # softmax: exactly one digit per image; sigmoid: each class present or not (several digits, multi-label).
+    # softmax: one distribution over the classes (trained on 1/K per digit with K digits); sigmoid: each class
+    # present or not, on its own (multi-label).
     probs = (
         layers.Softmax(name=PROBS, dtype="float32")(logits)
         if config.head == "softmax"
