@@ -200,6 +200,61 @@ def cam_family(model, images, slow_images: int, forward: float) -> list[dict]:
     return rows
 
 
+def nested_application(size: int = 224, batch: int = 32, batches: int = 3, score_images: int = 2) -> dict:
+    """MobileNetV2 (random weights) nested in a Sequential as the Keras transfer-learning guide builds it, on
+    ``size`` x ``size`` x 3 images: CAM and Grad-CAM maps/s timed in turn with that model's own forward pass, batch
+    by batch (:func:`paired_rates`), and Score-CAM's maps/s (1280 channel passes per map, ``pass_batch`` at a time)."""
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None)
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            keras.layers.Rescaling(1 / 127.5, offset=-1),  # MobileNetV2's preprocessing
+            base,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10),
+        ]
+    )
+    images = np.random.default_rng(0).uniform(0, 255, (batch * batches, size, size, 3)).astype(np.float32)
+    one_pass = _forward(model)
+    result = {"model": f"MobileNetV2 nested in a Sequential, random weights, {size}x{size}x3", "batch": batch}
+    rows = []
+    for name in ("cam", "gradcam"):
+        explainer = get_method(model, name, batch_size=batch)
+        beside, rate = paired_rates(
+            one_pass, explainer, [images[lo : lo + batch] for lo in range(0, len(images), batch)]
+        )
+        rows.append(
+            {
+                "method": name,
+                "layer": explainer.layer.path,
+                "images": len(images),
+                "maps_per_s": round(rate, 1),
+                "forward_beside": round(beside, 1),
+                "share_of_forward": round(rate / beside, 3),
+            }
+        )
+        print(
+            f"  nested MobileNetV2 {name:10s} {rate:8.1f} maps/s, {rate / beside:.0%} of its forward pass", flush=True
+        )
+    score = get_method(model, "scorecam", batch_size=1)
+    score(images[:1])  # trace once
+    seconds = best_of(lambda: score(images[:score_images]), repeats=1)
+    rows.append(
+        {
+            "method": "scorecam",
+            "layer": score.layer.path,
+            "images": score_images,
+            "maps_per_s": round(score_images / seconds, 3),
+            "pass_batch": score.pass_batch,
+            "channels": int(score.layer.shape[-1]),
+        }
+    )
+    print(f"  nested MobileNetV2 scorecam   {score_images / seconds:8.3f} maps/s", flush=True)
+    return {**result, "methods": rows}
+
+
 def tf_keras_vis(model, images, n: int, batch: int = 128) -> list[dict]:
     """tf-keras-vis 0.8.7 on the same model (on its logits, so no model modifier) and the same images, beside ours
     timed on that model too."""
@@ -253,6 +308,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-images", type=int, default=200, help="test images for Score-CAM and occlusion")
     parser.add_argument("--reference-images", type=int, default=2000, help="test images for tf-keras-vis")
     parser.add_argument("--out", default="bench", help="folder for results.json and results.md")
+    parser.add_argument(
+        "--application",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time MobileNetV2 (random weights, 224x224x3) nested in a Sequential",
+    )
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the peak memory of train, localize and explain at two sizes (about 5 minutes)",
+    )
     args = parser.parse_args(argv)
 
     results = {
@@ -314,6 +381,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"no trained model at {model_path}: CAM-family timings skipped (run `make train` first)")
 
+    if args.application:
+        print("a keras.applications network, nested as users nest it:", flush=True)
+        results["application"] = nested_application()
+    if args.memory and model_path.exists():
+        from cam_mnist import bench_memory
+
+        print("peak memory and wall time at two sizes of each command's work:", flush=True)
+        results["memory"] = bench_memory.rows(model_path.parent)
+
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -361,6 +437,25 @@ def to_markdown(r: dict) -> str:
             f"| {c['method']} | {c['images']} | {c['maps_per_s']} | {c['ours_maps_per_s']} | "
             f"{c['ours_maps_per_s'] / c['maps_per_s']:.1f}x | {c['mean_correlation_with_ours']} |"
             for c in r["reference"]
+        ]
+    if "memory" in r:
+        from cam_mnist.bench_memory import to_markdown as memory_markdown
+
+        lines += memory_markdown(r["memory"])
+    if "application" in r:
+        a, score = r["application"], r["application"]["methods"][-1]
+        lines += [
+            "",
+            f"{a['model']}, batch {a['batch']}: maps per second beside that model's own forward pass "
+            f"(Score-CAM: {score['channels']} channel passes per map, {score['pass_batch']} at a time):",
+            "",
+            "| method | layer | images | maps/s | forward pass beside it | share of the forward rate |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m['method']} | `{m['layer']}` | {m['images']} | {m['maps_per_s']} | {m.get('forward_beside', '–')} | "
+            + (f"{m['share_of_forward']:.0%} |" if "share_of_forward" in m else "– |")
+            for m in a["methods"]
         ]
     return "\n".join(lines) + "\n"
 

@@ -16,8 +16,8 @@ IOU_CORRECT = 0.5
 
 
 # 8-connectivity within an image, none across the batch axis: one ndimage.label call labels a whole batch.
-_PER_IMAGE_8_CONNECTED = np.zeros((3, 3, 3), bool)
-_PER_IMAGE_8_CONNECTED[1] = True
+PER_IMAGE_8_CONNECTED = np.zeros((3, 3, 3), bool)
+PER_IMAGE_8_CONNECTED[1] = True
 
 
 def tight_boxes(masks: np.ndarray) -> np.ndarray:
@@ -33,7 +33,7 @@ def _components(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     (M,), its size in pixels (M,) and its bounding slices (image, rows, cols), in the order found (by image, then
     top-most, then left-most)."""
     masks = np.asarray(masks, bool)
-    labels, count = ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTED)
+    labels, count = ndimage.label(masks, structure=PER_IMAGE_8_CONNECTED)
     if count == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), []
     sizes = np.bincount(labels[masks], minlength=count + 1)[1:]  # (M,) pixels per component: the kept ones only
@@ -112,6 +112,14 @@ def pointing_game(maps: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> np
     n, h, w = maps.shape
     y, x = np.divmod(maps.reshape(n, -1).argmax(1), w)
     return (near(masks, tolerance) if tolerance else masks)[np.arange(n), y, x]
+
+
+def relevance_mass(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(N,) the share of each map's total value that lies on the digit's mask: relevance mass accuracy (Arras et al.
+    2022, arXiv 2003.07258). 0 for an all-zero map."""
+    maps = np.asarray(maps, np.float64)
+    total, inside = maps.sum((1, 2)), np.where(masks, maps, 0).sum((1, 2))
+    return np.divide(inside, total, out=np.zeros(len(maps)), where=total > 0)
 
 
 def peak_in_box(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ command calls."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -19,8 +20,11 @@ from cam_mnist.distribute import STRATEGIES
 from cam_mnist.errors import UserError
 from cam_mnist.runs import OUT, latest_run, mark_latest, run_dir_or_latest
 
-EXIT_BAD_INPUT = 2
-NEEDS_TENSORFLOW = {"train", "eval", "localize", "explain", "bench"}
+EXIT_BAD_INPUT = 2  # the user's mistake, or a folder that cannot be written (full, read-only, not permitted)
+EXIT_STOPPED = 75  # training stopped by a signal after writing a checkpoint: run the same command to resume
+# (75 is sysexits' EX_TEMPFAIL, "try again later": schedulers treat it as a failure to requeue, not a success)
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+NEEDS_TENSORFLOW = {"train", "eval", "localize", "explain", "layers", "bench"}
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -84,105 +88,119 @@ def _flatten(config: cfg.RunConfig) -> dict:
     return {k: v for section in ("data", "model", "train") for k, v in config.to_dict()[section].items()}
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
+    from cam_mnist.lock import writing
     from cam_mnist.train import Trainer
 
     config, run_dir = resolve_run(args)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.json")
-    mark_latest(run_dir)
-    log_file = open(run_dir / "train.log", "a")
+    with writing(run_dir, "train"):  # before anything is written: a second trainer on this folder is refused
+        config.save(run_dir / "config.json")
+        mark_latest(run_dir)
+        with open(run_dir / "train.log", "a") as log_file:
 
-    def log(message: str) -> None:
-        from tqdm import tqdm
+            def log(message: str) -> None:
+                from tqdm import tqdm
 
-        line = f"{time.strftime('%H:%M:%S')} {message}"
-        tqdm.write(line)
-        log_file.write(line + "\n")
-        log_file.flush()
+                line = f"{time.strftime('%H:%M:%S')} {message}"
+                tqdm.write(line)
+                log_file.write(line + "\n")
+                log_file.flush()
 
-    log(
-        f"run {run_dir} preset={config.preset} steps={config.train.steps} batch={config.train.batch_size} "
-        f"strategy={args.strategy}" + (f" devices={','.join(args.devices)}" if args.devices else "")
-    )
-    with log_file:
-        trainer = Trainer(config, run_dir, Path(args.data_dir), log=log, strategy=args.strategy, devices=args.devices)
-        summary = trainer.run(progress=not args.quiet)
-    if "test_accuracy" in summary:
-        print(f"heatmaps: {run_dir / 'heatmaps'}  page: {run_dir / 'index.html'}  model: {run_dir / 'model.keras'}")
+            log(
+                f"run {run_dir} preset={config.preset} steps={config.train.steps} batch={config.train.batch_size} "
+                f"strategy={args.strategy}" + (f" devices={','.join(args.devices)}" if args.devices else "")
+            )
+            strategy = {"strategy": args.strategy, "devices": args.devices}
+            trainer = Trainer(config, run_dir, Path(args.data_dir), log=log, **strategy)
+            summary = trainer.run(progress=not args.quiet)
+    if "interrupted_at" in summary:
+        return EXIT_STOPPED
+    print(f"heatmaps: {run_dir / 'heatmaps'}  page: {run_dir / 'index.html'}  model: {run_dir / 'model.keras'}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------------ eval
 def cmd_eval(args) -> None:
-    from cam_mnist import evaluate, plotting
+    from cam_mnist import evaluate
+    from cam_mnist.lock import writing
 
     if args.every < 1:
         raise UserError(f"--every must be at least 1, got {args.every}")
     run_dirs = [Path(d) for d in args.run_dir] if args.run_dir else [run_dir_or_latest(None)]
     finals = []
     for run_dir in run_dirs:
-        rows, final = evaluate.evaluate_run(
-            run_dir,
-            Path(args.data_dir),
-            force=args.force,
-            every=args.every,
-            progress=not args.quiet,
-            canvas=args.canvas,
-            distractors=args.distractors,
-            data_seed=args.data_seed,
-        )
-        out = run_dir / evaluate.EVAL
-        steps = np.array(sorted(rows))
-        column = lambda name, rows=rows, steps=steps: np.array([float(rows[s][name]) for s in steps])  # noqa: E731
-        stem = final["csv"].stem
-        plotting.line_plot(
-            out / f"{stem}.png",
-            {
-                "test accuracy": (steps, column("test_accuracy")),
-                "CAM top-1 localization, tau chosen on validation": (steps, column("cam_top1_loc_tau")),
-                "CAM top-1 localization at 20% (CAM paper)": (steps, column("cam_top1_loc_20")),
-                "CAM peak in the digit's box": (steps, column("cam_peak_in_box")),
-            },
-            "step",
-            "fraction of test images",
-            f"{run_dir.name}: accuracy and localization per step",
-            hlines={"TF1 reference accuracy, reported (leaky test)": evaluate.REFERENCE_ACCURACY},
-        )
-        if "confusion" in final:  # one digit per image
-            plotting.confusion_plot(
-                out / f"confusion-{stem}.png",
-                final["confusion"],
-                f"step {final['step']}: accuracy {final['accuracy']:.2%}",
-            )
-        print(f"\n{run_dir}: evaluated {len(final['evaluated'])} checkpoint(s), {len(rows)} in {final['csv']}")
-        columns = ["step", "test_accuracy", "test_loss", *evaluate.EVAL_COLUMNS]
-        if "per_digit_accuracy" in rows[final["step"]]:  # several digits: test_accuracy is the exact match
-            columns.insert(2, "per_digit_accuracy")
-        print(markdown_table(columns, [[rows[s][c] for c in columns] for s in steps]))
-        summary = {
-            "run": run_dir.name,
-            "preset": evaluate.load_run(run_dir).preset,
-            "steps": final["step"],
-            "wall_s": rows[final["step"]]["wall_s"],
-            "test_accuracy": f"{final['accuracy']:.4f}",
-        }
-        if args.robustness:
-            robust = evaluate.robustness(run_dir, data_dir=Path(args.data_dir))
-            lines = [[r["distractors"], f"{r['test_accuracy']:.4f}", f"{r['test_loss']:.4f}"] for r in robust]
-            text = markdown_table(["distractors", "test_accuracy", "test_loss"], lines)
-            (out / "robustness.md").write_text(text + "\n")
-            print(f"\nrobustness of step {robust[0]['step']} as clutter grows:\n{text}")
-        finals.append(summary)
-        if args.localize:
-            from cam_mnist.localize import localize
-
-            print(localize(run_dir, args.data_dir, log=lambda message: print(message, flush=True))["table"])
+        evaluate.load_run(run_dir)  # a folder that is not a run is named as such, before any lock is taken
+        with writing(run_dir, "eval"):
+            finals.append(_eval_one(run_dir, args))
     text = markdown_table(list(finals[0]), [list(f.values()) for f in finals])
     print(f"\nfinal:\n{text}")
     for run_dir in run_dirs:
         (run_dir / evaluate.EVAL / "final.md").write_text(text + "\n")
     if len(run_dirs) > 1:
         _compare(run_dirs, args)
+
+
+def _eval_one(run_dir: Path, args) -> dict:
+    """``eval`` of one run: its table, plots, robustness and (asked) localization; returns its final row."""
+    from cam_mnist import evaluate, plotting
+
+    rows, final = evaluate.evaluate_run(
+        run_dir,
+        Path(args.data_dir),
+        force=args.force,
+        every=args.every,
+        progress=not args.quiet,
+        canvas=args.canvas,
+        distractors=args.distractors,
+        data_seed=args.data_seed,
+    )
+    out = run_dir / evaluate.EVAL
+    steps = np.array(sorted(rows))
+    column = lambda name, rows=rows, steps=steps: np.array([float(rows[s][name]) for s in steps])  # noqa: E731
+    stem = final["csv"].stem
+    plotting.line_plot(
+        out / f"{stem}.png",
+        {
+            "test accuracy": (steps, column("test_accuracy")),
+            "CAM top-1 localization, tau chosen on validation": (steps, column("cam_top1_loc_tau")),
+            "CAM top-1 localization at 20% (CAM paper)": (steps, column("cam_top1_loc_20")),
+            "CAM peak in the digit's box": (steps, column("cam_peak_in_box")),
+        },
+        "step",
+        "fraction of test images",
+        f"{run_dir.name}: accuracy and localization per step",
+        hlines={"TF1 reference accuracy, reported (leaky test)": evaluate.REFERENCE_ACCURACY},
+    )
+    if "confusion" in final:  # one digit per image
+        plotting.confusion_plot(
+            out / f"confusion-{stem}.png",
+            final["confusion"],
+            f"step {final['step']}: accuracy {final['accuracy']:.2%}",
+        )
+    print(f"\n{run_dir}: evaluated {len(final['evaluated'])} checkpoint(s), {len(rows)} in {final['csv']}")
+    columns = ["step", "test_accuracy", "test_loss", *evaluate.EVAL_COLUMNS]
+    if "per_digit_accuracy" in rows[final["step"]]:  # several digits: test_accuracy is the exact match
+        columns.insert(2, "per_digit_accuracy")
+    print(markdown_table(columns, [[rows[s][c] for c in columns] for s in steps]))
+    summary = {
+        "run": run_dir.name,
+        "preset": evaluate.load_run(run_dir).preset,
+        "steps": final["step"],
+        "wall_s": rows[final["step"]]["wall_s"],
+        "test_accuracy": f"{final['accuracy']:.4f}",
+    }
+    if args.robustness:
+        robust = evaluate.robustness(run_dir, data_dir=Path(args.data_dir))
+        lines = [[r["distractors"], f"{r['test_accuracy']:.4f}", f"{r['test_loss']:.4f}"] for r in robust]
+        text = markdown_table(["distractors", "test_accuracy", "test_loss"], lines)
+        (out / "robustness.md").write_text(text + "\n")
+        print(f"\nrobustness of step {robust[0]['step']} as clutter grows:\n{text}")
+    if args.localize:
+        from cam_mnist.localize import localize
+
+        print(localize(run_dir, args.data_dir, log=lambda message: print(message, flush=True))["table"])
+    return summary
 
 
 def _compare(run_dirs: list[Path], args) -> None:
@@ -299,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     localize_cli.add_parser(commands)
+    localize_cli.add_figure_parser(commands)
     explain_cli.add_parser(commands)
+    explain_cli.add_layers_parser(commands)
     frontier_cli.add_parser(commands)
 
     p = command_parser(
@@ -399,4 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except UserError as e:  # the user's mistake: one line, exit status 2; anything else is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        if e.errno not in STORAGE_ERRORS:
+            raise
+        # A disk that is full, read-only or not ours: the machine's state, not a bug. Every file is written whole
+        # or not at all (atomic.py), so once the cause is gone the same command resumes.
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror}; free space or choose a writable folder, then run the same "
+              f"command again (nothing was left half-written)", file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT

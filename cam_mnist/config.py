@@ -41,6 +41,9 @@ class DataConfig:
     )
     hide_prob: float = _opt(0.2, "hide-and-seek: the chance that each square is blanked")
     hide_epochs: int = _opt(4, "hide-and-seek only in the first this many epochs, then whole images (0: in all)")
+    test_size: int = _opt(
+        0, "held-out test images that score the run (the split's first N; 0: all 10k); the tiny preset's tests use few"
+    )
     extra_train_digits: int = _opt(
         0,
         "the first N of MNIST's 10k validation digits join the 50k training digits; validation then scores only "
@@ -123,6 +126,11 @@ class TrainConfig:
         "only adds evidence), 'mean' (zero mean over classes: the part every class shares out of each CAM), 'none'",
     )
     seed: int = _opt(0, "seeds the weights and the training data order and clutter")
+    random_labels: bool = _opt(
+        False,
+        "train on the training digits' labels permuted at random (fixed by the seed): the data randomization test "
+        "of Adebayo et al. 2018, whose maps must differ from a real model's",
+    )
     heatmap_every: int = _opt(790, "steps between heatmap snapshots and validation (10 per run)")
     checkpoint_every: int = _opt(790, "steps between checkpoints")
     keep_checkpoints: int = _opt(25, "newest checkpoints kept on disk; older ones are deleted")
@@ -236,6 +244,7 @@ PRESET_HELP = {
     "two-digits": "ours on two digits of different classes per image, a sigmoid per class",
     "seed": "the TF1 reference exactly: LeNet, SGD lr 0.5, batch 256, 360 steps",
     "seed-adam": "the reference's LeNet trained with our optimiser (Adam lr 4.8e-2, cosine, bfloat16), 9600 steps",
+    "random-labels": "the default's network trained on permuted labels for 1580 steps: the sanity checks' reference",
     "tiny": "the default's recipe at a tenth of its widths on a 40x40 canvas: seconds, for tests",
 }
 OFF = {"data": {"hide_patch": 0}, "train": {"cam_gauge": "none"}}  # our additions, off: the reference's recipe
@@ -291,8 +300,11 @@ PRESETS: dict[str, dict[str, dict]] = {
             "checkpoint_every": 960,
         },
     },
+    # Adebayo et al.'s data randomization: the default's network and recipe on labels permuted once, for two epochs.
+    # It learns nothing that ties a digit to its class; `localize` compares its maps with the scored run's.
+    "random-labels": {"train": {"random_labels": True, "steps": 1580, "warmup_steps": 160, "heatmap_every": 790}},
     "tiny": {  # the default's recipe at a tenth of its widths
-        "data": {"canvas": 40, "distractors": 2, "train_size": 512, "hide_epochs": 0},
+        "data": {"canvas": 40, "distractors": 2, "train_size": 512, "hide_epochs": 0, "test_size": 300},
         "model": {"layers": ("4x4/2", "4x3", "8x4/2", "8x3x1", "8x1"), "precision": "float32"},
         "train": {
             "steps": 12,
@@ -361,6 +373,10 @@ def validate(config: RunConfig) -> None:
         (0 <= d.hide_patch <= d.canvas, f"hide_patch must be in 0..{d.canvas} pixels, got {d.hide_patch}"),
         (0 <= d.hide_prob < 1, f"hide_prob must be in [0, 1), got {d.hide_prob}"),
         (d.hide_epochs >= 0, f"hide_epochs must be >= 0, got {d.hide_epochs}"),
+        (
+            0 <= d.test_size <= SPLIT_SIZES["test"],
+            f"test_size must be in 0..{SPLIT_SIZES['test']} (0: the whole split), got {d.test_size}",
+        ),
         (
             0 <= d.extra_train_digits < SPLIT_SIZES["val"],
             f"extra_train_digits must be in 0..{SPLIT_SIZES['val'] - 1} (some validation digits must stay held "

@@ -36,7 +36,7 @@ MNIST_FILE = "mnist.npz"
 HELD_OUT = ("val", "test")
 # Each split draws from its own random stream, and hide-and-seek from another, so that turning it on leaves every
 # other draw (order, positions, clutter) of a seed as it was. (3 was the retired digit distortions' stream.)
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "hide": 4}
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "hide": 4, "labels": 5}
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,10 @@ class Split:
         return len(self.images)
 
     def head(self, n: int | None) -> Split:
-        """The first ``n`` images (all for None), with their ground truth."""
-        return self.subset(slice(0, n))
+        """The first ``n`` images (all for None), with their ground truth: copies, so that the whole split they
+        came from can be freed."""
+        part = self.subset(slice(0, n))
+        return part if n is None or n >= len(self) else part.subset(np.arange(len(part)))
 
     def subset(self, index) -> Split:
         """The images at ``index`` (a slice, indices or a boolean mask), with their ground truth."""
@@ -95,8 +97,16 @@ def generate(
     draws = clutter.draw(
         rng, digits.labels, n, config.canvas, config.distractors, config.distractor_size, config.digits, digit_index
     )
+    return _split_of(digits, draws, config, with_masks, name, source_split)
+
+
+def _split_of(
+    digits: Digits, draws: clutter.Draws, config: DataConfig, with_masks, name, source_split, pool_boxes=None
+) -> Split:
+    """The images and ground truth that ``draws`` describe (``pool_boxes``: the digits' own boxes, if known)."""
+    n = len(draws.digit_index)
     images = clutter.compose(digits.images, draws, config.canvas, config.distractor_size)
-    boxes = clutter.ground_truth_boxes(digits.images, draws)
+    boxes = clutter.ground_truth_boxes(digits.images, draws, pool_boxes)
     masks = (
         clutter.digit_masks(digits.images, draws, config.canvas)
         if with_masks
@@ -134,6 +144,14 @@ def training_digits(digits: dict[str, Digits], config: DataConfig) -> Digits:
     return Digits(np.concatenate([pool.images, extra.images[:n]]), np.concatenate([pool.labels, extra.labels[:n]]))
 
 
+def with_random_labels(digits: dict[str, Digits], seed: int) -> dict[str, Digits]:
+    """The MNIST splits with the training digits' labels permuted at random (once, from ``seed``): the data of
+    Adebayo et al.'s data randomization test. The held-out splits keep their true labels."""
+    train = digits["train"]
+    permuted = train.labels[_rng(seed, "labels").permutation(len(train.labels))]
+    return {**digits, "train": Digits(train.images, permuted)}
+
+
 def held_out_of(split: Split, config: DataConfig) -> Split:
     """The images of the stored ``val`` split that no training digit leads: those whose digits all have index
     >= ``extra_train_digits``. Their 8x8 clutter crops may still come from the moved digits; validation only
@@ -144,27 +162,52 @@ def held_out_of(split: Split, config: DataConfig) -> Split:
     return split.subset((split.source_index >= n).reshape(len(split), -1).all(1))
 
 
+class TrainEpoch:
+    """Epoch ``epoch`` of training images, a shuffled pass over the train digits with fresh clutter, made a few
+    rows at a time (:meth:`rows`): every random choice of the epoch is drawn up front (a few MB: digits, positions,
+    clutter crops, hidden squares), the images only when asked, so memory does not grow with ``train_size``.
+
+    A pure function of (seed, epoch): a resumed run regenerates exactly the images it would have seen, and any
+    rows of it are the rows of the whole epoch made at once.
+    """
+
+    def __init__(self, digits: dict[str, Digits], config: DataConfig, seed: int, epoch: int):
+        self.pool, self.config = training_digits(digits, config), config
+        self.pool_boxes = clutter.digit_boxes(self.pool.images)  # once, not at every batch
+        rng = _rng(seed, "train", epoch)
+        n = config.train_size
+        order = np.concatenate([rng.permutation(len(self.pool.labels)) for _ in range(-(-n // len(self.pool.labels)))])
+        index = order[:n]
+        if config.digits > 1:
+            index = np.concatenate([index[:, None], np.zeros((n, config.digits - 1), int)], 1)
+        c = config
+        self.draws = clutter.draw(
+            rng, self.pool.labels, n, c.canvas, c.distractors, c.distractor_size, c.digits, digit_index=index
+        )
+        # Hide-and-seek draws from its own stream, so turning it on leaves every other draw of the seed as it was.
+        self.hiding = None
+        if c.hide_patch and (c.hide_epochs == 0 or epoch < c.hide_epochs):
+            self.hiding = clutter.draw_hiding(
+                n, (c.canvas, c.canvas), c.hide_patch, c.hide_prob, _rng(seed, "hide", epoch)
+            )
+
+    def __len__(self) -> int:
+        return len(self.draws.digit_index)
+
+    def rows(self, index, with_masks: bool = False) -> Split:
+        """The images ``index`` (a slice or indices) of the epoch, with their ground truth."""
+        c, draws = self.config, self.draws.take(index)
+        split = _split_of(self.pool, draws, c, with_masks, "train", "train", self.pool_boxes)
+        if self.hiding is not None:
+            split = dataclasses.replace(split, images=clutter.hide(split.images, c.hide_patch, self.hiding.take(index)))
+        return split
+
+
 def train_epoch(
     digits: dict[str, Digits], config: DataConfig, seed: int, epoch: int, with_masks: bool = False
 ) -> Split:
-    """Epoch ``epoch`` of training images: a shuffled pass over the train digits with fresh clutter.
-
-    A pure function of (seed, epoch), so a resumed run regenerates exactly the images it would have seen.
-    """
-    pool = training_digits(digits, config)
-    rng = _rng(seed, "train", epoch)
-    order = np.concatenate(
-        [rng.permutation(len(pool.labels)) for _ in range(-(-config.train_size // len(pool.labels)))]
-    )
-    index = order[: config.train_size]
-    if config.digits > 1:
-        index = np.concatenate([index[:, None], np.zeros((len(index), config.digits - 1), int)], 1)
-    split = generate(pool, config, rng, digit_index=index, with_masks=with_masks, name="train", source_split="train")
-    # Hide-and-seek draws from its own stream, so turning it on leaves every other draw of the seed as it was.
-    if config.hide_patch and (config.hide_epochs == 0 or epoch < config.hide_epochs):
-        images = clutter.hide_patches(split.images, config.hide_patch, config.hide_prob, _rng(seed, "hide", epoch))
-        split = dataclasses.replace(split, images=images)
-    return split
+    """Epoch ``epoch`` of training images, all of them at once (:class:`TrainEpoch` makes them a few at a time)."""
+    return TrainEpoch(digits, config, seed, epoch).rows(slice(None), with_masks)
 
 
 # ------------------------------------------------------------------------------------------------------- storage
@@ -230,14 +273,18 @@ def save_split(folder: Path, split: Split, config: DataConfig) -> dict:
     return manifest[split.name]
 
 
-def read_split(path: Path, name: str) -> Split:
-    """Load one stored split, with a one-line error if it is missing or corrupt."""
+def read_split(path: Path, name: str, with_masks: bool = True) -> Split:
+    """Load one stored split, with a one-line error if it is missing or corrupt. ``with_masks=False`` leaves the
+    digits' masks packed on disk (empty (N, [K,] 0, 0) arrays): 100 MB less for 10k images, where only boxes count."""
     if not path.exists():
         raise DataError(f"{path}: split {name!r} not generated; run `make data`")
     try:
         with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        masks = np.unpackbits(a["masks_packed"], axis=-1, count=int(a["mask_width"])).astype(bool)
+            a = {k: z[k] for k in z.files if with_masks or k != "masks_packed"}
+        if with_masks:  # the unpacked bits are 0 or 1: viewed as bool, not copied
+            masks = np.unpackbits(a["masks_packed"], axis=-1, count=int(a["mask_width"])).view(bool)
+        else:
+            masks = np.zeros((*a["labels"].shape, 0, 0), bool)
         return Split(
             name=name,
             images=a["images"],

@@ -12,8 +12,8 @@ from ``TF_CONFIG``), each replica takes its slice of the global batch, and:
   the two-pass ``tf.nn.moments`` of unsynchronised batch norm: ``mirrored`` on one device and on two agree to
   float rounding (1e-6 after a few steps), while ``mirrored`` and ``default`` drift apart by up to 1e-3 in
   a few steps, as two float orders of the same sums do in any network trained with Adam;
-- every worker builds the same global batch (the data is a pure function of seed and step) and keeps its own
-  replicas' slices, so no input pipeline has to be shared.
+- every worker composes only its own replicas' rows of the global batch (the data is a pure function of seed and
+  step, so the rows need no coordination), and no input pipeline has to be shared.
 """
 
 from __future__ import annotations
@@ -69,16 +69,30 @@ def _split_cpu(count: int) -> None:
             raise UserError(f"cannot split the CPU into {count} devices after TensorFlow has started: {e}") from None
 
 
-def replica_batches(strategy, arrays: tuple, batch_size: int):
-    """``arrays`` (each with the global batch first) as per-replica slices for ``strategy.run``; on one replica,
-    the arrays themselves."""
+def local_rows(strategy, batch_size: int) -> slice:
+    """The rows of the global batch that this process's replicas take: all of it on one machine, this worker's own
+    shard under ``multiworker`` (so no worker generates another's images)."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return slice(0, batch_size)
+    ids = strategy.experimental_local_results(
+        strategy.experimental_distribute_values_from_function(lambda context: context.replica_id_in_sync_group)
+    )
+    ids = [int(i) for i in ids]
+    per = batch_size // replicas
+    return slice(min(ids) * per, (max(ids) + 1) * per)
+
+
+def replica_batches(strategy, arrays: tuple, batch_size: int, offset: int = 0):
+    """``arrays`` (each holding rows ``offset``... of the global batch: :func:`local_rows`) as per-replica slices
+    for ``strategy.run``; on one replica, the arrays themselves."""
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
         return arrays
     per = batch_size // replicas  # the Trainer checked that it divides
 
     def slice_for(context):  # called once per local replica; the replica id counts over the whole cluster
-        i = context.replica_id_in_sync_group
-        return tuple(a[i * per : (i + 1) * per] for a in arrays)
+        lo = context.replica_id_in_sync_group * per - offset
+        return tuple(a[lo : lo + per] for a in arrays)
 
     return strategy.experimental_distribute_values_from_function(slice_for)

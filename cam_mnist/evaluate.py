@@ -20,6 +20,7 @@ from cam_mnist.config import DataConfig, RunConfig
 from cam_mnist.errors import ArchitectureMismatch, CheckpointError, DataError
 
 EVAL = "eval"
+PREDICT_BATCH = 128  # images per forward pass of a run's model: 500 held 0.4 GB more memory, for no speed
 REFERENCE_ACCURACY = 0.976  # the TF1 reference repo's reported test accuracy (on a leaky test set)
 # The CAM columns of accuracy_per_step.csv; a row written before one of them existed is scored again.
 EVAL_COLUMNS = ["cam_top1_loc_tau", "tau_from_val", "cam_top1_loc_20", "cam_gt_known_loc_20", "cam_peak_in_box"]
@@ -107,11 +108,10 @@ def cam_localization(model, split: data.Split, probs: np.ndarray, tau: float | N
     - ``peak_in_box``: the map's maximum lies in the digit's box.
     Where the class is predicted, the predicted class's map is the true class's, so no other maps are needed."""
     from cam_mnist import localization
-    from cam_mnist.boxes import IOU_CORRECT, PAPER_THRESHOLD, peak_in_box
+    from cam_mnist.boxes import IOU_CORRECT, PAPER_THRESHOLD
 
-    maps, boxes = true_class_maps(model, split), split.boxes.reshape(-1, 4)  # (N*K, H, W), (N*K, 4)
     sweep = localization.MAXBOX_THRESHOLDS if tau is None else [tau]
-    ious = localization.ious_by_threshold(maps, boxes, [PAPER_THRESHOLD, *sweep])
+    ious, peak = _map_ious(model, split, [PAPER_THRESHOLD, *sweep])
     tau = localization.best_threshold({float(t): ious[float(t)] for t in sweep}) if tau is None else tau
     found = detected(probs, split.labels).ravel()
     return {
@@ -119,7 +119,7 @@ def cam_localization(model, split: data.Split, probs: np.ndarray, tau: float | N
         "gt_known_20": float((ious[PAPER_THRESHOLD] >= IOU_CORRECT).mean()),
         "loc_tau": float((found & (ious[tau] >= IOU_CORRECT)).mean()),
         "tau": float(tau),
-        "peak_in_box": float(peak_in_box(maps, boxes).mean()),
+        "peak_in_box": float(peak.mean()),
     }
 
 
@@ -128,7 +128,24 @@ def validation_threshold(model, val: data.Split) -> float:
     then applied unchanged to the test split (:func:`localization.choose_threshold`)."""
     from cam_mnist import localization
 
-    return localization.choose_threshold(true_class_maps(model, val), val.boxes.reshape(-1, 4))
+    return localization.best_threshold(_map_ious(model, val, localization.MAXBOX_THRESHOLDS)[0])
+
+
+def _map_ious(model, split: data.Split, thresholds) -> tuple[dict[float, np.ndarray], np.ndarray]:
+    """{threshold: (N*K,) IoU of each digit's protocol box} from the CAM of its true class, and (N*K,) whether the
+    map's peak lies in the digit's box: made a chunk of images at a time, so no N x H x W array is held."""
+    from cam_mnist import localization
+    from cam_mnist.boxes import peak_in_box
+    from cam_mnist.tally import chunks
+
+    ious, peaks = {}, []
+    for rows in chunks(len(split)):
+        part = split.subset(rows)
+        maps, boxes = true_class_maps(model, part), part.boxes.reshape(-1, 4)  # (n*K, H, W), (n*K, 4)
+        for t, value in localization.ious_by_threshold(maps, boxes, thresholds).items():
+            ious.setdefault(t, []).append(value)
+        peaks.append(peak_in_box(maps, boxes))
+    return {t: np.concatenate(v) for t, v in ious.items()}, np.concatenate(peaks)
 
 
 def true_class_maps(model, split: data.Split) -> np.ndarray:
@@ -159,15 +176,35 @@ def build_for(config: RunConfig, canvas: int | None = None):
     from cam_mnist.model import build_model
 
     model = build_model(config.model, canvas or config.data.canvas)
-    compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return model, lambda x: compiled(x).numpy()
+    return model, batched(tf.function(lambda x: model(x, training=False), reduce_retracing=True))
+
+
+def batched(forward):
+    """``forward`` (a compiled model call) as a numpy function of any number of images, at most PREDICT_BATCH a
+    pass: TensorFlow keeps the memory of its largest pass."""
+    return lambda x: np.concatenate(
+        [forward(x[lo : lo + PREDICT_BATCH]).numpy() for lo in range(0, len(x), PREDICT_BATCH)]
+    )
+
+
+def load_trained(run_dir: Path, step: int | None = None):
+    """A run's (config, model with the checkpoint's weights, its ``predict``, the checkpoint's state): the
+    checkpoint of ``step``, or the newest readable one."""
+    config = load_run(run_dir)
+    state = checkpoint.load(checkpoint.path_for(run_dir, step), None) if step else checkpoint.latest_valid(run_dir)
+    if state is None:
+        raise DataError(f"{run_dir}: no readable checkpoint; train with `make train`")
+    model, predict = build_for(config)
+    model.set_weights(state.model_weights)
+    return config, model, predict, state
 
 
 def split_for(config: RunConfig, data_dir: Path, **changes) -> tuple[DataConfig, data.Split]:
-    """The test split of the run's clutter settings with ``changes`` (canvas, distractors, data_seed) applied."""
+    """The test split of the run's clutter settings with ``changes`` (canvas, distractors, data_seed) applied: its
+    first ``test_size`` images (all for 0)."""
     settings = dataclasses.replace(config.data, **{k: v for k, v in changes.items() if v is not None})
     folder = data.prepare(settings, data_dir, fetch=False)
-    return settings, data.read_split(folder / "test.npz", "test")
+    return settings, data.read_split(folder / "test.npz", "test").head(settings.test_size or None)
 
 
 def validation_for(config: RunConfig, settings: DataConfig, data_dir: Path) -> data.Split:

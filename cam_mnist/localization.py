@@ -11,6 +11,7 @@ Zhang et al. 2016, arXiv 1608.00507 (pointing game); Chattopadhay et al. 2018, a
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,9 +60,19 @@ def calibrate(maps: np.ndarray, true_boxes: np.ndarray) -> dict:
     ``tau`` for the CAM paper's box (largest component at IoU >= 0.5: top-1 localization and MaxBoxAcc), and
     ``v2`` {delta: tau} for MaxBoxAccV2 (each image at its best component's box, IoU >= delta). wsolevaluation's
     calibration (Choe et al. 2020, §4) over :data:`MAXBOX_THRESHOLDS`."""
-    ious = box_ious_by_threshold(maps, true_boxes, MAXBOX_THRESHOLDS)
-    largest = {t: pair[0] for t, pair in ious.items()}
-    best = {t: pair[1] for t, pair in ious.items()}
+    return calibrate_chunks([(maps, true_boxes)])
+
+
+def calibrate_chunks(pairs) -> dict:
+    """:func:`calibrate` over (maps, boxes) pairs of a split taken a chunk at a time (an iterable): the same
+    thresholds as from the whole split at once, with only one chunk's maps in memory."""
+    largest, best = defaultdict(list), defaultdict(list)
+    for maps, true_boxes in pairs:
+        for t, (a, b) in box_ious_by_threshold(maps, true_boxes, MAXBOX_THRESHOLDS).items():
+            largest[t].append(a)
+            best[t].append(b)
+    largest = {t: np.concatenate(v) for t, v in largest.items()}
+    best = {t: np.concatenate(v) for t, v in best.items()}
     return {"tau": best_threshold(largest), "v2": {d: best_threshold(best, d) for d in V2_DELTAS}}
 
 
@@ -149,19 +160,32 @@ def pointing_metrics(maps: np.ndarray, masks: np.ndarray, near=None) -> dict:
     }
 
 
-def pixel_average_precision(maps: np.ndarray, masks: np.ndarray, bins: int = 1000) -> float:
-    """Area under the precision-recall curve of map values as a pixel classifier of the digit mask, pooled over
-    all images. Histograms in ``bins`` score bins keep this O(pixels) for 100M pixels."""
+AP_BINS = 1000  # score bins of pixel AP's histograms: O(pixels) for 100M pixels
+
+
+def pixel_histograms(maps: np.ndarray, masks: np.ndarray, bins: int = AP_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(bins,) counts of the digit's pixels and of all pixels per map-value bin, highest values first: summed over
+    chunks of images they give :func:`average_precision` of the whole set."""
     scores = (np.asarray(maps, np.float32) * (bins - 1)).astype(np.intp)
     np.clip(scores, 0, bins - 1, out=scores)
-    positives = np.bincount(scores[np.asarray(masks, bool)], minlength=bins)[::-1]  # highest scores first
-    totals = np.bincount(scores.ravel(), minlength=bins)[::-1]
+    positives = np.bincount(scores[np.asarray(masks, bool)], minlength=bins)[::-1]
+    return positives, np.bincount(scores.ravel(), minlength=bins)[::-1]
+
+
+def average_precision(positives: np.ndarray, totals: np.ndarray) -> float:
+    """Area under the precision-recall curve from :func:`pixel_histograms` (step-wise, as average precision)."""
     tp, predicted = np.cumsum(positives), np.cumsum(totals)
     if tp[-1] == 0:
         return 0.0
-    precision = np.divide(tp, predicted, out=np.zeros(bins), where=predicted > 0)
+    precision = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
     recall = tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))  # step-wise area, as average precision
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def pixel_average_precision(maps: np.ndarray, masks: np.ndarray, bins: int = AP_BINS) -> float:
+    """Area under the precision-recall curve of map values as a pixel classifier of the digit mask, pooled over
+    all images. Histograms in ``bins`` score bins keep this O(pixels) for 100M pixels."""
+    return average_precision(*pixel_histograms(maps, masks, bins))
 
 
 def segmentation_metrics(maps: np.ndarray, masks: np.ndarray, threshold: float = bx.PAPER_THRESHOLD) -> dict:
@@ -172,12 +196,12 @@ def segmentation_metrics(maps: np.ndarray, masks: np.ndarray, threshold: float =
 
 
 # ---------------------------------------------------------------------------------------------------- faithfulness
-def average_drop_increase(
+def confidence_changes(
     predict, images: np.ndarray, maps: np.ndarray, targets: np.ndarray, probs=None, batch: int = 500
-) -> dict:
-    """Grad-CAM++ §5.1: Average Drop % = mean max(0, Y - O) / Y * 100, Increase in Confidence = % of images with
-    O > Y, where Y is the target's probability on the image and O on the image multiplied by its map.
-    ``probs``: the model's probabilities on ``images`` if already known (they are the same for every method)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, Grad-CAM++ §5.1's drop max(0, Y - O) / Y and whether O > Y, where Y is the target's probability
+    on the image and O on the image multiplied by its map. ``probs``: the model's probabilities on ``images`` if
+    already known (they are the same for every method)."""
     n = len(images)
     idx = np.arange(n)
     if probs is None:
@@ -186,10 +210,16 @@ def average_drop_increase(
     masked = np.concatenate(
         [predict(images[lo : lo + batch] * maps[lo : lo + batch, ..., None]) for lo in range(0, n, batch)]
     )[idx, targets]
-    return {
-        "average_drop_pct": float(np.mean(np.maximum(0, full - masked) / np.maximum(full, 1e-12)) * 100),
-        "increase_in_confidence_pct": float(np.mean(masked > full) * 100),
-    }
+    return np.maximum(0, full - masked) / np.maximum(full, 1e-12), masked > full
+
+
+def average_drop_increase(
+    predict, images: np.ndarray, maps: np.ndarray, targets: np.ndarray, probs=None, batch: int = 500
+) -> dict:
+    """Grad-CAM++ §5.1: Average Drop % = mean max(0, Y - O) / Y * 100, Increase in Confidence = % of images with
+    O > Y (:func:`confidence_changes`)."""
+    drop, rise = confidence_changes(predict, images, maps, targets, probs, batch)
+    return {"average_drop_pct": float(np.mean(drop) * 100), "increase_in_confidence_pct": float(np.mean(rise) * 100)}
 
 
 def auc(y: np.ndarray) -> np.ndarray:
@@ -231,22 +261,27 @@ def deletion_insertion(
 
 
 # ------------------------------------------------------------------------------------------------------- baselines
-def baseline_maps(kind: str, true_boxes: np.ndarray, shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+def baseline_maps(
+    kind: str, true_boxes: np.ndarray, shape: tuple[int, int, int], seed: int = 0, rows: slice | None = None
+) -> np.ndarray:
     """Maps that know nothing about the image, so a reader sees what each method adds:
     ``centre``: the indicator of a centred box of the average digit-box size (its protocol box is that box);
     ``full``: a constant map (its box is the whole image); ``random``: smooth noise (12x12 noise, upsampled),
-    like the CAM of an untrained network."""
+    like the CAM of an untrained network. ``shape`` (N, H, W) and ``true_boxes`` are the whole split's; ``rows``
+    (a slice) asks for the maps of those images only, the same as the whole split's maps there."""
     n, h, w = shape
+    rows = slice(0, n) if rows is None else rows
+    count = len(range(n)[rows])
     if kind == "centre":
         size = np.round((true_boxes[:, 2:] - true_boxes[:, :2]).mean(0)).astype(int)  # (height, width)
         y0, x0 = (h - size[0]) // 2, (w - size[1]) // 2
-        maps = np.zeros(shape, np.float32)
+        maps = np.zeros((count, h, w), np.float32)
         maps[:, y0 : y0 + size[0], x0 : x0 + size[1]] = 1
         return maps
     if kind == "full":
-        return np.ones(shape, np.float32)
+        return np.ones((count, h, w), np.float32)
     if kind == "random":
-        coarse = np.random.default_rng(seed).random((n, 12, 12), np.float32)
+        coarse = np.random.default_rng(seed).random((n, 12, 12), np.float32)[rows]
         return np.clip(bilinear_resize(coarse, (h, w)), 0, 1)
     raise ValueError(f"unknown baseline {kind!r}: choose centre, full or random")
 

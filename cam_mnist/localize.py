@@ -15,15 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
-from cam_mnist.errors import DataError
 from cam_mnist.registry import METHODS, info, method_names
+from cam_mnist.tables import cell, markdown
 
 # Several digits per image: the class-discriminative maps of the layer (the pixel-level ones barely change with
 # the class, a class-agnostic one not at all), and not the slow ones.
 DIGITS_DEFAULT = method_names(slow=False, pixel_level=False, class_agnostic=False)
 BASELINES = ["centre", "full", "random"]
 FAITHFULNESS_BASELINE = "random"
+# How many images each part scores by default: the whole test split for the fast methods; fewer where a map costs
+# hundreds of passes, so that every method fits one time budget (docs/localization.md, "How long it takes").
+SLOW_IMAGES = 200  # test and validation images of the slow methods
+FAITHFUL_IMAGES = 500  # test images of the deletion and insertion curves (40 passes each)
+SANITY_IMAGES, SANITY_SLOW_IMAGES = 200, 10  # test and validation images of the sanity checks, 7 stages each
+GALLERY = 8  # the worst failures of each kind drawn
 TWIN_CHECK = 1000  # test images whose maps two methods must share, beside every validation map, to be twins
+SEGMENTATION_CHOICE = 500  # validation images the segmentation's thresholds are chosen on (24 settings each)
 COLUMNS = [
     ("top1_loc_calibrated", "top-1 loc, τ from val"),
     ("calibrated_threshold", "τ (val)"),
@@ -36,6 +43,7 @@ COLUMNS = [
     ("peak_in_box", "peak in box"),
     ("pointing", "pointing"),
     ("pointing_3px", "pointing ±3px"),
+    ("relevance_mass", "mass on digit"),
     ("mask_iou", "mask IoU"),
     ("pixel_ap", "pixel AP"),
     ("average_drop_pct", "avg drop %"),
@@ -47,25 +55,47 @@ COLUMNS = [
 ]
 
 
-def score(name, maps_true, maps_predicted, split, n, probs, near, predict, images, faithful_n, cal) -> dict:
-    """Every metric for one method (or baseline) on the first ``n`` test images; boxes at the paper's 20% and at
-    the thresholds ``cal`` chosen on validation maps of the same method (:func:`cam_mnist.localization.calibrate`:
-    top-1 localization, MaxBoxAcc and MaxBoxAccV2 all take tau from validation, none from test)."""
-    from cam_mnist import localization as loc
+def score(
+    name: str, maps_of, split, m: int, cal: dict, correct, probs=None, predict=None, faithful=0, segmentation=None
+):
+    """Every metric of one method (or baseline) on the first ``m`` test images, made and scored a chunk at a time
+    (:class:`cam_mnist.tally.Tally`): boxes at the paper's 20% and at the thresholds ``cal`` chosen on validation
+    maps of the same method (top-1 localization, MaxBoxAcc and MaxBoxAccV2 all take tau from validation, none from
+    test). ``maps_of(rows)`` gives (true-class maps, predicted-class maps or None) of the test images ``rows`` (a
+    slice); with the latter, faithfulness too. ``segmentation``: the thresholds (chosen on validation) of the
+    segmentation the maps seed, scored too. Returns the row, the first chunk's true-class maps, and the
+    segmentation's row (or None)."""
+    from cam_mnist.tally import SegmentationTally, Tally
 
-    predicted = probs.argmax(1)
-    correct = predicted[:n] == split.labels[:n]
-    result = loc.box_metrics(maps_true, correct, split.boxes[:n], calibrated=cal["tau"], v2=cal["v2"])
+    tally, first = Tally(cal, faithful=min(m, faithful)), None
+    segments = None if segmentation is None else SegmentationTally(segmentation)
+    for rows in _scoring_chunks(m):
+        maps, predicted_maps = maps_of(rows)
+        tally.add(maps, split.boxes[rows], split.masks[rows])
+        if segments is not None:
+            segments.add(split.float_images(rows), maps, split.boxes[rows], split.masks[rows])
+        if predicted_maps is not None:
+            targets = probs[rows].argmax(1)
+            tally.add_faithfulness(predict, split.float_images(rows), predicted_maps, targets, probs[rows], rows.start)
+        first = maps if first is None else first
+    result = tally.result(correct[:m], predict)
     deltas = sorted(cal["v2"])
     result["maxboxacc_v2_by_delta"] = "/".join(f"{result[f'maxboxacc_v2_{round(d * 100)}']:.2f}" for d in deltas)
     result["maxboxacc_v2_by_delta"] += " (" + "/".join(f"{cal['v2'][d]:.2f}" for d in deltas) + ")"
-    result |= loc.pointing_metrics(maps_true, split.masks[:n], near[:n])
-    result |= loc.segmentation_metrics(maps_true, split.masks[:n])
-    if maps_predicted is not None:  # faithfulness needs a model's own map; the ceiling's ideal maps have none
-        result |= loc.average_drop_increase(predict, images[:n], maps_predicted, predicted[:n], probs[:n])
-        f = min(n, faithful_n)
-        result |= loc.deletion_insertion(predict, images[:f], maps_predicted[:f], predicted[:f], probs=probs[:f])
-    return {"method": name, "images": n, **result}
+    seg_row = None
+    if segments is not None:
+        seg_row = {"method": f"{name} + segmentation", "images": m, **segments.result(correct[:m])}
+        seg_row["calibrated_threshold"] = segmentation["seed"]
+    return {"method": name, "images": m, **result}, first, seg_row
+
+
+def _scoring_chunks(m: int) -> list[slice]:
+    """The first TWIN_CHECK images (the maps that identify a method), then chunks of the rest: each chunk's maps
+    are made in explain's batches of 128 exactly where a single call over all the images made them."""
+    from cam_mnist.tally import chunks
+
+    head = min(m, TWIN_CHECK)
+    return [slice(0, head)] + [slice(head + r.start, head + r.stop) for r in chunks(m - head)]
 
 
 def _same_maps(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], atol: float = 1e-5) -> bool:
@@ -77,16 +107,18 @@ def _same_maps(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], atol: float
     ) and all(np.allclose(x, y, atol=atol) for x, y in zip(a, b, strict=True))
 
 
-def ceiling(split, val, n: int, grid: tuple[int, int]) -> list[tuple[str, np.ndarray, float]]:
-    """The ideal-map rows: (name, test maps, thresholds chosen on the validation ideal maps) for the map's own
-    grid, sharp and blurred (:func:`cam_mnist.localization.ideal_maps`)."""
+def ceiling(split, val, grid: tuple[int, int]) -> list[tuple[str, object, dict]]:
+    """The ideal-map rows: (name, maps of test images ``rows``, thresholds chosen on the validation ideal maps) for
+    the map's own grid, sharp and blurred (:func:`cam_mnist.localization.ideal_maps`)."""
     from cam_mnist import localization as loc
+    from cam_mnist.tally import chunks
 
     rows = []
     for blur in (0.0, loc.IDEAL_BLUR_PX):
         name = f"ceiling: ideal {grid[0]}x{grid[1]} map" + (f", blurred {blur:g} px" if blur else "")
-        cal = loc.calibrate(loc.ideal_maps(val.masks, grid, blur), val.boxes)
-        rows.append((name, loc.ideal_maps(split.masks[:n], grid, blur), cal))
+        pairs = ((loc.ideal_maps(val.masks[r], grid, blur), val.boxes[r]) for r in chunks(len(val)))
+        maps = lambda r, blur=blur: (loc.ideal_maps(split.masks[r], grid, blur), None)  # noqa: E731
+        rows.append((name, maps, loc.calibrate_chunks(pairs)))
     return rows
 
 
@@ -97,14 +129,18 @@ def localize(
     step: int | None = None,
     methods: list[str] | None = None,
     images: int | None = None,
-    slow_images: int = 500,
-    faithful_images: int = 500,
+    slow_images: int = SLOW_IMAGES,
+    faithful_images: int = FAITHFUL_IMAGES,
     examples: int = 6,
+    sanity_images: int = SANITY_IMAGES,
+    sanity_slow_images: int = SANITY_SLOW_IMAGES,
+    random_labels_run: str | Path | None = None,
+    gallery: int = GALLERY,
     log=print,
 ) -> dict:
     """Score ``methods`` (default: every registered one) on the run's test split; write the tables and figures
     into ``<run>/eval`` and return the record of ``localization.json`` (``localization_digits.json`` for several
-    digits per image), with the Markdown table under ``"table"``.
+    digits per image), with the Markdown tables under ``"table"``.
 
     Args:
         run_dir: a training run (default: ``out/latest``).
@@ -113,100 +149,148 @@ def localize(
         slow_images: test images for the slow methods (many passes per map: Score-CAM, occlusion).
         faithful_images: test images for the deletion / insertion curves.
         examples: test images in the examples figure.
+        sanity_images, sanity_slow_images: test (and validation) images of the sanity checks
+            (:mod:`cam_mnist.sanity`) for the fast and the slow methods; 0: no sanity checks.
+        random_labels_run: a run of the same network trained on permuted labels (``--preset random-labels``), for
+            the data randomization test (default: ``random-labels`` beside the run, where it exists).
+        gallery: the worst cases of each kind of failure drawn in ``eval/failures_*.png`` (0: none).
     """
-    from cam_mnist import checkpoint, evaluate
+    from cam_mnist import evaluate
     from cam_mnist.runs import run_dir_or_latest
 
     for method in methods or []:
         info(method)  # refuses an unknown name, listing the known ones
     run_dir, data_dir = run_dir_or_latest(run_dir), Path(data_dir)
-    config = evaluate.load_run(run_dir)
-    state = checkpoint.load(checkpoint.path_for(run_dir, step), None) if step else checkpoint.latest_valid(run_dir)
-    if state is None:
-        raise DataError(f"{run_dir}: no readable checkpoint; train with `make train`")
-    model, predict = evaluate.build_for(config)
-    model.set_weights(state.model_weights)
+    config, model, predict, state = evaluate.load_trained(run_dir, step)
     settings, split = evaluate.split_for(config, data_dir)
     val = evaluate.validation_for(config, settings, data_dir)
     n = min(images or len(split), len(split))
     common = (run_dir, state.step, model, predict, split, val, n)  # what both kinds of split are scored with
     if split.labels.ndim == 2:
-        return _localize_digits(*common, methods or DIGITS_DEFAULT, slow_images, examples, log, config.model.head)
-    return _localize_one(*common, methods or list(METHODS), slow_images, faithful_images, examples, log)
+        from cam_mnist.localize_digits import localize_digits
+
+        return localize_digits(*common, methods or DIGITS_DEFAULT, slow_images, examples, log, config.model.head)
+    methods = methods or list(METHODS)
+    record, tables = _localize_one(*common, methods, slow_images, faithful_images, examples, log)
+    if sanity_images:
+        from cam_mnist import sanity_report
+
+        random_run = Path(random_labels_run) if random_labels_run else run_dir.parent / sanity_report.RANDOM_LABELS
+        checks = sanity_report.run(model, split, val, methods, sanity_images, sanity_slow_images, random_run, log)
+        record |= checks
+        tables.append(sanity_report.markdown(checks))
+        sanity_report.figure(run_dir / evaluate.EVAL / "randomization.png", checks, run_dir.name)
+    if gallery:
+        from cam_mnist import gallery as failures
+
+        record["failures"] = failures.draw(model, split, record, run_dir, gallery)
+    record.pop("probs"), record.pop("cam_iou")
+    out, table = run_dir / evaluate.EVAL, "\n\n".join(tables)
+    (out / "localization.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "localization.md").write_text(table + "\n")
+    log(f"\n-> {out / 'localization.json'}, {out / 'localization.md'}, {out / 'localization_examples.png'}")
+    return {**record, "table": table}
 
 
 def _localize_one(
     run_dir, step, model, predict, split, val, n, methods, slow_images, faithful_images, n_examples, log
 ) -> dict:
-    """One digit per image: every metric of every method, the ceiling rows and the baselines."""
-    from cam_mnist import evaluate, localization, plotting
-    from cam_mnist.boxes import boxes_from_maps, near
-    from cam_mnist.cams import explain, get_method
+    """One digit per image: every metric of every method, the ceiling rows and the baselines. Maps are made and
+    scored a chunk of images at a time, so memory does not grow with the number of images."""
+    from cam_mnist import evaluate, localization, plotting, segmentation
+    from cam_mnist.boxes import boxes_from_maps
+    from cam_mnist.cams import explain, forget, get_method
+    from cam_mnist.tally import chunks
 
-    images = split.float_images(slice(0, n))
     probs = evaluate.predict_probs(predict, split, n)
     labels, predicted = split.labels[:n], probs.argmax(1)
     correct = predicted == labels
     wrong = np.flatnonzero(~correct)
-    dilated = near(split.masks[:n], localization.POINTING_TOLERANCE)  # the same for every method: made once
-    rows, examples, scored = [], {}, []
+    rows, examples, scored, segmented, twin_segments = [], {}, [], [], {}
     for method in methods:
         m = min(n, slow_images) if METHODS[method].slow else n
         began = time.perf_counter()
         v = val.head(min(len(val), m))  # tau from this method's own maps of the validation images
-        val_maps = explain(model, v.float_images(), method, v.labels)
+        val_maps = [explain(model, v.float_images(r), method, v.labels[r]) for r in chunks(len(v))]  # val_size maps
         w = wrong[wrong < m]
-        wrong_maps = explain(model, images[w], method, predicted[w]) if len(w) else np.zeros((0, *images.shape[1:3]))
+        wrong_maps = explain(model, split.float_images(w), method, predicted[w]) if len(w) else np.zeros((0, 1, 1))
         # Twins (e.g. CAM, Grad-CAM and HiResCAM on a conv -> GAP -> linear model) are scored once. What
         # identifies a method's maps: every validation map, every map of a wrong prediction's class and the first
         # TWIN_CHECK true-class test maps, on a grid of every 4th pixel; a twin's other test maps are not made.
-        head = explain(model, images[: min(m, TWIN_CHECK)], method, labels[: min(m, TWIN_CHECK)])
-        fingerprint = tuple(x[:, ::4, ::4].copy() for x in (val_maps, wrong_maps, head))
+        head = _scoring_chunks(m)[0]
+        first = explain(model, split.float_images(head), method, labels[head])
+        # (copies: a strided view would keep the whole chunk's maps alive until the end, one chunk per method)
+        thin = lambda x: np.ascontiguousarray(x[:, ::4, ::4])  # noqa: E731
+        fingerprint = (np.concatenate([thin(x) for x in val_maps]), thin(wrong_maps), thin(first))
         twin = next((row for earlier, row in scored if _same_maps(earlier, fingerprint)), None)
-        maps_true = head
         if twin is not None:
             cal = {"tau": twin["calibrated_threshold"], "v2": twin["v2_thresholds"]}
             row = {**twin, "method": method, "same_maps_as": twin.get("same_maps_as", twin["method"])}
+            seg_row = twin_segments.get(twin["method"])
+            if seg_row is not None:
+                seg_row = {
+                    **seg_row,
+                    "method": f"{method} + segmentation",
+                    "same_maps_as": f"{row['same_maps_as']} + segmentation",
+                }
         else:
-            if m > len(head):
-                maps_true = np.concatenate([head, explain(model, images[len(head) : m], method, labels[len(head) : m])])
-            maps_predicted = maps_true.copy()  # equal wherever the prediction is right
-            maps_predicted[w] = wrong_maps
-            cal = localization.calibrate(val_maps, v.boxes)
-            row = score(
-                method, maps_true, maps_predicted, split, m, probs, dilated, predict, images, faithful_images, cal
-            )
+            cal = localization.calibrate_chunks(zip(val_maps, (v.boxes[r] for r in chunks(len(v))), strict=True))
+
+            def maps_of(r, method=method, head=head, first=first, w=w, wrong_maps=wrong_maps):
+                true = first if r == head else explain(model, split.float_images(r), method, labels[r])
+                own = true.copy()  # the predicted class's maps: the true class's wherever the prediction is right
+                inside = (w >= r.start) & (w < r.stop)
+                own[w[inside] - r.start] = wrong_maps[inside]
+                return true, own
+
+            seg = None
+            if not METHODS[method].slow:  # the segmentation its maps seed: thresholds chosen on validation
+                k = min(len(v), SEGMENTATION_CHOICE)
+                seg = segmentation.choose(v.float_images(slice(0, k)), val_maps[0][:k], v.masks[:k])
+            row, _, seg_row = score(method, maps_of, split, m, cal, correct, probs, predict, faithful_images, seg)
             row["v2_thresholds"] = cal["v2"]
             scored.append((fingerprint, row))
-        tau = cal["tau"]
+            twin_segments[method] = seg_row
         row["seconds"] = round(time.perf_counter() - began, 1)
+        forget(model, method)  # its graphs: memory stays that of one method at a time, not of all fifteen
         rows.append(row)
-        examples[method] = (maps_true[:n_examples], tau)
+        if seg_row is not None:
+            segmented.append({**seg_row, "seconds": 0.0})
+        examples[method] = (first[:n_examples].copy(), cal["tau"])
         log(
-            f"  {method:20s} top-1 loc {row['top1_loc_calibrated']:.4f} at tau {tau:.2f} (from val), "
+            f"  {method:20s} top-1 loc {row['top1_loc_calibrated']:.4f} at tau {cal['tau']:.2f} (from val), "
             f"{row['top1_loc']:.4f} at 20%, peak in box {row['peak_in_box']:.4f}  ({row['seconds']}s)"
             + (f", the same maps as {row['same_maps_as']}" if "same_maps_as" in row else "")
         )
-    grid = tuple(get_method(model, "cam").layer.output.shape[1:3])  # the CAM layer's map, e.g. (25, 25)
-    for name, maps, cal in ceiling(split, val, n, grid):
-        rows.append({**score(name, maps, None, split, n, probs, dilated, predict, images, 0, cal), "seconds": 0.0})
-        examples[name] = (maps[:n_examples], cal["tau"])
+    rows += segmented  # each method's segmentation, after every method's own row
+    grid = tuple(get_method(model, "cam").layer.shape[1:3])  # the CAM layer's map, e.g. (25, 25)
+    for name, maps_of, cal in ceiling(split, val, grid):
+        row, first, _ = score(name, maps_of, split, n, cal, correct)
+        rows.append({**row, "seconds": 0.0})
+        examples[name] = (first[:n_examples].copy(), cal["tau"])
     for kind in BASELINES:
-        maps = localization.baseline_maps(kind, split.boxes[:n], (n, *images.shape[1:3]))
-        cal = localization.calibrate(localization.baseline_maps(kind, val.boxes, val.masks.shape), val.boxes)
+        make = lambda r, kind=kind: localization.baseline_maps(
+            kind, split.boxes[:n], (n, *split.masks.shape[1:]), rows=r
+        )  # noqa: E731
+        val_rows = (
+            (localization.baseline_maps(kind, val.boxes, val.masks.shape, rows=r), val.boxes[r])
+            for r in chunks(len(val))
+        )
+        cal = localization.calibrate_chunks(val_rows)
         # Faithfulness of one map that knows nothing of the image, the random one, is the reference every method
         # is read against. The centre box is a localization baseline, and a constant map has nothing to measure:
         # the image times 1 is the image (no drop), and it ranks no pixel above another.
-        own = maps if kind == FAITHFULNESS_BASELINE else None
-        row = score(f"baseline: {kind}", maps, own, split, n, probs, dilated, predict, images, faithful_images, cal)
+        own = kind == FAITHFULNESS_BASELINE
+        maps_of = lambda r, make=make, own=own: (make(r), make(r) if own else None)  # noqa: E731
+        row, first, _ = score(f"baseline: {kind}", maps_of, split, n, cal, correct, probs, predict, faithful_images)
         rows.append({**row, "seconds": 0.0})
-        examples[f"baseline: {kind}"] = (maps[:n_examples], cal["tau"])
+        examples[f"baseline: {kind}"] = (first[:n_examples].copy(), cal["tau"])
 
     out = run_dir / evaluate.EVAL
     out.mkdir(exist_ok=True)
     plotting.histograms(
         out / "iou_histogram.png",
-        {r["method"]: r["iou"] for r in rows},
+        {r["method"]: r["iou"] for r in rows if "iou" in r},  # the maps' own boxes, not the segmentations'
         "IoU with the true box",
         f"{run_dir.name}, step {step}: IoU of the 20%-threshold box (true class)",
     )
@@ -216,7 +300,8 @@ def _localize_one(
         split.boxes[:n_examples],
         {name: (maps, boxes_from_maps(maps, tau)) for name, (maps, tau) in examples.items()},
     )
-    table = markdown(rows, split_name=f"{run_dir.name}, step {step}, test accuracy {correct.mean():.4f}")
+    table = markdown(rows, f"{run_dir.name}, step {step}, test accuracy {correct.mean():.4f}", COLUMNS)
+    tables = [table, per_class(rows, labels, correct)]
     for r in rows:
         r.pop("v2_thresholds", None)  # shown in maxboxacc_v2_tau_*
     record = {
@@ -227,106 +312,32 @@ def _localize_one(
         "validation_images": len(val),
         "slow_images": min(n, slow_images),
         "faithfulness_images": min(n, faithful_images),
-        "methods": [{k: v for k, v in r.items() if k != "iou"} for r in rows],
+        "methods": [{k: v for k, v in r.items() if k not in ("iou", "iou_calibrated")} for r in rows],
+        "probs": probs,  # for the failures' gallery; not written
+        "cam_iou": next((r["iou_calibrated"] for r in rows if r["method"] == "cam"), None),
     }
-    (out / "localization.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "localization.md").write_text(table + "\n")
-    log(f"\n-> {out / 'localization.json'}, {out / 'localization.md'}, {out / 'localization_examples.png'}")
-    return {**record, "table": table}
+    return record, tables
 
 
-DIGIT_COLUMNS = [
-    ("gt_known_loc_calibrated", "GT-known loc, τ from val"),
-    ("calibrated_threshold", "τ (val)"),
-    ("top1_loc_calibrated", "top-1 loc, τ from val"),
-    ("top1_loc", "top-1 loc @20%"),
-    ("gt_known_loc", "GT-known @20%"),
-    ("peak_in_box", "peak in its box"),
-    ("pointing", "pointing"),
-    ("pointing_3px", "pointing ±3px"),
-    ("points_at_other_digit", "points at the other digit"),
-    ("images", "images"),
-    ("seconds", "seconds"),
-]
+def per_class(rows: list[dict], labels: np.ndarray, correct: np.ndarray) -> str:
+    """Top-1 and GT-known localization (tau from validation) of each digit class, into each row
+    (``per_class_top1_loc``, ``per_class_gt_known_loc``); returns the top-1 table: where the maps fail."""
+    from cam_mnist.boxes import IOU_CORRECT
 
-
-def _localize_digits(run_dir, step, model, predict, split, val, n, methods, slow_images, n_examples, log, head) -> dict:
-    """Several digits per image: each digit scored with the map of its own class (see
-    :func:`cam_mnist.localization.per_digit_metrics`); writes ``eval/localization_digits.{json,md,png}``."""
-    from cam_mnist import evaluate, localization, plotting
-    from cam_mnist.boxes import boxes_from_maps
-    from cam_mnist.cams import explain
-
-    def class_maps(split, method, m):  # (m, K, H, W): the map of each digit's class
-        images = split.float_images(slice(0, m))
-        return np.stack([explain(model, images, method, split.labels[:m, j]) for j in range(k)], 1)
-
-    probs = evaluate.predict_probs(predict, split, n)
-    labels = split.labels[:n]
-    found = evaluate.detected(probs, labels)  # (n, K)
-    metrics = evaluate.multilabel_metrics(probs, labels, head)
-    k = labels.shape[1]
-    rows, examples = [], {}
-    for method in methods:
-        m = min(n, slow_images) if METHODS[method].slow else n
-        began = time.perf_counter()
-        v = min(len(val), m)
-        tau = localization.choose_threshold(
-            class_maps(val, method, v).reshape(-1, *val.masks.shape[2:]), val.boxes[:v].reshape(-1, 4)
-        )
-        maps = class_maps(split, method, m)
-        row = localization.per_digit_metrics(maps, split.boxes[:m], split.masks[:m], found[:m], tau)
-        rows.append({"method": method, **row, "images": m, "seconds": round(time.perf_counter() - began, 1)})
-        log(
-            f"  {method:16s} GT-known loc {row['gt_known_loc_calibrated']:.4f} at tau {tau:.2f} (from val), "
-            f"peak in its box {row['peak_in_box']:.4f}"
-        )
-        for j in range(k):
-            examples[f"{method}: class {j + 1}"] = (maps[:n_examples, j], tau)
-    for kind in ("centre", "random"):
-        flat = localization.baseline_maps(kind, split.boxes[:n].reshape(-1, 4), (n * k, *split.images.shape[1:]))
-        maps = flat.reshape(n, k, *flat.shape[1:])
-        row = localization.per_digit_metrics(maps, split.boxes[:n], split.masks[:n], found)
-        rows.append({"method": f"baseline: {kind}", **row, "images": n, "seconds": 0.0})
-
-    out = run_dir / evaluate.EVAL
-    out.mkdir(exist_ok=True)
-    plotting.method_grid(
-        out / "localization_digits_examples.png",
-        split.images[:n_examples],
-        split.boxes[:n_examples],
-        {name: (maps, boxes_from_maps(maps, tau)) for name, (maps, tau) in examples.items()},
-    )
-    title = (
-        f"{run_dir.name}, step {step}, {k} digits per image: exact match {metrics['accuracy']:.4f}, "
-        f"per digit {metrics['per_digit']:.4f}; each digit scored with its own class's map"
-    )
-    table = markdown(rows, title, DIGIT_COLUMNS)
-    record = {"run": run_dir.name, "step": step, "images": n, "validation_images": len(val), **metrics, "methods": rows}
-    (out / "localization_digits.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "localization_digits.md").write_text(table + "\n")
-    log(f"\n-> {out / 'localization_digits.json'}, {out / 'localization_digits_examples.png'}")
-    return {**record, "table": table}
-
-
-def markdown(rows: list[dict], split_name: str, columns=COLUMNS) -> str:
+    classes = np.unique(labels)
     lines = [
-        f"Localization on the held-out test split ({split_name}).",
+        "Top-1 localization (τ from val) per digit class: the share of each class's test images classified right "
+        "*and* boxed at IoU ≥ 0.5.",
         "",
-        "| method | " + " | ".join(label for _, label in columns) + " |",
-        "|---|" + "---|" * len(columns),
+        "| method | images | " + " | ".join(str(c) for c in classes) + " |",
+        "|---|---|" + "---|" * len(classes),
     ]
     for r in rows:
+        hit, m = r["iou_calibrated"] >= IOU_CORRECT, r["images"]
+        of = [labels[:m] == c for c in classes]
+        mean = lambda x, k: round(float(x[k].mean()), 4) if k.any() else None  # noqa: E731 - None: no such image
+        r["per_class_top1_loc"] = [mean(hit & correct[:m], k) for k in of]
+        r["per_class_gt_known_loc"] = [mean(hit, k) for k in of]
         name = r["method"] + (f" (= {r['same_maps_as']})" if "same_maps_as" in r else "")
-        lines.append(f"| {name} | " + " | ".join(_cell(key, r.get(key)) for key, _ in columns) + " |")
+        lines.append(f"| {name} | {m} | " + " | ".join(cell("", v) for v in r["per_class_top1_loc"]) + " |")
     return "\n".join(lines)
-
-
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "–"  # a metric that does not apply (faithfulness of an ideal map)
-    if not isinstance(value, float):
-        return str(value)
-    if key.endswith(("pct", "seconds")):
-        return f"{value:.1f}"
-    return f"{value:.2f}" if key.endswith("threshold") else f"{value:.4f}"

@@ -21,6 +21,7 @@ from cam_mnist import plotting
 from cam_mnist.atomic import atomic_write_bytes
 from cam_mnist.boxes import boxes_from_maps, iou
 from cam_mnist.data import Split
+from cam_mnist.segmentation import segment
 
 HEATMAPS = "heatmaps"
 
@@ -48,13 +49,16 @@ class Panel:
         method: the map's method name (:mod:`cam_mnist.registry`); ``options`` go to it (e.g. ``smooth=2``).
     """
 
-    def __init__(self, model, images, labels=None, boxes=None, method: str = "cam", layer=None, shown=None, **options):
+    def __init__(
+        self, model, images, labels=None, boxes=None, method="cam", layer=None, shown=None, segment=False, **options
+    ):
         from cam_mnist.cams import get_method
 
         self.model, self.images = model, np.asarray(images, np.float32)
         self.shown = displayable(images) if shown is None else shown
         self.labels = None if labels is None else np.asarray(labels)
         self.boxes = None if boxes is None else np.asarray(boxes)
+        self.segment = segment  # outline the segmentation each map seeds (cam_mnist.segmentation; light-on-dark images)
         # traced once; reads the current weights at every call
         self.explainer = get_method(model, method, layer, batch_size=len(self.images), **options)
 
@@ -62,7 +66,8 @@ class Panel:
     def of_split(cls, model, split: Split, size: int) -> Panel:
         """The first ``size`` images of a cluttered-MNIST split, with their labels and boxes."""
         index = slice(0, size)
-        return cls(model, split.float_images(index), split.labels[index], split.boxes[index], shown=split.images[index])
+        images, shown = split.float_images(index), split.images[index]
+        return cls(model, images, split.labels[index], split.boxes[index], shown=shown, segment=True)
 
     def columns(self, probs: np.ndarray) -> tuple[list[tuple[str, np.ndarray, np.ndarray | None]], str]:
         """What each image's tiles show: (name, classes (P,), true boxes (P, 4) or None) per tile; and in words."""
@@ -88,7 +93,8 @@ class Panel:
             maps = self.explainer(self.images, classes)  # (P, H, W)
             found = boxes_from_maps(maps, tau)  # (P, 4)
             ious = iou(found, truth) if truth is not None else [None] * len(maps)
-            drawn.append((name, classes, maps, found, ious))
+            outlines = segment(self.images, maps) if self.segment else [None] * len(maps)
+            drawn.append((name, classes, maps, found, ious, outlines))
         tiles, records = [], []
         for i in range(len(self.images)):
             row = [
@@ -98,19 +104,22 @@ class Panel:
                     "p": float(probs[i, c[i]]),
                     "iou": None if o[i] is None else float(o[i]),
                 }
-                for name, c, _, _, o in drawn
+                for name, c, _, _, o, _ in drawn
             ]
             parts = [
                 plotting.captioned(
-                    plotting.overlay(self.shown[i], m[i], None if self.boxes is None else self.boxes[i], map_box=b[i]),
+                    plotting.overlay(
+                        self.shown[i], m[i], None if self.boxes is None else self.boxes[i], map_box=b[i], outline=s[i]
+                    ),
                     f"{r['name']} {r['class']} p={r['p']:.2f}" + ("" if r["iou"] is None else f" IoU {r['iou']:.2f}"),
                 )
-                for r, (_, _, m, b, _) in zip(row, drawn, strict=True)
+                for r, (_, _, m, b, _, s) in zip(row, drawn, strict=True)
             ]
             tiles.append(plotting.hstack(parts))
             records.append(row)
         truth = "white: true box, " if self.boxes is not None else ""
-        caption = f"{what}; {truth}magenta: the map's box above {tau:.2f} of its max"
+        outline = ", cyan: the segmentation it seeds" if self.segment else ""
+        caption = f"{what}; {truth}magenta: the map's box above {tau:.2f} of its max{outline}"
         page = plotting.captioned(plotting.grid(tiles, columns=4), f"step {step}: {caption}{note}")
         return Drawing(step, tau, caption, tiles, records, [d[2] for d in drawn], page)
 

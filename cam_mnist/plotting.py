@@ -15,19 +15,22 @@ matplotlib.use("Agg")  # no display on CI or servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from cam_mnist.atomic import atomic_write_bytes  # noqa: E402
 
 _JET = (matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)  # (256, 3) LUT
 BOX_COLOUR = np.array([255, 255, 255], np.uint8)  # the digit's true box
 MAP_BOX_COLOUR = np.array([255, 0, 255], np.uint8)  # the box drawn from a map: magenta is in no jet colour
+OUTLINE_COLOUR = np.array([0, 255, 255], np.uint8)  # the edge of the segmentation a map seeds: cyan
 
 
 def overlay(
-    image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5, scale: int = 2, map_box=None
+    image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5, scale: int = 2, map_box=None, outline=None
 ) -> np.ndarray:
     """The image with ``heatmap`` (H, W) in [0, 1] coloured over it, the true ``box`` (y0, x0, y1, x1) outlined in
-    white (or boxes (K, 4): one per digit) and ``map_box``, the box drawn from the map, in magenta.
+    white (or boxes (K, 4): one per digit), ``map_box``, the box drawn from the map, in magenta, and the edge of the
+    ``outline`` mask (H, W) bool (the segmentation the map seeds) in cyan.
 
     ``image`` is (H, W), (H, W, 1) or (H, W, 3), uint8 or float in [0, 1]. Returns (H*scale, W*scale, 3) uint8.
     """
@@ -40,6 +43,9 @@ def overlay(
     if box is not None:
         for b in np.asarray(box).reshape(-1, 4):
             draw_box(out, b * scale)
+    if outline is not None:
+        mask = np.asarray(outline, bool).repeat(scale, 0).repeat(scale, 1)
+        out[mask & ~ndimage.binary_erosion(mask)] = OUTLINE_COLOUR  # the mask's own edge pixels
     if map_box is not None and np.any(map_box):  # an all-zero map has the empty box: nothing to draw
         draw_box(out, np.asarray(map_box) * scale, colour=MAP_BOX_COLOUR)
     return out
@@ -137,6 +143,29 @@ def frontier(path: Path, series: dict, panels: list, targets: dict, xlabel: str)
         ax.set(title=title, xlabel=xlabel, ylim=ylim)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
+    save_figure(path, fig)
+
+
+def stage_plot(path: Path, stages: list[str], panels: dict[str, dict[str, np.ndarray]], title: str) -> None:
+    """One panel per entry of ``panels`` (title -> {line: (S,) values}), the S ``stages`` named on the x axis."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), sharex=True)
+    for ax, (name, series) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        for i, (line, values) in enumerate(series.items()):
+            style = ("-", "--", ":")[i // 10 % 3]
+            ax.plot(
+                range(len(stages)),
+                values,
+                marker="o",
+                markersize=3,
+                label=line,
+                color=plt.cm.tab10(i % 10),
+                linestyle=style,
+            )
+        ax.set(title=name, ylim=(-0.05, 1.05))
+        ax.set_xticks(range(len(stages)), stages, rotation=30, ha="right")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
     save_figure(path, fig)
 
 

@@ -22,7 +22,7 @@ from cam_mnist import checkpoint, data, distribute, panel, viewer
 from cam_mnist.atomic import atomic_write_bytes
 from cam_mnist.config import RunConfig, TrainConfig
 from cam_mnist.errors import UserError
-from cam_mnist.evaluate import cam_localization, multi_hot, predict_probs, score, validation_threshold
+from cam_mnist.evaluate import batched, cam_localization, multi_hot, predict_probs, score, validation_threshold
 from cam_mnist.mnist import load_digits
 from cam_mnist.model import LOGITS, NUM_CLASSES
 from cam_mnist.summaries import FOLDER as TB_FOLDER
@@ -65,18 +65,22 @@ def setup_tensorflow(seed: int, deterministic: bool) -> None:
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the next step boundary (after a checkpoint); a second one aborts."""
+    """The first SIGINT (Ctrl-C) or SIGTERM (what ``docker stop``, Kubernetes and Slurm's preemption send) asks the
+    loop to stop at the next step boundary, after a checkpoint; a second one aborts as the signal would have."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.stop = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self.stop, self.signal = False, None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        self.stop = True
-        signal.signal(signal.SIGINT, self._previous)
+        self.stop, self.signal = True, signal.Signals(signum).name
+        self.restore()
 
     def restore(self):
-        signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -127,11 +131,15 @@ class Trainer:
         self.strategy_name, replicas = strategy, self.strategy.num_replicas_in_sync
         setup_tensorflow(t.seed, t.deterministic)
         self.digits = load_digits(data.ensure_mnist(Path(data_dir)))
+        if t.random_labels:
+            self.digits = data.with_random_labels(self.digits, t.seed)
         data.prepare(config.data, data_dir)
         folder = data.settings_dir(config.data, data_dir)
         # The validation images scored at every heatmap step: the split's first val_size held-out ones.
-        self.val = data.held_out_of(data.read_split(folder / "val.npz", "val"), config.data).head(t.val_size)
-        self.test = data.read_split(folder / "test.npz", "test")
+        # (training scores boxes, never masks: those stay packed on disk)
+        val = data.read_split(folder / "val.npz", "val", with_masks=False)
+        self.val = data.held_out_of(val, config.data).head(t.val_size)
+        self.test = data.read_split(folder / "test.npz", "test", with_masks=False).head(config.data.test_size or None)
         with self.strategy.scope():  # variables mirrored on every replica
             # Any strategy but the default synchronises batch norm, on one device too, so that one device and
             # several compute the same statistics the same way (Keras' E[x^2] - E[x]^2, not tf.nn.moments).
@@ -181,31 +189,43 @@ class Trainer:
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
             return loss
 
+        def replica_stop(stop):  # a replica's copy of its worker's stop flag
+            return tf.identity(stop)
+
         @tf.function(reduce_retracing=True)
-        def train_step(images_u8, targets):
+        def train_step(images_u8, targets, stop):
             losses = self.strategy.run(replica_step, args=(images_u8, targets))
             if self._gauge:  # in cross-replica context: one assignment updates every replica's copy
                 fix_gauge()
-            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+            # Whether any worker was asked to stop: every worker then stops after this same step (all-reduced with
+            # the step's own collectives), so each writes the checkpoint of one step.
+            stops = self.strategy.run(replica_stop, args=(stop,))
+            return (
+                self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
+                self.strategy.reduce(tf.distribute.ReduceOp.SUM, stops, axis=None),
+            )
 
         @tf.function(reduce_retracing=True)
         def predict(images):
             return self.model(images, training=False)
 
         self._train_step, self._fix_gauge = train_step, fix_gauge
-        self.predict = lambda x: predict(x).numpy()
+
+        self.predict = batched(predict)
         self._epoch, self._epoch_data = None, None
 
-    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """The training batch of global ``step``: regenerated from (seed, epoch), so resuming needs no data state.
-        Returns the uint8 images and the loss's targets (class indices, or (B, classes) for several digits)."""
+    def batch(self, step: int, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The training batch of global ``step`` (only its ``rows``, if given: a worker's shard): regenerated from
+        (seed, epoch), so resuming needs no data state. Returns the uint8 images and the loss's targets (class
+        indices, or (B, classes) for several digits)."""
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            self._epoch_data = data.train_epoch(self.digits, self.config.data, self.config.train.seed, epoch)
+            self._epoch_data = data.TrainEpoch(self.digits, self.config.data, self.config.train.seed, epoch)
             self._epoch = epoch
         b = self.config.train.batch_size
-        rows = slice(i * b, (i + 1) * b)
-        images, labels = self._epoch_data.images[rows], self._epoch_data.labels[rows]
+        rows = rows or slice(0, b)
+        part = self._epoch_data.rows(slice(i * b + rows.start, i * b + rows.stop))
+        images, labels = part.images, part.labels
         if labels.ndim == 1:
             return images, labels.astype(np.int32)
         targets = multi_hot(labels, NUM_CLASSES)  # a sigmoid's: each class present or not
@@ -213,11 +233,28 @@ class Trainer:
             targets /= labels.shape[1]
         return images, targets
 
+    def batches(self, start: int, rows: slice):
+        """The batches (this process's ``rows`` of each) of the steps from ``start``, made by a tf.data pipeline one
+        step ahead: the next batch is composed while the current step trains."""
+        import tensorflow as tf
+
+        first = self.batch(start, rows)
+        spec = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in first)
+
+        def steps():
+            yield first
+            for step in range(start + 1, self.config.train.steps):
+                yield self.batch(step, rows)
+
+        return iter(tf.data.Dataset.from_generator(steps, output_signature=spec).prefetch(1))
+
     def learning_rate(self) -> float:
         return float(np.asarray(self.optimizer.learning_rate))
 
     def run(self, progress: bool = True) -> dict:
         """Train to ``config.train.steps`` (resuming if possible); returns the summary written to summary.json."""
+        import tensorflow as tf
+
         t, run_dir = self.config.train, self.run_dir
         state = checkpoint.latest_valid(run_dir, self.model, warn=self.log)
         acc = {"loss_sum": 0.0, "loss_count": 0, "elapsed_s": 0.0, "window_s": 0.0, "wall_s": 0.0}
@@ -238,12 +275,19 @@ class Trainer:
         wall_start, wall_base = time.perf_counter(), acc["wall_s"]  # wall time of earlier sessions of this run
         bar = _progress(progress, start, t.steps)
         flag = _StopFlag()
+        shard = distribute.local_rows(self.strategy, t.batch_size)  # under multiworker, this worker's rows only
+        if shard != slice(0, t.batch_size):
+            self.log(f"this worker composes rows {shard.start}:{shard.stop} of each global batch of {t.batch_size}")
+        batches = self.batches(start, shard) if start < t.steps else iter(())
+        step, stopped = start, False
         try:
-            step = start
-            while step < t.steps and not flag.stop:
-                images, targets = distribute.replica_batches(self.strategy, self.batch(step), t.batch_size)
+            while step < t.steps and not stopped:
+                images, targets = distribute.replica_batches(self.strategy, next(batches), t.batch_size, shard.start)
                 began = time.perf_counter()
-                loss = float(self._train_step(images, targets))
+                loss, any_stop = self._train_step(images, targets, tf.constant(float(flag.stop)))
+                loss = float(loss)
+                # One process stops at once; several workers stop together, after the step that told them all.
+                stopped = float(any_stop) > 0 if self.strategy_name == "multiworker" else flag.stop
                 spent = time.perf_counter() - began
                 step += 1
                 acc["loss_sum"] += loss
@@ -254,15 +298,16 @@ class Trainer:
                 self.events.scalars(step, {"train/loss": loss, "train/learning_rate": self.learning_rate()})
                 if step % t.heatmap_every == 0 or step == t.steps:
                     bar.set_postfix(self._snapshot(drawer, step, acc, rows))
-                if step % t.checkpoint_every == 0 or step == t.steps or flag.stop:
+                if step % t.checkpoint_every == 0 or step == t.steps or stopped:
                     acc["wall_s"] = wall_base + time.perf_counter() - wall_start
                     checkpoint.save(run_dir, step, self.model, self.optimizer, acc, t.keep_checkpoints)
         finally:
             flag.restore()
             bar.close()
             self.events.close()
-        if flag.stop:
-            self.log(f"interrupted: checkpoint written at step {step}; run the same command again to resume")
+        if stopped:
+            cause = flag.signal or "another worker's stop"
+            self.log(f"stopped by {cause} at step {step}: checkpoint written; run the same command again to resume")
             return {"interrupted_at": step}
         return self._finish(acc)
 

@@ -62,9 +62,17 @@ def _caption(row: list[dict]) -> str:
     return " | ".join(parts)
 
 
-def write_index(page: Path, folder: Path, title: str, intro: str, metrics: dict[int, str] | None = None) -> Path:
+def write_index(
+    page: Path,
+    folder: Path,
+    title: str,
+    intro: str,
+    metrics: dict[int, str] | None = None,
+    links: dict[str, Path] | None = None,
+) -> Path:
     """Write the viewer ``page`` for the heatmaps in ``folder`` (which must lie under the page's folder).
-    ``metrics``: a line of text per step (validation numbers), shown above the pictures."""
+    ``metrics``: a line of text per step (validation numbers), shown above the pictures; ``links``: text -> a file
+    under the page's folder, listed under the introduction."""
     page, folder = Path(page), Path(folder)
     records = drawn_steps(folder)
     metrics = metrics or {}
@@ -87,11 +95,13 @@ def write_index(page: Path, folder: Path, title: str, intro: str, metrics: dict[
             f"</td><td id='cap{i}'>{html.escape(data['captions'][i][-1])}</td></tr>"
         )
     last = len(records) - 1
+    listed = " | ".join(f"<a href='{link(p)}'>{html.escape(text)}</a>" for text, p in (links or {}).items())
     inline = json.dumps(data).replace("</", "<\\/")  # nothing in the data can close the script element
     text = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
-        f"<div id='controls'><input id='slider' type='range' min='0' max='{max(last, 0)}' value='{max(last, 0)}'>"
+        + (f"<p id='links'>{listed}</p>" if listed else "")
+        + f"<div id='controls'><input id='slider' type='range' min='0' max='{max(last, 0)}' value='{max(last, 0)}'>"
         f" <button id='play'>play</button> <b id='step'></b><div id='metrics'></div></div>"
         f"<table>{''.join(rows)}</table>"
         f"<script id='data' type='application/json'>{inline}</script><script>{_SCRIPT}</script></body></html>"
@@ -116,8 +126,16 @@ def run_metrics(run_dir: Path) -> dict[int, str]:
     }
 
 
-def write_run_index(run_dir: Path, title: str, digits: int = 1) -> Path:
-    """``run_dir/index.html`` for a training run's ``heatmaps/``."""
+def write_run_index(run_dir: Path, title: str | None = None, digits: int | None = None) -> Path:
+    """``run_dir/index.html`` for a training run's ``heatmaps/``, linking the failures' gallery where ``localize``
+    drew it. ``title``: by default the run's name and test accuracy; ``digits``: by default the run's config's."""
+    run_dir = Path(run_dir)
+    if title is None:
+        summary = run_dir / "summary.json"
+        accuracy = json.loads(summary.read_text()).get("test_accuracy") if summary.exists() else None
+        title = run_dir.name + ("" if accuracy is None else f": test accuracy {accuracy:.2%}")
+    if digits is None:
+        digits = json.loads((run_dir / "config.json").read_text())["data"]["digits"]
     shown = (
         "The CAM of the true class (left) and of the predicted class (right)"
         if digits == 1
@@ -129,5 +147,9 @@ def write_run_index(run_dir: Path, title: str, digits: int = 1) -> Path:
         f"the digit's true box; magenta: the CAM's box at the threshold tau chosen on validation at that step (its "
         f"IoU in each caption).{exact}"
     )
-    run_dir = Path(run_dir)
-    return write_index(run_dir / "index.html", run_dir / HEATMAPS, title, intro, run_metrics(run_dir))
+    gallery = {
+        f"failures: {text}": run_dir / "eval" / f"failures_{kind}.png"
+        for kind, text in (("misclassified", "misclassified"), ("boxed_wrong", "right class, boxed wrong"))
+    }
+    links = {text: path for text, path in gallery.items() if path.exists()}
+    return write_index(run_dir / "index.html", run_dir / HEATMAPS, title, intro, run_metrics(run_dir), links)

@@ -1,6 +1,7 @@
 """`make bench`'s timing: the pairing that makes a method's share of the forward pass resolvable on a machine
 whose speed drifts, and the CAM-family table on a real (tiny) trained model."""
 
+import sys
 import time
 
 import keras
@@ -50,3 +51,22 @@ def test_cam_family_rows_on_a_trained_model(tiny_run, data_dir):
             assert row["forward_beside"] == 1000.0
         else:  # timed in turn with the method: its own measurement
             assert row["forward_beside"] != 1000.0
+
+
+def test_peak_memory_is_the_commands_own():
+    from cam_mnist import bench_memory
+
+    # A command that holds 300 MB at once: its peak, not this process's, and within what Python adds.
+    big = bench_memory.peak([sys.executable, "-c", "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum())"])
+    small = bench_memory.peak([sys.executable, "-c", "print(1)"])
+    assert 300 < big["peak_rss_mb"] < 300 + small["peak_rss_mb"] + 100 and small["peak_rss_mb"] < 100
+    assert big["wall_s"] > 0
+
+
+def test_a_nested_application_row_per_method():
+    from cam_mnist.bench import nested_application
+
+    result = nested_application(size=64, batch=4, batches=2, score_images=1)
+    rows = {r["method"]: r for r in result["methods"]}
+    assert list(rows) == ["cam", "gradcam", "scorecam"] and rows["cam"]["layer"] == "mobilenetv2_1.00_64/out_relu"
+    assert 0 < rows["cam"]["share_of_forward"] < 2 and rows["scorecam"]["channels"] == 1280

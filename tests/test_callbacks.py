@@ -65,6 +65,26 @@ def test_pictures_at_every_n_batches_and_maps_that_follow_the_weights(blobs, tmp
     np.testing.assert_allclose(cam_again.maps[8], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("nested", [False, True])
+def test_guided_backprop_maps_change_as_fit_trains(blobs, tmp_path, nested):
+    # The guided methods once kept the weights of their first call: every picture showed the untrained model. Each
+    # recorded map must be the map of the weights at its step: checked at the last step against a fresh model.
+    from cam_mnist.cams import explain
+
+    images, labels, _ = blobs
+    model = _model(seed=1)
+    if nested:  # the same network inside a Sequential, as a transfer-learning recipe nests its base
+        model = keras.Sequential([keras.Input((20, 20, 1)), model])
+        model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    cam = CAMCallback(images[:4], labels[:4], method="guided-backprop", every_n_batches=4, folder=tmp_path / "g")
+    _fit(model, blobs, [cam])
+    assert sorted(cam.maps) == [0, 4, 8]
+    assert not np.allclose(cam.maps[0], cam.maps[4], atol=0.05) and not np.allclose(cam.maps[4], cam.maps[8], atol=0.05)
+    fresh = _model()  # another object with the trained weights: no explainer of it was ever made
+    fresh.set_weights(model.get_weights())
+    np.testing.assert_allclose(cam.maps[8], explain(fresh, images[:4], "guided-backprop", labels[:4]), atol=1e-5)
+
+
 def test_per_epoch_pictures_go_to_tensorboard(blobs, tmp_path):
     from cam_mnist.summaries import read_events
 

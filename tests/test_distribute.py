@@ -63,13 +63,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_workers_on_localhost_agree_and_match_two_mirrored_devices(mirrored_runs, data_dir, repo_root):
+def _workers(root, data_dir, repo_root, *flags, steps=STEPS):
+    """Two training processes on localhost under MultiWorkerMirroredStrategy, their run folders root/worker{i}."""
     cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
     workers = []
     for i in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        command = [sys.executable, "-m", "cam_mnist", "train", "--preset", "tiny", "--steps", str(STEPS), "--quiet"]
-        command += ["--data-dir", str(data_dir), "--run-dir", str(mirrored_runs / f"worker{i}")]
+        command = [sys.executable, "-m", "cam_mnist", "train", "--preset", "tiny", "--steps", str(steps), "--quiet"]
+        command += ["--data-dir", str(data_dir), "--run-dir", str(root / f"worker{i}"), *flags]
         workers.append(
             subprocess.Popen(
                 [*command, "--strategy", "multiworker"],
@@ -80,6 +81,11 @@ def test_two_workers_on_localhost_agree_and_match_two_mirrored_devices(mirrored_
                 text=True,
             )
         )
+    return workers
+
+
+def test_two_workers_on_localhost_agree_and_match_two_mirrored_devices(mirrored_runs, data_dir, repo_root):
+    workers = _workers(mirrored_runs, data_dir, repo_root)
     try:
         outputs = [w.communicate(timeout=300)[0] for w in workers]  # bounded: a hung collective fails the test
     finally:
@@ -92,6 +98,33 @@ def test_two_workers_on_localhost_agree_and_match_two_mirrored_devices(mirrored_
         np.testing.assert_array_equal(a, b)  # one all-reduce result, applied by both
     for a, b in zip(first, _state(mirrored_runs / "two"), strict=True):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)  # the same global batch, split the same way
+    # each worker composed its own half of every global batch of 32, and only that
+    assert "composes rows 0:16 of each global batch of 32" in (mirrored_runs / "worker0" / "train.log").read_text()
+    assert "composes rows 16:32 of each global batch of 32" in (mirrored_runs / "worker1" / "train.log").read_text()
+
+
+def test_a_signal_to_one_worker_stops_both_after_the_same_step(tmp_path, data_dir, repo_root):
+    import signal
+    import time
+
+    workers = _workers(tmp_path, data_dir, repo_root, "--checkpoint-every", "4", "--heatmap-every", "1000", steps=2000)
+    try:
+        deadline = time.time() + 300
+        while not checkpoint.path_for(tmp_path / "worker0", 8).exists():
+            assert all(w.poll() is None for w in workers) and time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        workers[1].send_signal(signal.SIGTERM)  # the second worker only, as a scheduler preempting one machine
+        outputs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [75, 75], outputs
+    steps = [checkpoint.list_checkpoints(tmp_path / f"worker{i}")[-1][0] for i in range(2)]
+    assert steps[0] == steps[1] < 2000  # one step, one checkpoint each
+    assert f"stopped by SIGTERM at step {steps[1]}" in outputs[1]
+    assert f"stopped by another worker's stop at step {steps[0]}" in outputs[0]
+    for a, b in zip(_state(tmp_path / "worker0", steps[0]), _state(tmp_path / "worker1", steps[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_strategy_mistakes_are_refused_plainly(monkeypatch):

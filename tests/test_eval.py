@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from cam_mnist import checkpoint, evaluate
+from cam_mnist import boxes as bx
+from cam_mnist import checkpoint, config, evaluate
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_eval_twice_same_csv(run_copy, run_cli, data_dir):
 def test_rows_match_training_metrics(run_copy, data_dir):
     rows, final = evaluate.evaluate_run(run_copy, data_dir, progress=False)
     assert sorted(rows) == [4, 8, 12] and final["step"] == 12
-    assert final["confusion"].sum() == 10_000
+    assert final["confusion"].sum() == config.RunConfig.load(run_copy / "config.json").data.test_size == 300
     import json
 
     summary = json.loads((run_copy / "summary.json").read_text())
@@ -176,10 +177,15 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
     from cam_mnist.localize import BASELINES, localize
     from cam_mnist.registry import METHODS
 
-    record = localize(run_copy, data_dir, images=64, slow_images=16, faithful_images=8, examples=2, log=lambda m: 0)
+    record = localize(
+        run_copy, data_dir, images=64, slow_images=16, faithful_images=8, examples=2, sanity_images=16,
+        sanity_slow_images=4, log=lambda m: 0,
+    )  # fmt: skip
     rows = {r["method"]: r for r in record["methods"]}
+    fast = [m for m in METHODS if not METHODS[m].slow]
     assert list(rows) == [
         *METHODS,
+        *(f"{m} + segmentation" for m in fast),  # the segmentation each fast method's maps seed
         "ceiling: ideal 10x10 map",  # the tiny preset's 40-px canvas at stride 4
         "ceiling: ideal 10x10 map, blurred 2 px",
         "baseline: centre",
@@ -215,13 +221,55 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
     written = json.loads((run_copy / "eval" / "localization.json").read_text())
     assert written["methods"] == json.loads(json.dumps(record["methods"]))
     assert (run_copy / "eval" / "localization.md").read_text().strip() == record["table"]
-    assert record["table"].count("\n| ") == 1 + len(rows)  # the header, then one row per method
+    first_table = record["table"].split("\n\n")[1]
+    assert first_table.startswith("| method") and first_table.count("\n| ") == len(rows)  # a row per method
+    # per digit class: each class's share of its own images, from the rows' per-image boxes
+    labels = split.labels[:64]
+    hit = localization.box_ious_by_threshold(maps, split.boxes[:64], [cal["tau"]])[cal["tau"]][0] >= 0.5
+    for c in range(10):
+        expected = (hit & correct)[labels == c].mean() if (labels == c).any() else None
+        assert rows["cam"]["per_class_top1_loc"][c] == (None if expected is None else pytest.approx(expected, abs=1e-4))
+    # the segmentation row: its own boxes, from its own thresholds chosen on validation
+    from cam_mnist import segmentation
+
+    seg = rows["cam + segmentation"]
+    found = segmentation.segment(
+        split.float_images(slice(0, 64)), maps, **{k: v for k, v in seg["segmentation"].items() if k != "method"}
+    )
+    assert seg["gt_known_loc_calibrated"] == pytest.approx(
+        (bx.iou(bx.tight_boxes(found), split.boxes[:64]) >= 0.5).mean()
+    )
+    assert seg["mask_iou"] == pytest.approx(bx.mask_iou(found, split.masks[:64]).mean())
+    # the sanity checks: every method, every stage; the failures' gallery, linked from the viewer
+    stages = record["model_randomization"]["cam"]
+    assert list(record["model_randomization"]) == list(METHODS) and len(stages) == 1 + 6
+    assert [s["randomized"][-1] for s in stages[1:]] == ["logits", "last_conv", "conv4", "conv3", "conv2", "conv1"]
+    assert stages[0]["spearman"] == pytest.approx(1.0) and "gt_known_segmented" in stages[0]
+    for kind in ("misclassified", "boxed_wrong"):
+        if record["failures"][kind]["images"]:
+            assert (run_copy / "eval" / f"failures_{kind}.png").exists()
+            assert f"eval/failures_{kind}.png" in (run_copy / "index.html").read_text()
 
     result = run_cli(
         "localize", "--run-dir", run_copy, "--images", "64", "--methods", "cam", "--faithful-images", "8",
-        "--examples", "2", "--data-dir", data_dir,
+        "--examples", "2", "--sanity-images", "0", "--gallery", "0", "--data-dir", data_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     cam_row = lambda text: next(r for r in text.splitlines() if r.startswith("| cam |")).split("|")[:-2]  # noqa: E731
     assert cam_row(result.stdout) == cam_row(record["table"])  # the same numbers, all but the seconds
     assert run_cli("localize", "--run-dir", run_copy, "--methods", "nope", "--data-dir", data_dir).returncode == 2
+
+
+def test_classification_metrics_on_a_hand_made_asymmetric_confusion():
+    # 3 classes, 6 images: true 0 0 0 1 1 2, predicted 0 1 1 1 1 0. Rows are the true class: per-class accuracy is
+    # each row's diagonal share (recall): 1/3, 2/2, 0/1. Its transpose would give precision instead: 1/2, 2/4, 0.
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 1, 0])
+    probs = np.full((6, 3), 0.1)
+    probs[np.arange(6), predicted] = 0.8
+    m = evaluate.classification_metrics(probs, labels)
+    np.testing.assert_array_equal(m["confusion"], [[1, 2, 0], [0, 2, 0], [1, 0, 0]])
+    np.testing.assert_allclose(m["per_class"], [1 / 3, 1.0, 0.0])
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    # cross-entropy: -log of the true class's probability, 0.8 where right, 0.1 where wrong
+    assert m["loss"] == pytest.approx(-(3 * np.log(0.8) + 3 * np.log(0.1)) / 6)

@@ -163,3 +163,101 @@ def test_methods_command_prints_the_registry_and_the_readme_shows_it(run_cli, re
     assert methods_table() in (repo_root / "README.md").read_text()
     assert list(CLASSES) == list(METHODS)  # the classes are keyed by the registry's names, in its order
     assert all(CLASSES[name].__name__ == info.cls.split(":")[1] for name, info in METHODS.items())
+
+
+def test_to_model_input_by_hand():
+    from cam_mnist.images import to_model_input
+
+    # Grey, light on dark: kept as it is, scaled by 1/255, centred on the canvas at ((8-2)//2, (6-4)//2) = (3, 1).
+    grey = np.array([[0, 51, 102, 255], [255, 204, 153, 0]], np.uint8)  # 2 high, 4 wide
+    array, notes = to_model_input(Image.fromarray(grey), (8, 6), 1, "canvas", "auto")
+    assert array.shape == (8, 6, 1) and notes == ["centred on a 6x8 black canvas"]
+    np.testing.assert_allclose(array[3:5, 1:5, 0], grey / 255, atol=1e-7)
+    assert array[:3].max() == 0 and array[5:].max() == 0 and array[:, [0, 5]].max() == 0
+    # Dark on light (mean above one half): inverted, then centred, so the canvas stays black.
+    array, notes = to_model_input(Image.fromarray(np.full((2, 2), 255, np.uint8)), (4, 4), 1, "canvas", "auto")
+    assert "inverted (dark on light)" in notes and array.max() == 0  # white paper becomes black
+    # RGB for a grey model: ITU-R 601-2 luma, L = (299 R + 587 G + 114 B) / 1000, as PIL converts.
+    rgb = np.array([[[200, 100, 50], [0, 0, 255]]], np.uint8)
+    array, _ = to_model_input(Image.fromarray(rgb), (1, 2), 1, "resize", "no")
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    luma = (r * 299 + g * 587 + b * 114) / 1000
+    np.testing.assert_allclose(array[..., 0] * 255, luma, atol=0.51)
+    # Grey for an RGB model: three equal channels; height and width kept apart.
+    array, _ = to_model_input(Image.fromarray(grey), (2, 4), 3, "resize", "no")
+    assert array.shape == (2, 4, 3)
+    for channel in range(3):
+        np.testing.assert_allclose(array[..., channel], grey / 255, atol=1e-7)
+    # Resize stretches to the model's (H, W): 2x4 -> 4x8
+    array, notes = to_model_input(Image.fromarray(grey), (4, 8), 1, "resize", "no")
+    assert array.shape == (4, 8, 1) and notes == ["resized 4x2 -> 8x4"]
+
+
+def test_a_folder_is_explained_into_one_array_and_a_second_run_skips_what_is_there(
+    tiny_run, tmp_path, run_cli, data_dir
+):
+    config = RunConfig.load(tiny_run / "config.json")
+    split = data.load_split("test", config.data, data_dir)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    n = 150  # more than the pictures drawn by default (100): none are, the maps go to maps_cam.npy
+    for i in range(n):
+        Image.fromarray(split.images[i]).save(folder / f"digit_{i:04d}.png")
+    out = tmp_path / "out"
+    result = run_cli("explain", folder, "--run-dir", tiny_run, "--out", out)
+    assert result.returncode == 0, result.stderr
+    maps = np.load(out / "maps_cam.npy", mmap_mode="r")
+    assert maps.shape == (n, 1, 40, 40) and maps.dtype == np.float16 and not list(out.glob("*.png"))
+    model = keras.models.load_model(tiny_run / "model.keras")
+    x = split.float_images(slice(0, n))
+    expected = explain(model, x, "cam", np.asarray(model(x)).argmax(1))
+    np.testing.assert_allclose(maps[:, 0], expected, atol=2e-3)  # float16
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in lines] == list(range(n))
+
+    # A run killed after 100 images: its lines stop there, the last one cut short. The same command redoes only
+    # the other 50: the first 100 maps, overwritten here by 0.5, stay as they are.
+    (out / "results.jsonl").write_text("\n".join(lines[:100]) + "\n" + lines[100][:20])
+    done = np.load(out / "maps_cam.npy", mmap_mode="r+")
+    done[:] = 0.5
+    done.flush()
+    result = run_cli("explain", folder, "--run-dir", tiny_run, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "100 of 150 images already explained" in result.stderr
+    again = np.load(out / "maps_cam.npy")
+    assert (again[:100] == 0.5).all()
+    np.testing.assert_allclose(again[100:, 0], expected[100:], atol=2e-3)
+    assert len((out / "results.jsonl").read_text().splitlines()) == n
+    # Other settings into the same folder: refused, and nothing in it changed.
+    before = (out / "results.jsonl").read_bytes()
+    result = run_cli("explain", folder, "--run-dir", tiny_run, "--out", out, "--method", "gradcam")
+    assert result.returncode == 2 and "holds an explain run with other settings" in result.stderr
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_a_nested_model_from_the_command_line(test_png, tmp_path, run_cli):
+    keras.utils.set_random_seed(0)
+    base_in = keras.Input((40, 40, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="block_conv")(base_in)
+    base = keras.Model(
+        base_in, keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="top_conv")(x), name="base"
+    )
+    head = [
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(10, activation="softmax"),
+    ]
+    model = keras.Sequential([keras.Input((40, 40, 1)), keras.layers.Rescaling(1.0), base, *head])
+    model.save(tmp_path / "nested.keras")
+    listed = run_cli("layers", "--model", tmp_path / "nested.keras")
+    assert listed.returncode == 0, listed.stderr
+    assert "| base/block_conv | Conv2D | 20x20x4 |" in listed.stdout and "| base/top_conv (default) |" in listed.stdout
+    path, image = test_png
+    for method, layer in (("cam", None), ("gradcam", "base/block_conv")):
+        command = ["explain", path, "--model", tmp_path / "nested.keras", "--method", method, "--json"]
+        result = run_cli(*command, *(["--layer", layer] if layer else []), "--out", tmp_path / method)
+        assert result.returncode == 0, result.stderr
+        record = json.loads(result.stdout)[0]
+        x = (image / np.float32(255))[None, ..., None]
+        top = int(np.asarray(model(x)).argmax())
+        assert record["box"] == boxes_from_maps(explain(model, x, method, top, layer=layer))[0].tolist()

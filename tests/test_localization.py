@@ -240,3 +240,39 @@ def test_numpy_resizes_match_tensorflow():
         resize.area_resize(masks.astype(np.float32), (25, 25)), masks.reshape(2, 25, 4, 25, 4).mean((2, 4)), atol=1e-6
     )
     np.testing.assert_allclose(resize.area_resize(np.ones((1, 100, 100), np.float32), (12, 12)), 1.0, atol=1e-6)
+
+
+def test_pixel_ap_by_hand():
+    # 5 pixels ranked 0.9 > 0.7 > 0.5 > 0.3 > 0.1, the digit's at the 1st and 3rd: precision 1/1 at the first hit
+    # and 2/3 at the second, so AP = (1 + 2/3) / 2 (ranked from the lowest it would be (1/2 + 2/5) / 2). A pooled
+    # tally of two chunks gives the same.
+    maps = np.array([[[0.9, 0.7, 0.5, 0.3, 0.1]]], np.float32)
+    masks = np.array([[[True, False, True, False, False]]])
+    assert loc.pixel_average_precision(maps, masks) == pytest.approx((1 + 2 / 3) / 2)
+    both = np.concatenate([maps, maps[:, ::-1]]), np.concatenate([masks, masks[:, ::-1]])
+    halves = [loc.pixel_histograms(m[None], k[None]) for m, k in zip(*both, strict=True)]
+    summed = loc.average_precision(halves[0][0] + halves[1][0], halves[0][1] + halves[1][1])
+    assert summed == pytest.approx(loc.pixel_average_precision(*both)) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_deletion_and_insertion_curves_by_hand(brightness_model):
+    # p(class 1) = sigmoid(8 m) for mean brightness m. Deleting the k most salient of 64 white pixels leaves
+    # m = (64 - k) / 64, with k = 0, 16, 32, 48, 64 for 4 steps; insertion into the blurred white image (white)
+    # stays at sigmoid(8). Trapezoids over the 5 points.
+    images = np.ones((1, 8, 8, 1), np.float32)
+    maps = np.random.default_rng(0).random((1, 8, 8)).astype(np.float32)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    curve = sigmoid(8 * (64 - np.array([0, 16, 32, 48, 64])) / 64)
+    expected = (curve[1:] + curve[:-1]).sum() / (2 * 4)
+    result = loc.deletion_insertion(brightness_model, images, maps, np.array([1]), steps=4, blur_sigma=1)
+    assert result["deletion_auc"] == pytest.approx(expected, rel=1e-5)
+    assert result["insertion_auc"] == pytest.approx(sigmoid(8.0), rel=1e-5)
+
+
+def test_relevance_mass_by_hand():
+    maps = np.zeros((3, 4, 4), np.float32)
+    maps[0, 0, 0], maps[0, 3, 3] = 3.0, 1.0  # 3 of 4 on the mask
+    maps[1, 1:3, 1:3] = 1.0  # all of it off the mask
+    masks = np.zeros((3, 4, 4), bool)
+    masks[:, 0, :2] = True
+    np.testing.assert_allclose(bx.relevance_mass(maps, masks), [0.75, 0.0, 0.0])  # an all-zero map: 0

@@ -1,113 +1,169 @@
-"""Finding, in any Keras 3 functional image model, the layer to explain and the logits to explain it with."""
+"""In any Keras 3 image classifier's flat graph (:mod:`cam_mnist.cams.graph`): the logits to explain, the layer's
+activations beside them, and the CAM weights of a GAP -> linear head."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
+from cam_mnist.cams.graph import Call, FlatGraph
 from cam_mnist.errors import UserError
 
 
-def resolve_layer(model: keras.Model, name: str | None):
-    """The layer called ``name``, or the last layer with a 4-D (B, h, w, K) output when no name is given."""
-    if name is not None:
-        try:
-            layer = model.get_layer(name)
-        except ValueError:
-            names = ", ".join(layer.name for layer in _explainable(model))
-            raise UserError(f"model {model.name!r} has no layer {name!r}; its 4-D layers are: {names}") from None
-        if not _is_4d(layer):
-            raise UserError(f"layer {name!r} has output shape {layer.output.shape}, not 4-D (B, h, w, K)")
-        return layer
-    candidates = _explainable(model)
-    if candidates:
-        return candidates[-1]
-    raise UserError(f"model {model.name!r} has no layer with a 4-D (B, h, w, K) output to explain")
-
-
-def _explainable(model) -> list:
-    return [layer for layer in model.layers if _is_4d(layer) and not isinstance(layer, keras.layers.InputLayer)]
-
-
-def _is_4d(layer) -> bool:
-    try:
-        return len(layer.output.shape) == 4
-    except (AttributeError, ValueError):  # layers used more than once have no single output
-        return False
+def _softmax_activation(layer) -> bool:
+    return getattr(layer, "activation", None) is keras.activations.softmax
 
 
 class Head:
     """Runs the model once to give the target layer's activations and the class scores (logits by default).
 
-    The logits are found as: a layer named ``logits``; else the input of a final Softmax layer; else a final
-    Dense with softmax activation, re-applied without it; else the model's output, taken to be logits already.
+    The logits are found as: a layer named ``logits``; else the input of a final Softmax layer (or
+    ``Activation("softmax")``); else a final Dense with softmax activation (keras.applications' top), re-applied
+    without it; else the model's output, taken to be logits already.
     """
 
-    def __init__(self, model: keras.Model, layer, use_softmax: bool):
-        last = model.layers[-1]
+    def __init__(self, graph: FlatGraph, layer: Call, use_softmax: bool, guided: bool = False):
+        last = graph.producer(graph.output)
+        named = [c for c in graph.calls if c.layer.name == "logits"]
         self._dense = None
-        if _has_layer(model, "logits"):
-            scores = model.get_layer("logits").output
-        elif isinstance(last, keras.layers.Softmax):
-            scores = last.input
-        elif isinstance(last, keras.layers.Dense) and last.activation is keras.activations.softmax:
-            scores, self._dense = last.input, last  # logits = input @ kernel + bias, computed in forward()
+        if named:
+            scores = named[0].output
+        elif isinstance(last.layer, keras.layers.Softmax) or (
+            isinstance(last.layer, keras.layers.Activation) and _softmax_activation(last.layer)
+        ):
+            scores = last.inputs[0]
+        elif isinstance(last.layer, keras.layers.Dense) and _softmax_activation(last.layer):
+            scores, self._dense = last.inputs[0], last.layer  # logits = input @ kernel + bias, in forward()
         else:
-            scores = model.outputs[0]
-        if len(model.inputs) != 1:
-            raise UserError(f"model {model.name!r} has {len(model.inputs)} inputs; explanations need one image input")
-        self._model = keras.Model(model.inputs[0], [layer.output, scores])
-        self._layer, self._scores, self._tail = layer, scores, None
+            scores = graph.output
+        self.graph, self.layer, self.scores, self.guided = graph, layer, scores, guided
         self.use_softmax = use_softmax
-        self.num_classes = int(model.outputs[0].shape[-1])
+        self.num_classes = int(graph.output.shape[-1])
 
     def forward(self, images):
         """The target layer's activations, in the layer's own dtype (a mixed-precision model's are bfloat16 or
-        float16: differentiate with respect to these, then cast), and the class scores in float32."""
-        activations, scores = self._model(images, training=False)
+        float16: differentiate with respect to these, then cast), and the class scores in float32. ``guided``: the
+        backward pass of every ReLU follows guided backpropagation's rule."""
+        activations, scores = self.graph.run(
+            self.graph.input, images, [self.layer.output, self.scores], guided=self.guided
+        )
         return activations, self._finish(tf.cast(scores, tf.float32))
 
     def build_tail(self) -> None:
-        """Make :meth:`scores_from` available: the model's layers after the target layer, as a model of its own.
-        Refused where the scores also depend on the image through another path (a skip connection around it)."""
-        if self._tail is None:
-            try:
-                self._tail = keras.Model(self._layer.output, self._scores)
-            except (ValueError, KeyError) as e:
-                raise UserError(
-                    f"the scores depend on the image through more than layer {self._layer.name!r} "
-                    f"({type(e).__name__}), so its channels cannot be ablated alone: choose a later layer"
-                ) from None
+        """Check that :meth:`scores_from` can work: the scores must depend on the image through the target layer
+        alone, not also around it (a skip connection)."""
+        try:
+            self.graph.between(self.layer.output, [self.scores])
+        except ValueError as e:
+            raise UserError(
+                f"the scores depend on the image through more than layer {self.layer.path!r} ({e}), so its "
+                f"channels cannot be ablated alone: choose a later layer"
+            ) from None
 
     def scores_from(self, activations):
         """The class scores computed from the target layer's activations (B, h, w, K) alone."""
-        return self._finish(self._tail(activations, training=False))
+        (scores,) = self.graph.run(self.layer.output, activations, [self.scores])
+        return self._finish(tf.cast(scores, tf.float32))
 
     def _finish(self, scores):
         if self._dense is not None:
-            scores = tf.matmul(scores, self._dense.kernel)
+            scores = tf.matmul(scores, tf.cast(self._dense.kernel, scores.dtype))
             if self._dense.use_bias:
-                scores += self._dense.bias
+                scores += tf.cast(self._dense.bias, scores.dtype)
         if self.use_softmax:
             scores = tf.nn.softmax(scores)
         return scores
 
 
-def _has_layer(model, name: str) -> bool:
-    return any(layer.name == name for layer in model.layers)
+# ------------------------------------------------------------------------------------------------ CAM's weights
+# Layers that are the identity at inference: between the layer and GAP, or between GAP and the linear head.
+IDENTITY_AT_INFERENCE = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.AlphaDropout,
+    keras.layers.ActivityRegularization,
+    keras.layers.Identity,
+    keras.layers.Flatten,  # of a (B, K) vector
+)
 
 
-def gap_linear_kernel(model: keras.Model, layer) -> tf.Variable:
-    """The (K, classes) kernel w_k^c of a layer -> GlobalAveragePooling2D -> Dense head, which CAM needs.
+def _linear_part(layer):
+    """The (K, K') matrix (or (K,) diagonal) of a layer that is affine at inference, as a function of its current
+    variables; None for the identity. Raises TypeError for any other layer."""
+    if isinstance(layer, IDENTITY_AT_INFERENCE) or (
+        isinstance(layer, keras.layers.Activation) and layer.activation is keras.activations.linear
+    ):
+        return None
+    if isinstance(layer, keras.layers.Dense) and layer.activation is keras.activations.linear:
+        return lambda: tf.cast(layer.kernel, tf.float32)
+    if isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 1):
+        # y = gamma (x - mean) / sqrt(var + eps) + beta with the moving statistics: a scale per channel
+        def scale():
+            s = tf.math.rsqrt(tf.cast(layer.moving_variance, tf.float32) + layer.epsilon)
+            return s * tf.cast(layer.gamma, tf.float32) if layer.scale else s
 
-    Refuses any other head: CAM's weights mean something only when the class score is linear in the GAP of ``layer``.
+        return scale
+    if isinstance(layer, keras.layers.Rescaling):
+        return lambda: tf.constant(layer.scale, tf.float32)
+    raise TypeError(type(layer).__name__)
+
+
+def cam_weights(head: Head):
+    """A function giving the (K, classes) CAM weights w_k^c of the target layer, from the model's current variables.
+
+    CAM (Zhou et al. 2016, eq. 2) needs the class score linear in the global average pool of the layer:
+    S_c = sum_k w_k^c mean_xy f_k(x, y) + b_c. Between the layer and GAP only inference-time identities (Dropout
+    and its kin) may stand; after GAP, any chain of layers that is affine at inference (Dropout, BatchNormalization,
+    Dense without activation, the final Dense before a softmax) is folded into w. Anything else is refused, naming
+    the layer that breaks linearity.
     """
-    for gap in model.layers:
-        if isinstance(gap, keras.layers.GlobalAveragePooling2D) and gap.input is layer.output:
-            for dense in model.layers:
-                if isinstance(dense, keras.layers.Dense) and dense.input is gap.output:
-                    return dense.kernel
-    raise UserError(
-        f"CAM needs the layer {layer.name!r} to feed GlobalAveragePooling2D -> Dense directly (the CAM paper's "
-        f"architecture); model {model.name!r} has no such head: use gradcam instead"
-    )
+    graph, layer = head.graph, head.layer
+    tensor, gap = layer.output, None
+    while gap is None:
+        users = graph.consumers(tensor)
+        if len(users) == 1 and isinstance(users[0].layer, keras.layers.GlobalAveragePooling2D):
+            gap = users[0]
+        elif len(users) == 1 and isinstance(users[0].layer, IDENTITY_AT_INFERENCE):
+            tensor = users[0].output
+        else:
+            raise UserError(
+                f"CAM needs the layer {layer.path!r} to feed GlobalAveragePooling2D -> Dense directly (the CAM "
+                f"paper's architecture); model {graph.source.name!r} has no such head: use gradcam instead"
+            )
+    try:
+        tail = graph.between(gap.output, [head.scores])
+    except ValueError:
+        raise UserError(
+            f"CAM needs the class scores to depend on layer {layer.path!r} only through its global average pool; "
+            f"in model {graph.source.name!r} they do not: use gradcam instead"
+        ) from None
+    parts = []
+    for inner in tail:
+        try:
+            parts.append(_linear_part(inner.layer))
+        except TypeError:
+            raise UserError(
+                f"CAM needs the head after GlobalAveragePooling2D to be linear at inference; layer {inner.path!r} "
+                f"({type(inner.layer).__name__}) is not: use gradcam, which needs no particular head"
+            ) from None
+    if head._dense is not None:  # the final Dense whose softmax the logits leave out
+        parts.append(lambda: tf.cast(head._dense.kernel, tf.float32))
+    parts = [p for p in parts if p is not None]
+
+    def weights() -> tf.Tensor:
+        w = None  # (K, K') so far; None: the identity
+        for part in parts:
+            p = part()
+            if p.shape.rank < 2:  # a scale per channel (BatchNormalization, Rescaling)
+                w = tf.linalg.diag(tf.broadcast_to(p, [gap.shape[-1]])) if w is None else w * p[None, :]
+            else:
+                w = p if w is None else tf.matmul(w, p)
+        if w is None:
+            raise UserError(f"CAM found no linear layer after the global average pool of {layer.path!r}")
+        return w  # (K, classes)
+
+    return weights

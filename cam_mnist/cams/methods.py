@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cam_mnist.cams.base import BaseCAM, as_float32, normalise, resolve_targets, upsample
-from cam_mnist.cams.layers import gap_linear_kernel
+from cam_mnist.cams.base import BaseCAM, as_float32, normalise, over_pairs, resolve_targets, upsample
+from cam_mnist.cams.layers import cam_weights
 
 
 class CAM(BaseCAM):
     """Class activation mapping. Zhou et al. 2016, arXiv 1512.04150, eq. (2): M_c(x, y) = sum_k w_k^c f_k(x, y),
-    with w the GAP -> logits weights. Needs no gradients; refuses a model without a GAP -> linear head."""
+    with w the GAP -> logits weights (layers affine at inference after GAP folded in: :func:`cam_weights`). Needs
+    no gradients; refuses a model without a GAP -> linear head, naming the layer that is not linear."""
 
     needs_gradients = False
 
     def __init__(self, model, layer=None, **kw):
         super().__init__(model, layer, **kw)
-        self.kernel = gap_linear_kernel(model, self.layer)  # (K, classes)
+        self.kernel = cam_weights(self.head)  # () -> (K, classes), read from the current variables at every call
 
     def channel_weights(self, images, activations, grads, targets):
-        return tf.transpose(tf.gather(self.kernel, targets, axis=1))  # (B, K)
+        return tf.transpose(tf.gather(self.kernel(), targets, axis=1))  # (B, K)
 
 
 class GradCAM(BaseCAM):
@@ -67,21 +68,23 @@ class ScoreCAM(BaseCAM):
     """Score-CAM. Wang et al. 2020, arXiv 1910.01279, Algorithm 1: each channel, upsampled and min-max normalised
     to a mask H^k, masks the input; its weight is the softmax probability of the target for X * H^k.
 
-    Needs K forward passes per image and no gradients, so it runs on small batches.
+    Needs K forward passes per image and no gradients: the (image, channel) pairs run ``pass_batch`` at a time.
     """
 
     needs_gradients = False
     default_batch_size = 8
 
     def channel_weights(self, images, activations, grads, targets):
-        b, k = tf.shape(activations)[0], tf.shape(activations)[3]
-        size = self.input_shape[:2]
-        masks = tf.transpose(activations, (0, 3, 1, 2))  # (B, K, h, w)
-        masks = normalise(upsample(tf.reshape(masks, (-1, *activations.shape[1:3])), size))  # (B*K, H, W)
-        images = tf.repeat(images, k, axis=0) * masks[..., None]  # (B*K, H, W, C)
-        _, masked_scores = self.head.forward(images)  # (B*K, classes)
-        probs = tf.nn.softmax(tf.reshape(masked_scores, (b, k, -1)))  # (B, K, classes)
-        return tf.gather(probs, targets, axis=2, batch_dims=1)  # (B, K)
+        b, k = tf.shape(activations)[0], activations.shape[3]
+
+        def target_probability(image, channel):  # p^c(X * H^k) of (n,) (image, channel) pairs
+            maps = tf.gather(tf.transpose(activations, (0, 3, 1, 2)), image)  # (n, K, h, w)
+            masks = normalise(upsample(tf.gather(maps, channel, batch_dims=1), self.input_shape[:2]))  # (n, H, W)
+            _, scores = self.head.forward(tf.gather(images, image) * masks[..., None])  # (n, classes)
+            probs = scores if self.head.use_softmax else tf.nn.softmax(scores)
+            return tf.gather(probs, tf.gather(targets, image), batch_dims=1)
+
+        return over_pairs(target_probability, b, k, self.pass_batch)  # (B, K)
 
 
 class HiResCAM(BaseCAM):
@@ -111,19 +114,22 @@ class AblationCAM(BaseCAM):
     the layers after the target layer per image (its tail, which must depend on the image through it alone)."""
 
     needs_gradients = False
-    default_batch_size = 8  # K ablated copies of each image's activations per call
+    default_batch_size = 8  # images per call; their K ablated copies run ``pass_batch`` at a time
 
     def __init__(self, model, layer=None, **kw):
         super().__init__(model, layer, **kw)
         self.head.build_tail()  # refuses a layer that is not the only path from the image to the scores
 
     def channel_weights(self, images, activations, grads, targets):
-        b, h, w, k = (tf.shape(activations)[i] for i in range(4))
-        ablate = 1.0 - tf.eye(k)  # row j zeroes channel j
-        copies = activations[:, None] * ablate[None, :, None, None, :]  # (B, K, h, w, K)
-        ablated = self.head.scores_from(tf.reshape(copies, (-1, h, w, k)))  # (B*K, classes)
-        y_k = tf.gather(tf.reshape(ablated, (b, k, -1)), targets, axis=2, batch_dims=1)  # (B, K)
+        b, k = tf.shape(activations)[0], activations.shape[3]
         y = tf.gather(self.head.scores_from(activations), targets, batch_dims=1)[:, None]  # (B, 1)
+
+        def ablated_score(image, channel):  # y^c_k of (n,) (image, channel) pairs: the score with channel k zeroed
+            keep = 1.0 - tf.one_hot(channel, k, dtype=activations.dtype)  # (n, K)
+            scores = self.head.scores_from(tf.gather(activations, image) * keep[:, None, None, :])  # (n, classes)
+            return tf.gather(scores, tf.gather(targets, image), batch_dims=1)
+
+        y_k = over_pairs(ablated_score, b, k, self.pass_batch)  # (B, K)
         return tf.math.divide_no_nan(y - y_k, y)  # (B, K)
 
 
@@ -138,7 +144,7 @@ class EigenCAM(BaseCAM):
 
     needs_gradients = False
 
-    def raw_maps(self, images, targets):
+    def signed_maps(self, images, targets):
         activations, scores = self.head.forward(images)
         activations = as_float32(activations)
         targets = resolve_targets(targets, scores)
@@ -147,4 +153,4 @@ class EigenCAM(BaseCAM):
         _, vectors = tf.linalg.eigh(tf.matmul(flat, flat, transpose_a=True))  # ascending eigenvalues
         projection = tf.einsum("bnk,bk->bn", flat, vectors[:, :, -1])  # (B, h w)
         sign = tf.where(tf.reduce_sum(projection, 1, keepdims=True) < 0, -1.0, 1.0)
-        return tf.nn.relu(tf.reshape(sign * projection, (b, h, w))), targets
+        return tf.reshape(sign * projection, (b, h, w)), targets

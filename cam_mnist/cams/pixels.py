@@ -1,61 +1,37 @@
-"""Maps that are not channel-weighted sums: guided backpropagation, guided Grad-CAM, occlusion. They take the same
-inputs and return the same (N, H, W) maps in [0, 1] as the CAM family, by overriding ``raw_maps`` of the base."""
+"""Maps that are not channel-weighted sums: guided backpropagation, guided Grad-CAM, occlusion, SmoothGrad,
+integrated gradients, RISE. They take the same inputs and return the same (N, H, W) maps in [0, 1] as the CAM
+family, by overriding ``signed_maps`` of the base (the map before its final ReLU)."""
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from cam_mnist.cams.base import BaseCAM, resolve_targets, upsample
+from cam_mnist.cams.base import BaseCAM, over_pairs, resolve_targets, upsample
 from cam_mnist.cams.layers import Head
 from cam_mnist.cams.methods import GradCAM
 from cam_mnist.errors import UserError
 from cam_mnist.resize import bilinear_resize
 
 
-@tf.custom_gradient
-def guided_relu(x):
-    """ReLU whose backward pass lets through only positive gradients at positive inputs (Springenberg et al.)."""
-
-    def grad(dy):
-        return dy * tf.cast(dy > 0, dy.dtype) * tf.cast(x > 0, dy.dtype)
-
-    return tf.nn.relu(x), grad
-
-
-def _guided_copy(model: keras.Model) -> keras.Model:
-    """The model with every ReLU (layer or activation) replaced by :func:`guided_relu`, sharing no state."""
-
-    def swap(layer):
-        config = layer.get_config()
-        if isinstance(layer, keras.layers.ReLU):
-            return keras.layers.Activation(guided_relu, name=layer.name)
-        if config.get("activation") == "relu":
-            config["activation"] = guided_relu
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=swap)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 class GuidedBackprop(BaseCAM):
     """Guided backpropagation. Springenberg et al. 2015, arXiv 1412.6806, §3.4: dy^c/dx with every ReLU's backward
-    pass replaced by the guided rule. The map is the positive part of the input gradient, summed over channels."""
+    pass replaced by the guided rule (only positive gradients, at positive inputs). The model is not copied: its
+    own layers run with the guided rule after every ReLU (:func:`~cam_mnist.cams.graph.positive_gradient`), so the
+    maps follow the weights as they change. The map is the positive part of the input gradient,
+    summed over channels."""
 
     def __init__(self, model, layer=None, **kw):
         super().__init__(model, layer, **kw)
-        guided = _guided_copy(model)
-        self.guided_head = Head(guided, guided.get_layer(self.layer.name), self.head.use_softmax)
+        self.guided_head = Head(self.flat, self.layer, self.head.use_softmax, guided=True)
 
-    def raw_maps(self, images, targets):
+    def signed_maps(self, images, targets):
         with tf.GradientTape() as tape:
             tape.watch(images)
             _, scores = self.guided_head.forward(images)
             targets = resolve_targets(targets, scores)
             score = tf.gather(scores, targets, batch_dims=1)
-        return tf.nn.relu(tf.reduce_sum(tape.gradient(score, images), -1)), targets  # (B, H, W)
+        return tf.reduce_sum(tape.gradient(score, images), -1), targets  # (B, H, W)
 
 
 class GuidedGradCAM(GuidedBackprop):
@@ -63,11 +39,11 @@ class GuidedGradCAM(GuidedBackprop):
 
     def __init__(self, model, layer=None, **kw):
         super().__init__(model, layer, **kw)
-        self.gradcam = GradCAM(model, self.layer.name, use_softmax=self.head.use_softmax)
+        self.gradcam = GradCAM(model, self.layer.path, use_softmax=self.head.use_softmax, input_shape=self.input_shape)
 
-    def raw_maps(self, images, targets):
-        guided, targets = super().raw_maps(images, targets)  # targets now resolved: both explain the same class
-        coarse, _ = self.gradcam.raw_maps(images, targets)
+    def signed_maps(self, images, targets):
+        guided, targets = super().signed_maps(images, targets)  # targets now resolved: both explain the same class
+        coarse, _ = self.gradcam.raw_maps(images, targets)  # Grad-CAM's map, >= 0
         return guided * upsample(coarse, self.input_shape[:2]), targets
 
 
@@ -92,18 +68,19 @@ class Occlusion(BaseCAM):
         self.coverage = tf.constant(masks.sum(0))  # (H, W) placements covering each pixel, >= 1
         self.baseline = baseline
 
-    def raw_maps(self, images, targets):
+    def signed_maps(self, images, targets):
         b, p = tf.shape(images)[0], self.masks.shape[0]
         _, scores = self.head.forward(images)
         targets = resolve_targets(targets, scores)
-        keep = 1.0 - self.masks[None, :, :, :, None]  # (1, P, H, W, 1)
-        occluded = images[:, None] * keep + self.baseline * (1.0 - keep)  # (B, P, H, W, C)
-        _, occluded_scores = self.head.forward(tf.reshape(occluded, (-1, *self.input_shape)))  # (B*P, classes)
-        occluded_scores = tf.reshape(occluded_scores, (b, p, -1))
-        drop = tf.gather(scores, targets, batch_dims=1)[:, None] - tf.gather(
-            occluded_scores, targets, axis=2, batch_dims=1
-        )
-        return tf.nn.relu(tf.einsum("bp,phw->bhw", drop, self.masks) / self.coverage), targets  # (B, H, W)
+
+        def occluded_score(image, placement):  # the target's score with the patch hidden, of (n,) pairs
+            keep = 1.0 - tf.gather(self.masks, placement)[..., None]  # (n, H, W, 1)
+            _, occluded_scores = self.head.forward(tf.gather(images, image) * keep + self.baseline * (1.0 - keep))
+            return tf.gather(occluded_scores, tf.gather(targets, image), batch_dims=1)
+
+        occluded = over_pairs(occluded_score, b, p, self.pass_batch)  # (B, P)
+        drop = tf.gather(scores, targets, batch_dims=1)[:, None] - occluded
+        return tf.einsum("bp,phw->bhw", drop, self.masks) / self.coverage, targets  # (B, H, W)
 
 
 def _input_gradients(head: Head, images, targets):
@@ -113,6 +90,20 @@ def _input_gradients(head: Head, images, targets):
         _, scores = head.forward(images)
         score = tf.gather(scores, targets, batch_dims=1)
     return tape.gradient(score, images)
+
+
+def _weighted_input_gradient(method: BaseCAM, images, targets, points, weights):
+    """sum_s weights_s dy^c/dx (x_s) (B, H, W, C), at the points x_s = points(images, s) (SmoothGrad's noisy copies,
+    integrated gradients' path): one gradient per (image, point) pair, ``pass_batch`` pairs at a time.
+    points: ((n, H, W, C) images, (n,) point indices) -> (n, H, W, C); weights (S,)."""
+
+    def weighted_gradient(image, s):
+        x = points(tf.gather(images, image), s)
+        grads = _input_gradients(method.head, x, tf.gather(targets, image))
+        return grads * tf.gather(weights, s)[:, None, None, None]
+
+    grads = over_pairs(weighted_gradient, tf.shape(images)[0], weights.shape[0], method.pass_batch)  # (B, S, H, W, C)
+    return tf.reduce_sum(grads, 1)
 
 
 def _resolve(head: Head, images, targets):
@@ -137,14 +128,21 @@ class SmoothGrad(BaseCAM):
         self.sigma = sigma
         self.noise = tf.constant(np.random.default_rng(seed).standard_normal((samples, *self.input_shape)), tf.float32)
 
-    def raw_maps(self, images, targets):
+    def mean_gradient(self, images, targets):
+        """The input gradient averaged over the noisy copies (B, H, W, C), and the (B,) targets resolved."""
         targets = _resolve(self.head, images, targets)
         n = self.noise.shape[0]
-        span = tf.reduce_max(images, (1, 2, 3), keepdims=True) - tf.reduce_min(images, (1, 2, 3), keepdims=True)
-        noisy = images[:, None] + self.sigma * span[:, None] * self.noise[None]  # (B, n, H, W, C)
-        grads = _input_gradients(self.head, tf.reshape(noisy, (-1, *self.input_shape)), tf.repeat(targets, n))
-        mean = tf.reduce_mean(tf.reshape(grads, (-1, n, *self.input_shape)), 1)  # (B, H, W, C)
-        return tf.reduce_sum(tf.abs(mean), -1), targets
+        span = lambda x: tf.reduce_max(x, (1, 2, 3), keepdims=True) - tf.reduce_min(x, (1, 2, 3), keepdims=True)  # noqa: E731
+        noisy = lambda x, i: x + self.sigma * span(x) * tf.gather(self.noise, i)  # noqa: E731 - (n, H, W, C)
+        return _weighted_input_gradient(self, images, targets, noisy, tf.fill([n], 1.0 / n)), targets
+
+    def raw_maps(self, images, targets):
+        mean, targets = self.mean_gradient(images, targets)
+        return tf.reduce_sum(tf.abs(mean), -1), targets  # the absolute value of each channel, summed
+
+    def signed_maps(self, images, targets):
+        mean, targets = self.mean_gradient(images, targets)
+        return tf.reduce_sum(mean, -1), targets
 
 
 class IntegratedGradients(BaseCAM):
@@ -168,12 +166,9 @@ class IntegratedGradients(BaseCAM):
         self._attributions = tf.function(self._ig, reduce_retracing=True)
 
     def _ig(self, images, targets):
-        s = self.alphas.shape[0]
-        start = tf.fill(tf.shape(images), self.baseline)
-        path = start[:, None] + self.alphas[:, None, None, None] * (images - start)[:, None]  # (B, S, H, W, C)
-        grads = _input_gradients(self.head, tf.reshape(path, (-1, *self.input_shape)), tf.repeat(targets, s))
-        average = tf.einsum("bshwc,s->bhwc", tf.reshape(grads, (-1, s, *self.input_shape)), self.weights)
-        return (images - start) * average  # (B, H, W, C)
+        on_path = lambda x, i: self.baseline + tf.gather(self.alphas, i)[:, None, None, None] * (x - self.baseline)  # noqa: E731
+        average = _weighted_input_gradient(self, images, targets, on_path, self.weights)  # (B, H, W, C)
+        return (images - self.baseline) * average  # (B, H, W, C)
 
     def attributions(self, images, targets) -> np.ndarray:
         """Integrated gradients (N, H, W, C) of each image's target class, signed."""
@@ -181,9 +176,9 @@ class IntegratedGradients(BaseCAM):
         targets = self._check_targets(targets, len(images))
         return self._attributions(tf.constant(images), tf.constant(targets)).numpy()
 
-    def raw_maps(self, images, targets):
+    def signed_maps(self, images, targets):
         targets = _resolve(self.head, images, targets)
-        return tf.nn.relu(tf.reduce_sum(self._ig(images, targets), -1)), targets
+        return tf.reduce_sum(self._ig(images, targets), -1), targets
 
 
 class RISE(BaseCAM):
@@ -202,13 +197,16 @@ class RISE(BaseCAM):
         self.keep = keep
         self.masks = tf.constant(_rise_masks(masks, cells, keep, self.input_shape[:2], seed))  # (N, H, W)
 
-    def raw_maps(self, images, targets):
+    def signed_maps(self, images, targets):
         targets = _resolve(self.head, images, targets)
+
+        def masked_probability(image, mask):  # p^c(x (.) M_i) of (n,) (image, mask) pairs
+            _, scores = self.head.forward(tf.gather(images, image) * tf.gather(self.masks, mask)[..., None])
+            probs = scores if self.head.use_softmax else tf.nn.softmax(scores)
+            return tf.gather(probs, tf.gather(targets, image), batch_dims=1)
+
         n = self.masks.shape[0]
-        masked = images[:, None] * self.masks[None, ..., None]  # (B, N, H, W, C)
-        _, scores = self.head.forward(tf.reshape(masked, (-1, *self.input_shape)))
-        probs = scores if self.head.use_softmax else tf.nn.softmax(scores)
-        p = tf.gather(tf.reshape(probs, (-1, n, probs.shape[-1])), targets, axis=2, batch_dims=1)  # (B, N)
+        p = over_pairs(masked_probability, tf.shape(images)[0], n, self.pass_batch)  # (B, N)
         return tf.einsum("bn,nhw->bhw", p, self.masks) / (n * self.keep), targets
 
 
