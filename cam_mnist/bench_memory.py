@@ -84,7 +84,7 @@ def _pictures(folder: Path, run_dir: Path, data_dir: str, n: int) -> Path:
 def to_markdown(memory: list[dict]) -> list[str]:
     lines = ["", "Peak resident memory and wall time, each command at two sizes of its work:", ""]
     lines += ["| command | work | peak RSS | wall |", "|---|---|---|---|"]
-    lines += [f"| {r['command']} | {r['size']} | {r['peak_rss_mb'] / 1024:.2f} GB | {r['wall_s']} s |" for r in memory]
+    lines += [f"| {r['command']} | {r['size']} | {r['peak_rss_mb'] / 1024:.2f} GiB | {r['wall_s']} s |" for r in memory]
     return lines
 
 
