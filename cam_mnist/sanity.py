@@ -107,8 +107,8 @@ def _explained(model, method: str, images: np.ndarray, targets: np.ndarray):
     return result.maps, result.signed
 
 
-def _gt_known(model, method, test, val, segmented: bool) -> dict:
-    """GT-known localization of the method's true-class maps on ``test`` (images, labels, boxes, masks) at the
+def _gt_known(model, method, maps, test, val, segmented: bool) -> dict:
+    """GT-known localization of the method's true-class ``maps`` of ``test`` (images, labels, boxes, masks) at the
     threshold chosen on its maps of ``val``, with that threshold; with ``segmented``, also that of the segmentation
     the maps seed (:mod:`cam_mnist.segmentation`, its thresholds chosen again on ``val``)."""
     from cam_mnist import boxes as bx
@@ -116,7 +116,6 @@ def _gt_known(model, method, test, val, segmented: bool) -> dict:
 
     val_maps = _explained(model, method, val[0], val[1])[0]
     tau = localization.choose_threshold(val_maps, val[2])
-    maps = _explained(model, method, test[0], test[1])[0]
     out = {"gt_known": float((bx.iou(bx.boxes_from_maps(maps, tau), test[2]) >= bx.IOU_CORRECT).mean()), "tau": tau}
     if segmented:
         found = segmentation.segment(test[0], maps, **segmentation.choose(val[0], val_maps, val[3]))
@@ -141,13 +140,13 @@ def model_randomization(model, methods: dict[str, int], test, val, segmented=(),
     reference, out = {}, {}
     for method, n in methods.items():
         reference[method] = _explained(model, method, *head(test, n)[:2])
-        left = _gt_known(model, method, head(test, n), head(val, n), method in segmented)
+        left = _gt_known(model, method, reference[method][0], head(test, n), head(val, n), method in segmented)
         out[method] = [{"randomized": [], **similarity(*reference[method], *reference[method]), **left}]
     copy = copy_of(model)
     for done in cascade(copy, seed):
         for method, n in methods.items():
             maps = _explained(copy, method, *head(test, n)[:2])
-            left = _gt_known(copy, method, head(test, n), head(val, n), method in segmented)
+            left = _gt_known(copy, method, maps[0], head(test, n), head(val, n), method in segmented)
             out[method].append({"randomized": done, **similarity(*reference[method], *maps), **left})
         log(f"  randomized {', '.join(done)}: " + ", ".join(f"{m} {out[m][-1]['spearman_abs']:.2f}" for m in methods))
     return out
@@ -160,6 +159,6 @@ def data_randomization(model, random_model, methods: dict[str, int], test, val) 
     for method, n in methods.items():
         images, labels = test[0][:n], test[1][:n]
         ours, theirs = _explained(model, method, images, labels), _explained(random_model, method, images, labels)
-        left = _gt_known(random_model, method, tuple(a[:n] for a in test), tuple(a[:n] for a in val), False)
+        left = _gt_known(random_model, method, theirs[0], tuple(a[:n] for a in test), tuple(a[:n] for a in val), False)
         out[method] = {**similarity(*ours, *theirs), **left, "images": n}
     return out

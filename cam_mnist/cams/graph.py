@@ -162,9 +162,6 @@ class FlatGraph:
         return [call for call in self.calls if id(call) in needed]
 
     # ------------------------------------------------------------------------------------------------ finding layers
-    def call_of(self, path: str) -> Call:
-        return self._by_path[path]
-
     def producer(self, x) -> Call | None:
         return self._producer.get(id(x))
 

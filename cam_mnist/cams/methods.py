@@ -76,9 +76,10 @@ class ScoreCAM(BaseCAM):
 
     def channel_weights(self, images, activations, grads, targets):
         b, k = tf.shape(activations)[0], activations.shape[3]
+        channels = tf.transpose(activations, (0, 3, 1, 2))  # (B, K, h, w): once, not in every chunk of pairs
 
         def target_probability(image, channel):  # p^c(X * H^k) of (n,) (image, channel) pairs
-            maps = tf.gather(tf.transpose(activations, (0, 3, 1, 2)), image)  # (n, K, h, w)
+            maps = tf.gather(channels, image)  # (n, K, h, w)
             masks = normalise(upsample(tf.gather(maps, channel, batch_dims=1), self.input_shape[:2]))  # (n, H, W)
             _, scores = self.head.forward(tf.gather(images, image) * masks[..., None])  # (n, classes)
             probs = scores if self.head.use_softmax else tf.nn.softmax(scores)
