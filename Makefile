@@ -6,6 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# Test processes: one per core, at most 4 (each holds TensorFlow, ~1 GB); TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: setup data train eval localize tensorboard test bench lint clean
 
@@ -32,8 +34,8 @@ localize: setup      ## localization, segmentation and faithfulness of every CAM
 tensorboard: setup   ## every run's curves and panels in TensorBoard (out/<run>/tb), at http://localhost:6006
 	$(VENV)/bin/tensorboard --logdir out $(ARGS)
 
-test: setup          ## the whole suite, a few minutes on 2 CPU cores
-	$(PY) -m pytest $(ARGS)
+test: setup          ## the whole suite, a few minutes on 2 CPU cores (pytest-xdist: a process per core)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 bench: setup         ## speed measurements -> bench/results.json (quoted in the README)
 	$(PY) -m cam_mnist bench $(ARGS)

@@ -15,7 +15,7 @@ import numpy as np
 
 from cam_mnist import config as cfg
 from cam_mnist import explain_cli, frontier_cli, localize_cli
-from cam_mnist.cli_common import PROG, command_parser, markdown_table
+from cam_mnist.cli_common import PROG, check_scoring, command_parser, markdown_table
 from cam_mnist.distribute import STRATEGIES
 from cam_mnist.errors import UserError
 from cam_mnist.runs import OUT, latest_run, mark_latest, run_dir_or_latest
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices", nargs="+", default=(), help="mirrored: the devices, e.g. GPU:0 GPU:1 (CPU:0 CPU:1 splits the CPU)"
     )
     cfg.add_config_arguments(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, check=check_train)
 
     p = command_parser(
         commands,
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--localize", action="store_true", help="also run `localize` on the final checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, check=check_scoring)
 
     localize_cli.add_parser(commands)
     localize_cli.add_figure_parser(commands)
@@ -406,6 +406,16 @@ def import_tensorflow(verbose: bool) -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
+# ---------------------------------------------------------------------------------------------- before TensorFlow
+# What can be checked without TensorFlow is checked before its import (about 4 s of CPU): a folder that is not a
+# run, a missing checkpoint or data file, clashing flags, a folder that cannot be written are answered at once.
+# Each command checks again where it works; these only come first.
+def check_train(args) -> None:
+    _, run_dir = resolve_run(args)
+    run_dir.mkdir(parents=True, exist_ok=True)  # the first write: a read-only or full disk says so now
+    args.run_dir = str(run_dir)  # the folder is named once: a new run's timestamp is not taken twice
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -413,9 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         args.rest = rest  # the benchmark parses its own arguments, --help included
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command in NEEDS_TENSORFLOW:
-        import_tensorflow(getattr(args, "verbose", False))
     try:
+        if getattr(args, "check", None):
+            args.check(args)
+        if args.command in NEEDS_TENSORFLOW:
+            import_tensorflow(getattr(args, "verbose", False))
         return args.func(args) or 0
     except UserError as e:  # the user's mistake: one line, exit status 2; anything else is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)

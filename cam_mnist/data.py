@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cam_mnist import clutter
+from cam_mnist import clutter, lock
 from cam_mnist.atomic import atomic_write_bytes
 from cam_mnist.config import DataConfig
 from cam_mnist.errors import DataError
@@ -303,8 +303,10 @@ def ensure_mnist(data_dir: Path = DATA_DIR, log=print) -> Path:
     """``data_dir/mnist.npz``, fetched from the pinned source first if it is not there yet."""
     path = Path(data_dir) / MNIST_FILE
     if not path.exists():
-        log(f"fetching MNIST into {path} (once)")
-        acquire(path)
+        with lock.waiting(Path(data_dir) / ".mnist.lock"):  # two fresh processes: one fetches, the other waits
+            if not path.exists():
+                log(f"fetching MNIST into {path} (once)")
+                acquire(path)
     return path
 
 
@@ -314,11 +316,19 @@ def prepare(config: DataConfig, data_dir: Path = DATA_DIR, force: bool = False, 
     With ``fetch=False`` a missing MNIST file is an error (naming ``make data``) instead of a download.
     """
     folder = settings_dir(config, data_dir)
-    missing = [name for name in HELD_OUT if force or not (folder / f"{name}.npz").exists()]
-    if missing:
-        digits = load_digits(ensure_mnist(data_dir) if fetch else Path(data_dir) / MNIST_FILE)
-        for name in missing:
-            save_split(folder, held_out(digits, config, name), config)
+
+    def missing():
+        return [name for name in HELD_OUT if force or not (folder / f"{name}.npz").exists()]
+
+    if missing():
+        # One process generates, one at a time updates manifest.json; another that started meanwhile waits here
+        # and finds the splits written (two trainings, or a test suite's workers, on a fresh clone).
+        with lock.waiting(folder / ".lock"):
+            todo = missing()
+            if todo:
+                digits = load_digits(ensure_mnist(data_dir) if fetch else Path(data_dir) / MNIST_FILE)
+            for name in todo:
+                save_split(folder, held_out(digits, config, name), config)
     return folder
 
 

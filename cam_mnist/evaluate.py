@@ -168,6 +168,25 @@ def load_run(run_dir: Path) -> RunConfig:
     return RunConfig.load(path)
 
 
+def checkpoints_of(run_dir: Path) -> list[tuple[int, Path]]:
+    """The run's (step, path) checkpoints, oldest first; none is an error naming the command that makes them."""
+    found = checkpoint.list_checkpoints(run_dir)
+    if not found:
+        raise DataError(
+            f"{run_dir}: no checkpoints in {Path(run_dir) / checkpoint.FOLDER}; "
+            f"train with `python -m cam_mnist train --run-dir {run_dir}`"
+        )
+    return found
+
+
+def check_scorable(run_dir: Path, data_dir: Path) -> None:
+    """What scoring a run needs before any model is built: a run folder, a checkpoint, its held-out splits (made
+    now if MNIST is there). The command line calls it before importing TensorFlow, so a mistake is answered at once."""
+    config = load_run(run_dir)
+    checkpoints_of(run_dir)
+    data.prepare(config.data, data_dir, fetch=False)
+
+
 def build_for(config: RunConfig, canvas: int | None = None):
     """The run's model and a compiled ``predict`` (float images -> probabilities). The network is fully
     convolutional up to GAP, so the same weights serve any canvas size."""
@@ -250,13 +269,7 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     config = load_run(run_dir)
-    found = checkpoint.list_checkpoints(run_dir)
-    found = found[::-1][::every][::-1]  # counted back from the newest, so the newest is always scored
-    if not found:
-        raise DataError(
-            f"{run_dir}: no checkpoints in {run_dir / checkpoint.FOLDER}; "
-            f"train with `python -m cam_mnist train --run-dir {run_dir}`"
-        )
+    found = checkpoints_of(run_dir)[::-1][::every][::-1]  # counted back from the newest: the newest is scored
     settings, split = split_for(config, data_dir, **split_changes)
     val = validation_for(config, settings, data_dir)
     model, predict = build_for(config, settings.canvas)

@@ -27,8 +27,10 @@ def expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def load_model(model_path: str | None, run_dir: str | None):
-    import keras
+def model_file(model_path: str | None, run_dir: str | None) -> Path:
+    """The model file ``--model`` or ``--run-dir`` names, checked without TensorFlow: it exists, and a ``.keras``
+    file is a zip archive (what Keras 3 writes), so a wrong file is answered before the import."""
+    import zipfile
 
     from cam_mnist.runs import run_dir_or_latest
 
@@ -39,6 +41,19 @@ def load_model(model_path: str | None, run_dir: str | None):
     path = Path(model_path)
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a Keras model (a .keras file is a zip archive, this one is not)")
+    return path
+
+
+def check_model(args) -> None:
+    model_file(args.model, args.run_dir)
+
+
+def load_model(model_path: str | None, run_dir: str | None):
+    import keras
+
+    path = model_file(model_path, run_dir)
     try:
         model = keras.models.load_model(path)
     except Exception as e:  # Keras raises many types for a file that is not a model
@@ -307,7 +322,7 @@ def add_parser(commands) -> None:
         help="also segment the object, seeded by the (first) method's map: its outline in cyan, its box in the JSON",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check_model)
 
 
 def add_layers_parser(commands) -> None:
@@ -320,4 +335,4 @@ def add_layers_parser(commands) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--run-dir", help="a training run (default: out/latest); uses its model.keras")
     source.add_argument("--model", help="any Keras 3 functional or Sequential model saved as .keras")
-    p.set_defaults(func=list_layers)
+    p.set_defaults(func=list_layers, check=check_model)

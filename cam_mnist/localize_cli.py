@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cam_mnist.cli_common import command_parser
+from cam_mnist.cli_common import check_scoring, command_parser
 from cam_mnist.localize import FAITHFUL_IMAGES, GALLERY, SANITY_IMAGES, SANITY_SLOW_IMAGES, SLOW_IMAGES
 from cam_mnist.registry import METHODS
 
@@ -61,7 +61,7 @@ def add_parser(commands) -> None:
         help="the run trained on permuted labels, for data randomization (default: out/random-labels, if there)",
     )
     p.add_argument("--gallery", type=int, default=GALLERY, help="worst failures of each kind drawn in eval/ (0: none)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check_scoring)
 
 
 def randomization_figure(args) -> None:

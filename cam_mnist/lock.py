@@ -4,6 +4,9 @@ The lock is an advisory ``flock`` on that file, which the kernel releases when i
 (``kill -9`` included), so a dead writer never blocks the next one; the file keeps the last holder's process id,
 command and start time, so a refusal names who holds it and a take-over says whose lock it was; a writer that ends
 cleanly removes it. Readers (``explain``, the viewer, TensorBoard) never take it.
+
+Data made once for everyone (MNIST, a setting's held-out splits) is made under :func:`waiting`: a second process
+waits for the first to finish, then finds the files there, instead of making them again beside it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ def writing(run_dir: Path, command: str, log=print):
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def waiting(path: Path):
+    """Hold the ``flock`` of ``path`` (created if missing), waiting for whoever holds it: for work that any process may
+    do once, such as fetching MNIST; the waiter checks again, under the lock, whether it is still to be done."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def _read(fd: int) -> dict:

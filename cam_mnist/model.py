@@ -10,10 +10,12 @@ The saved ``model.keras`` needs no custom objects: it takes (N, H, W, 1) float32
 
 from __future__ import annotations
 
-import keras
-from keras import layers
+from typing import TYPE_CHECKING
 
 from cam_mnist.config import ConvSpec, ModelConfig
+
+if TYPE_CHECKING:  # keras is imported where a model is built: reading checkpoints and configs needs no TensorFlow
+    import keras
 
 FEATURES, LOGITS, PROBS = "cam_features", "logits", "probs"
 NUM_CLASSES = 10
@@ -21,6 +23,8 @@ NUM_CLASSES = 10
 
 def _lenet(x, config: ModelConfig, synchronized: bool = False):
     # The TF1 reference exactly: conv5x5x32, pool, conv5x5x64, pool; the second pool's output feeds GAP.
+    from keras import layers
+
     kw = {"dtype": config.precision}
     x = layers.Conv2D(32, 5, padding="same", activation="relu", name="conv1", **kw)(x)
     x = layers.MaxPooling2D(name="pool1", **kw)(x)
@@ -33,6 +37,8 @@ def _stack(x, config: ModelConfig, synchronized: bool = False):
     # A^k. BN lets Adam use a high learning rate; its momentum is 0.9, not Keras' 0.99, so that the moving statistics
     # keep up with weights that Adam moves quickly (with 0.99 inference-mode accuracy lagged training for hundreds
     # of steps: 11% against 95%).
+    from keras import layers
+
     specs = [ConvSpec.parse(s) for s in config.layers]
     kw = {"dtype": config.precision}
     for i, s in enumerate(specs, start=1):
@@ -61,6 +67,9 @@ def build_model(
 ) -> keras.Model:
     """The CAM model for ``canvas x canvas`` grey images; output: class probabilities (B, num_classes).
     ``synchronized_bn``: batch statistics over every replica of a ``tf.distribute`` strategy (see distribute.py)."""
+    import keras
+    from keras import layers
+
     inputs = keras.Input((canvas, canvas, 1), name="image")
     # Mixed precision: the conv stack computes in the policy's dtype; the head from GAP on in float32, so that the
     # logits, the probabilities and the CAM weights keep full precision (Keras' advice for the last layers).
@@ -79,6 +88,8 @@ def build_model(
 
 def logits_model(model: keras.Model) -> keras.Model:
     """The same weights, outputting logits: what training's loss and every gradient-based map use."""
+    import keras
+
     return keras.Model(model.inputs, model.get_layer(LOGITS).output)
 
 

@@ -2,6 +2,7 @@
 type for the user's mistakes."""
 
 import ast
+import os
 import subprocess
 import sys
 import zipfile
@@ -147,6 +148,42 @@ def test_a_user_error_is_one_line_and_exit_2_and_a_bug_keeps_its_traceback(run_c
     monkeypatch.setattr(cli, "cmd_methods", bug)
     with pytest.raises(KeyError):  # not turned into exit status 2: its traceback reaches the user
         cli.main(["methods"])
+
+
+def test_mistakes_are_answered_before_tensorflow_is_imported(tiny_run, tmp_path, repo_root):
+    """A wrong folder, file or flag is answered without the 4 s TensorFlow import: a ``tensorflow`` and a ``keras``
+    that fail on import stand first on the path, so a command that imported them would end in an ImportError."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for name in ("tensorflow", "keras"):
+        (fake / f"{name}.py").write_text(f"raise ImportError('{name} imported')\n")
+    not_a_model = tmp_path / "m.keras"
+    not_a_model.write_text("not a model")
+    (tmp_path / "a.png").write_bytes(b"")
+    no_checkpoint = tmp_path / "fresh"
+    no_checkpoint.mkdir()
+    (no_checkpoint / "config.json").write_bytes((tiny_run / "config.json").read_bytes())
+    mistakes = {
+        ("eval", "--run-dir", tmp_path / "nowhere"): "no such run folder",
+        ("eval", "--run-dir", tiny_run, "--every", "0"): "--every must be at least 1",
+        ("localize", "--run-dir", no_checkpoint): "no checkpoints in",
+        ("eval", "--run-dir", tiny_run, "--data-dir", tmp_path / "no-data"): "no MNIST file; run `make data`",
+        ("train", "--run-dir", tiny_run, "--steps", "7"): "was started with other settings (steps)",
+        ("explain", tmp_path / "a.png", "--model", not_a_model): "not a Keras model",
+        ("layers", "--model", tmp_path / "none.keras"): "no such model file",
+        ("frontier", "--run-dir", tmp_path / "nowhere"): "no such run folder",
+    }
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    for argv, message in mistakes.items():
+        result = subprocess.run(
+            [sys.executable, "-m", PACKAGE, *map(str, argv)], cwd=repo_root, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 2 and message in result.stderr, (argv, result.stderr[-500:])
+    # the fake modules do stand in the way: a command that needs TensorFlow fails on them
+    result = subprocess.run(
+        [sys.executable, "-m", PACKAGE, "eval", "--run-dir", tiny_run], cwd=repo_root, env=env, capture_output=True
+    )
+    assert b"ImportError: keras imported" in result.stderr
 
 
 def test_the_console_stays_quiet(tiny_run, tmp_path, run_cli):

@@ -112,3 +112,45 @@ def test_eval_and_localize_wait_their_turn_and_readers_never_do(tiny_run, tmp_pa
         explained = run_cli("explain", picture, "--run-dir", run_dir, "--out", tmp_path / "x", "--data-dir", data_dir)
         assert explained.returncode == 0, explained.stderr  # a reader
     assert run_cli("eval", "--run-dir", run_dir, "--data-dir", data_dir, "--no-robustness").returncode == 0
+
+
+def test_two_processes_preparing_the_same_data_generate_it_once(tmp_path, data_dir, monkeypatch):
+    """Two trainings (or a suite's workers) starting on a fresh clone: one generates each split, the other waits and
+    reads it; manifest.json ends with both splits. flock excludes two open files even within one process, so two
+    threads stand for the two processes."""
+    import json
+    import threading
+
+    from cam_mnist import data
+    from cam_mnist.config import DataConfig
+
+    (tmp_path / data.MNIST_FILE).symlink_to(data_dir / data.MNIST_FILE)
+    made, start = [], threading.Barrier(2)
+    original = data.held_out
+
+    def counted(digits, config, name):
+        made.append(name)
+        return original(digits, config, name)
+
+    monkeypatch.setattr(data, "held_out", counted)
+    config = DataConfig(canvas=40, distractors=2)
+    folders, errors = [], []
+
+    def prepare():
+        start.wait()
+        try:
+            folders.append(data.prepare(config, tmp_path))
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=prepare) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(made) == ["test", "val"]  # each split once, not once per caller
+    manifest = json.loads((folders[0] / "manifest.json").read_text())
+    assert set(manifest) >= {"val", "test"}
+    for name in ("val", "test"):
+        assert len(data.read_split(folders[0] / f"{name}.npz", name)) == manifest[name]["n"]
