@@ -411,7 +411,10 @@ def import_tensorflow(verbose: bool) -> None:
 # run, a missing checkpoint or data file, clashing flags, a folder that cannot be written are answered at once.
 # Each command checks again where it works; these only come first.
 def check_train(args) -> None:
+    from cam_mnist.lock import check_free
+
     _, run_dir = resolve_run(args)
+    check_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # the first write: a read-only or full disk says so now
     args.run_dir = str(run_dir)  # the folder is named once: a new run's timestamp is not taken twice
 

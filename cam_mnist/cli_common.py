@@ -29,12 +29,15 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def check_scoring(args) -> None:
     """``eval`` and ``localize``, before TensorFlow is imported (:func:`cam_mnist.cli.main`): each run folder named
-    (or out/latest) is a run with a checkpoint and its data, and ``--every`` is at least 1."""
+    (or out/latest) is a run with a checkpoint and its data that no other process writes into, and ``--every`` is
+    at least 1."""
     from cam_mnist.evaluate import check_scorable
+    from cam_mnist.lock import check_free
     from cam_mnist.runs import run_dir_or_latest
 
     if getattr(args, "every", 1) < 1:
         raise UserError(f"--every must be at least 1, got {args.every}")
     run_dirs = args.run_dir if isinstance(args.run_dir, list) else [args.run_dir]
-    for run_dir in run_dirs or [None]:
-        check_scorable(run_dir_or_latest(run_dir), Path(args.data_dir))
+    for run_dir in map(run_dir_or_latest, run_dirs or [None]):
+        check_scorable(run_dir, Path(args.data_dir))
+        check_free(run_dir)

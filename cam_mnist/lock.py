@@ -38,7 +38,7 @@ def writing(run_dir: Path, command: str, log=print):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunInUse(f"{run_dir} is in use: {_describe(_read(fd))}; wait for it to end or stop it") from None
+            raise RunInUse(_in_use(run_dir, fd)) from None
         earlier = _read(fd)
         if earlier.get("pid") and earlier.get("pid") != os.getpid():
             log(f"note: taking over the lock of {_describe(earlier)}, which ended without releasing it")
@@ -51,6 +51,22 @@ def writing(run_dir: Path, command: str, log=print):
         finally:
             path.unlink(missing_ok=True)  # released cleanly: nothing to take over, nothing left in the folder
             fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def check_free(run_dir: Path) -> None:
+    """Refuse at once (:class:`RunInUse`) if another process writes into ``run_dir``: the command line asks before
+    importing TensorFlow. :func:`writing` still takes the lock when the work begins; this only answers early."""
+    path = Path(run_dir) / LOCK
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:  # shared and at once: a holder's exclusive lock refuses it; released on close
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUse(_in_use(run_dir, fd)) from None
     finally:
         os.close(fd)
 
@@ -73,6 +89,10 @@ def _read(fd: int) -> dict:
         return json.loads(os.pread(fd, 4096, 0) or b"{}")
     except ValueError:
         return {}
+
+
+def _in_use(run_dir: Path, fd: int) -> str:
+    return f"{run_dir} is in use: {_describe(_read(fd))}; wait for it to end or stop it"
 
 
 def _describe(holder: dict) -> str:

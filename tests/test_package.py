@@ -3,6 +3,7 @@ type for the user's mistakes."""
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -179,6 +180,17 @@ def test_mistakes_are_answered_before_tensorflow_is_imported(tiny_run, tmp_path,
             [sys.executable, "-m", PACKAGE, *map(str, argv)], cwd=repo_root, env=env, capture_output=True, text=True
         )
         assert result.returncode == 2 and message in result.stderr, (argv, result.stderr[-500:])
+    from cam_mnist.lock import writing
+
+    held = tmp_path / "held"
+    shutil.copytree(tiny_run, held)
+    with writing(held, "train"):  # a folder another process writes into
+        for command in ("eval", "localize", "train"):
+            result = subprocess.run(
+                [sys.executable, "-m", PACKAGE, command, "--run-dir", str(held)], cwd=repo_root, env=env, text=True,
+                capture_output=True,
+            )  # fmt: skip
+            assert result.returncode == 2 and f"is in use: process {os.getpid()}" in result.stderr, result.stderr
     # the fake modules do stand in the way: a command that needs TensorFlow fails on them
     result = subprocess.run(
         [sys.executable, "-m", PACKAGE, "eval", "--run-dir", tiny_run], cwd=repo_root, env=env, capture_output=True
