@@ -92,8 +92,7 @@ def cmd_train(args) -> int:
     from cam_mnist.lock import writing
     from cam_mnist.train import Trainer
 
-    config, run_dir = resolve_run(args)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    config, run_dir = resolve_run(args)  # the folder check_train made
     with writing(run_dir, "train"):  # before anything is written: a second trainer on this folder is refused
         config.save(run_dir / "config.json")
         mark_latest(run_dir)
@@ -125,12 +124,9 @@ def cmd_eval(args) -> None:
     from cam_mnist import evaluate
     from cam_mnist.lock import writing
 
-    if args.every < 1:
-        raise UserError(f"--every must be at least 1, got {args.every}")
     run_dirs = [Path(d) for d in args.run_dir] if args.run_dir else [run_dir_or_latest(None)]
     finals = []
-    for run_dir in run_dirs:
-        evaluate.load_run(run_dir)  # a folder that is not a run is named as such, before any lock is taken
+    for run_dir in run_dirs:  # each a run with a checkpoint, --every >= 1: check_scoring said so
         with writing(run_dir, "eval"):
             finals.append(_eval_one(run_dir, args))
     text = markdown_table(list(finals[0]), [list(f.values()) for f in finals])
@@ -409,7 +405,7 @@ def import_tensorflow(verbose: bool) -> None:
 # ---------------------------------------------------------------------------------------------- before TensorFlow
 # What can be checked without TensorFlow is checked before its import (about 4 s of CPU): a folder that is not a
 # run, a missing checkpoint or data file, clashing flags, a folder that cannot be written are answered at once.
-# Each command checks again where it works; these only come first.
+# main runs a command's check before the command, which relies on it (the library checks again where it works).
 def check_train(args) -> None:
     from cam_mnist.lock import check_free
 

@@ -11,13 +11,11 @@ from cam_mnist.registry import METHODS
 
 
 def run(args) -> None:
-    from cam_mnist.evaluate import load_run
     from cam_mnist.localize import localize
     from cam_mnist.lock import writing
     from cam_mnist.runs import run_dir_or_latest
 
-    run_dir = run_dir_or_latest(args.run_dir)
-    load_run(run_dir)  # a folder that is not a run is named as such, before any lock is taken
+    run_dir = run_dir_or_latest(args.run_dir)  # a run with a checkpoint: check_scoring said so
     options = {
         key: getattr(args, key)
         for key in ("step", "methods", "images", "slow_images", "faithful_images", "examples", "sanity_images")
