@@ -1,5 +1,5 @@
 import sys
 
-from cam_mnist.cli import main
+from cam_mnist.commands.main import main
 
 sys.exit(main())

@@ -15,8 +15,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cam_mnist.errors import UserError
-from cam_mnist.mnist import SPLIT_SIZES
+from cam_mnist.core.errors import DataError, UserError
+from cam_mnist.core.runs import RunFolder
+
+# The digits every split draws from: MNIST's 60k training digits split 50k / 10k, and its 10k test digits.
+SPLIT_SIZES = {"train": 50_000, "val": 10_000, "test": 10_000}
 
 
 def _opt(default, help: str, **kw):
@@ -165,7 +168,7 @@ class RunConfig:
         )
 
     def save(self, path: Path) -> None:
-        from cam_mnist.atomic import atomic_write_text
+        from cam_mnist.core.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -406,3 +409,14 @@ def validate(config: RunConfig) -> None:
             raise UserError(f"bad config: {message}")
     for spec in m.layers:
         ConvSpec.parse(spec)  # raises, naming the bad layer
+
+
+def load_run(run_dir: Path) -> RunConfig:
+    """The settings a training run saved in its folder; a folder that is not a run is an error naming the command
+    that makes one."""
+    path = RunFolder(run_dir).config
+    if not Path(run_dir).is_dir():
+        raise DataError(f"{run_dir}: no such run folder; train one with `make train`")
+    if not path.exists():
+        raise DataError(f"{path}: missing, so {run_dir} is not a training run folder (made by `make train`)")
+    return RunConfig.load(path)

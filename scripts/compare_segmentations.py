@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cam_mnist.train import checkpoint
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,10 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=1500, help="validation images scored after those")
     args = parser.parse_args(argv)
 
-    from cam_mnist import boxes, evaluate, segmentation
-    from cam_mnist.cams import explain
+    from cam_mnist.core import boxes
+    from cam_mnist.maps import explain, segmentation
+    from cam_mnist.reports import evaluate
 
-    config, model, _, _ = evaluate.load_trained(args.run_dir)
+    config, model, _, _ = checkpoint.load_trained(args.run_dir)
     settings, _ = evaluate.split_for(config, args.data_dir)
     val = evaluate.validation_for(config, settings, args.data_dir)
     if len(val) < args.choose + args.images:

@@ -13,8 +13,8 @@ DATA_DIR = ROOT / "data"
 @pytest.fixture(scope="session")
 def digits():
     """The real MNIST splits as uint8, fetched once (the same file `make data` makes)."""
-    from cam_mnist import data
-    from cam_mnist.mnist import load_digits
+    from cam_mnist.data import splits as data
+    from cam_mnist.data.mnist import load_digits
 
     return load_digits(data.ensure_mnist(DATA_DIR))
 

@@ -8,9 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from cam_mnist import bench, registry
 from cam_mnist.config import RunConfig
-from cam_mnist.data import load_split
+from cam_mnist.data.splits import load_split
+from cam_mnist.maps import registry
+from cam_mnist.reports import bench
 
 
 def test_paired_rates_alternate_and_measure_each_function():
@@ -54,7 +55,7 @@ def test_cam_family_rows_on_a_trained_model(tiny_run, data_dir):
 
 
 def test_peak_memory_is_the_commands_own():
-    from cam_mnist import bench_memory
+    from cam_mnist.reports import bench_memory
 
     # A command that holds 300 MB at once: its peak, not this process's, and within what Python adds.
     big = bench_memory.peak([sys.executable, "-c", "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum())"])
@@ -64,7 +65,7 @@ def test_peak_memory_is_the_commands_own():
 
 
 def test_a_nested_application_row_per_method():
-    from cam_mnist.bench import nested_application
+    from cam_mnist.reports.bench import nested_application
 
     result = nested_application(size=64, batch=4, batches=2, score_images=1)
     rows = {r["method"]: r for r in result["methods"]}

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from cam_mnist.callbacks import CAMCallback
-from cam_mnist.errors import UserError
+from cam_mnist.core.errors import UserError
+from cam_mnist.train.callbacks import CAMCallback
 
 
 def _model(seed=0):
@@ -55,7 +55,7 @@ def test_pictures_at_every_n_batches_and_maps_that_follow_the_weights(blobs, tmp
     assert [t["name"] for t in record["images"][0]] == ["true", "pred"] and record["images"][0][0]["iou"] is not None
 
     # The maps are the method's maps of the weights at that step: those of update 8 recomputed from the model.
-    from cam_mnist.cams import explain
+    from cam_mnist.maps import explain
 
     assert not np.allclose(cam.maps[0], cam.maps[6], atol=0.05)  # the weights moved, and the maps with them
     expected = explain(model, images[:4], "gradcam", labels[:4])  # after 8 updates
@@ -69,7 +69,7 @@ def test_pictures_at_every_n_batches_and_maps_that_follow_the_weights(blobs, tmp
 def test_guided_backprop_maps_change_as_fit_trains(blobs, tmp_path, nested):
     # The guided methods once kept the weights of their first call: every picture showed the untrained model. Each
     # recorded map must be the map of the weights at its step: checked at the last step against a fresh model.
-    from cam_mnist.cams import explain
+    from cam_mnist.maps import explain
 
     images, labels, _ = blobs
     model = _model(seed=1)
@@ -86,7 +86,7 @@ def test_guided_backprop_maps_change_as_fit_trains(blobs, tmp_path, nested):
 
 
 def test_per_epoch_pictures_go_to_tensorboard(blobs, tmp_path):
-    from cam_mnist.summaries import read_events
+    from cam_mnist.train.summaries import read_events
 
     images, _, _ = blobs
     cam = CAMCallback(images[:3], method="cam", tensorboard=tmp_path / "tb")  # no labels: the predicted class

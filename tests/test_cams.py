@@ -8,9 +8,8 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from cam_mnist import registry
-from cam_mnist.cams import METHODS, explain, forget, get_method
-from cam_mnist.cams.base import upsample
+from cam_mnist.maps import METHODS, explain, forget, get_method, registry
+from cam_mnist.maps.base import upsample
 
 N = 6
 
@@ -379,7 +378,7 @@ def test_rise_is_reproducible_for_a_seed(model, images):
 
 
 def test_rise_matches_its_definition(model, images):
-    from cam_mnist.cams.pixels import _rise_masks
+    from cam_mnist.maps.pixels import _rise_masks
 
     masks = _rise_masks(32, 4, 0.5, (16, 16), seed=0)
     probs = np.stack([np.asarray(model(images[:1] * m[None, ..., None]))[0, 1] for m in masks])

@@ -5,9 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cam_mnist import clutter, data
 from cam_mnist.config import DataConfig
-from cam_mnist.mnist import Digits
+from cam_mnist.data import clutter
+from cam_mnist.data import splits as data
+from cam_mnist.data.mnist import Digits
 
 SMALL = DataConfig(canvas=60, distractors=8, hide_patch=0)  # plain training images unless a test hides
 

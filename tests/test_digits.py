@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam_mnist import evaluate, localization
 from cam_mnist.config import preset, validate
+from cam_mnist.reports import evaluate
+from cam_mnist.scoring import classification, localization
 
 
 # ------------------------------------------------------------------------------------------------ hand-made inputs
@@ -17,21 +18,21 @@ def test_multilabel_metrics_hand_made():
     probs[0, [3, 7]] = 0.9  # both named, nothing else: exact
     probs[1, [0, 4]] = [0.9, 0.5]  # one of two named, and a wrong class above the other
     probs[2, [2, 9, 5]] = [0.9, 0.85, 0.8]  # both likely, but a wrong class is among the two most probable
-    m = evaluate.multilabel_metrics(probs, labels, "sigmoid")
+    m = classification.multilabel_metrics(probs, labels, "sigmoid")
     assert m["accuracy"] == pytest.approx(1 / 3)
     assert m["per_digit"] == pytest.approx(4 / 6)
-    truth = evaluate.multi_hot(labels, 10)
+    truth = classification.multi_hot(labels, 10)
     assert truth.sum() == 6 and truth[0, 3] == truth[0, 7] == 1
     expected = -np.mean(truth * np.log(probs) + (1 - truth) * np.log(1 - probs))
     assert m["loss"] == pytest.approx(expected)
-    np.testing.assert_array_equal(evaluate.detected(probs, labels), [[1, 1], [1, 0], [1, 0]])
+    np.testing.assert_array_equal(classification.detected(probs, labels), [[1, 1], [1, 0], [1, 0]])
     # Two classes named per image whatever their probabilities: a sigmoid's 0.45 and 0.4 still name 3 and 7.
     unsure = np.full((1, 10), 0.01)
     unsure[0, [3, 7]] = [0.45, 0.4]
-    assert evaluate.multilabel_metrics(unsure, labels[:1], "sigmoid")["accuracy"] == 1.0
+    assert classification.multilabel_metrics(unsure, labels[:1], "sigmoid")["accuracy"] == 1.0
     certain = np.zeros((1, 10), np.float32)
     certain[0, [3, 7]] = 1.0  # a saturated float32 sigmoid: the loss must stay finite (it is 0 here)
-    assert evaluate.multilabel_metrics(certain, labels[:1], "sigmoid")["loss"] == pytest.approx(0, abs=1e-9)
+    assert classification.multilabel_metrics(certain, labels[:1], "sigmoid")["loss"] == pytest.approx(0, abs=1e-9)
 
 
 def test_multilabel_metrics_of_a_softmax_over_two_digits():
@@ -40,13 +41,13 @@ def test_multilabel_metrics_of_a_softmax_over_two_digits():
     probs = np.full((2, 10), 0.0125)
     probs[0, [3, 7]] = 0.45
     probs[1, [0, 2]] = [0.6, 0.3]
-    m = evaluate.multilabel_metrics(probs, labels, "softmax")
+    m = classification.multilabel_metrics(probs, labels, "softmax")
     assert m["accuracy"] == 0.5 and m["per_digit"] == 0.75
     # cross-entropy against the target (1/2 on each true class): -(0.5 log 0.45 + 0.5 log 0.45), and row 2's
     assert m["loss"] == pytest.approx(-(np.log(0.45) + 0.5 * np.log(0.6) + 0.5 * np.log(0.0125)) / 2)
     ideal = np.zeros((1, 10))
     ideal[0, [3, 7]] = 0.5
-    assert evaluate.multilabel_metrics(ideal, labels[:1], "softmax")["loss"] == pytest.approx(np.log(2))
+    assert classification.multilabel_metrics(ideal, labels[:1], "softmax")["loss"] == pytest.approx(np.log(2))
 
 
 def _two_digit_truth():
@@ -121,8 +122,8 @@ def _final_metrics(run_dir, data_dir) -> dict:
     model = keras.models.load_model(run_dir / "model.keras")
     config = RunConfig.load(run_dir / "config.json")
     _, test = evaluate.split_for(config, data_dir)
-    probs = evaluate.predict_probs(lambda x: np.asarray(model(x, training=False)), test)
-    return evaluate.multilabel_metrics(probs, test.labels, config.model.head)
+    probs = classification.predict_probs(lambda x: np.asarray(model(x, training=False)), test)
+    return classification.multilabel_metrics(probs, test.labels, config.model.head)
 
 
 def test_tiny_run_draws_both_classes(tiny_two_digit_run):
@@ -161,7 +162,7 @@ def test_a_softmax_over_two_digits_trains_on_half_of_each_digit(tmp_path, run_cl
     import keras
 
     from cam_mnist.config import RunConfig
-    from cam_mnist.train import Trainer
+    from cam_mnist.train.trainer import Trainer
 
     run_dir = tmp_path / "softmax"
     result = run_cli(

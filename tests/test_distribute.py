@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from cam_mnist import checkpoint, distribute
-from cam_mnist.errors import UserError
+from cam_mnist.core.errors import UserError
+from cam_mnist.train import checkpoint, distribute
 
 STEPS = 8
 

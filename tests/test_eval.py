@@ -5,8 +5,13 @@ import shutil
 import numpy as np
 import pytest
 
-from cam_mnist import boxes as bx
-from cam_mnist import checkpoint, config, evaluate
+from cam_mnist import config
+from cam_mnist import model as models
+from cam_mnist.config import load_run
+from cam_mnist.core import boxes as bx
+from cam_mnist.reports import evaluate
+from cam_mnist.scoring import classification
+from cam_mnist.train import checkpoint
 
 
 @pytest.fixture
@@ -172,10 +177,10 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
     # the model's own grid and the baselines, and each number the library's metric of the library's maps.
     import json
 
-    from cam_mnist import localization
-    from cam_mnist.cams import explain
-    from cam_mnist.localize import BASELINES, localize
-    from cam_mnist.registry import METHODS
+    from cam_mnist.maps import explain
+    from cam_mnist.maps.registry import METHODS
+    from cam_mnist.reports.localize import BASELINES, localize
+    from cam_mnist.scoring import localization
 
     record = localize(
         run_copy, data_dir, images=64, slow_images=16, faithful_images=8, examples=2, sanity_images=16,
@@ -194,13 +199,13 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
     ]
     assert [rows[m]["images"] for m in METHODS] == [16 if METHODS[m].slow else 64 for m in METHODS]
 
-    config = evaluate.load_run(run_copy)
-    model, predict = evaluate.build_for(config)
+    config = load_run(run_copy)
+    model, predict = models.build_for(config)
     model.set_weights(checkpoint.latest_valid(run_copy).model_weights)
     settings, split = evaluate.split_for(config, data_dir)
     val = evaluate.validation_for(config, settings, data_dir)
     cal = localization.calibrate(explain(model, val.float_images(), "cam", val.labels), val.boxes)
-    correct = evaluate.predict_probs(predict, split, 64).argmax(1) == split.labels[:64]
+    correct = classification.predict_probs(predict, split, 64).argmax(1) == split.labels[:64]
     maps = explain(model, split.float_images(slice(0, 64)), "cam", split.labels[:64])
     expected = localization.box_metrics(maps, correct, split.boxes[:64], calibrated=cal["tau"], v2=cal["v2"])
     assert rows["cam"]["calibrated_threshold"] == cal["tau"]
@@ -230,7 +235,7 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
         expected = (hit & correct)[labels == c].mean() if (labels == c).any() else None
         assert rows["cam"]["per_class_top1_loc"][c] == (None if expected is None else pytest.approx(expected, abs=1e-4))
     # the segmentation row: its own boxes, from its own thresholds chosen on validation
-    from cam_mnist import segmentation
+    from cam_mnist.maps import segmentation
 
     seg = rows["cam + segmentation"]
     found = segmentation.segment(
@@ -267,7 +272,7 @@ def test_classification_metrics_on_a_hand_made_asymmetric_confusion():
     predicted = np.array([0, 1, 1, 1, 1, 0])
     probs = np.full((6, 3), 0.1)
     probs[np.arange(6), predicted] = 0.8
-    m = evaluate.classification_metrics(probs, labels)
+    m = classification.classification_metrics(probs, labels)
     np.testing.assert_array_equal(m["confusion"], [[1, 2, 0], [0, 2, 0], [1, 0, 0]])
     np.testing.assert_allclose(m["per_class"], [1 / 3, 1.0, 0.0])
     assert m["accuracy"] == pytest.approx(3 / 6)

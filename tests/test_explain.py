@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam_mnist import data, plotting
-from cam_mnist.boxes import boxes_from_maps
-from cam_mnist.cams import explain
 from cam_mnist.config import RunConfig
+from cam_mnist.core.boxes import boxes_from_maps
+from cam_mnist.data import splits as data
+from cam_mnist.maps import explain
+from cam_mnist.viz import plotting
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_cam_needs_gap_head_but_gradcam_works(test_png, tmp_path, run_cli):
 
 def test_method_all_draws_one_row_per_method(tiny_run, test_png, tmp_path, run_cli):
     # --method all: every registered method, one row each, in registry order; the first one's box is reported.
-    from cam_mnist.registry import METHODS
+    from cam_mnist.maps.registry import METHODS
 
     path, image = test_png
     result = run_cli("explain", path, "--run-dir", tiny_run, "--method", "all", "--json", "--out", tmp_path)
@@ -154,8 +155,8 @@ def test_help_lists_every_command_and_preset(run_cli):
 
 def test_methods_command_prints_the_registry_and_the_readme_shows_it(run_cli, repo_root):
     # The README's methods table is the registry's, verbatim: a method added or renamed without the README fails.
-    from cam_mnist.cams import METHODS as CLASSES
-    from cam_mnist.registry import METHODS, methods_table
+    from cam_mnist.maps import METHODS as CLASSES
+    from cam_mnist.maps.registry import METHODS, methods_table
 
     result = run_cli("methods")
     assert result.returncode == 0, result.stderr
@@ -166,7 +167,7 @@ def test_methods_command_prints_the_registry_and_the_readme_shows_it(run_cli, re
 
 
 def test_to_model_input_by_hand():
-    from cam_mnist.images import to_model_input
+    from cam_mnist.data.images import to_model_input
 
     # Grey, light on dark: kept as it is, scaled by 1/255, centred on the canvas at ((8-2)//2, (6-4)//2) = (3, 1).
     grey = np.array([[0, 51, 102, 255], [255, 204, 153, 0]], np.uint8)  # 2 high, 4 wide

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from keras import layers
 
-from cam_mnist import boxes as bx
-from cam_mnist import localization as loc
-from cam_mnist import resize
+from cam_mnist.core import boxes as bx
+from cam_mnist.core import resize
+from cam_mnist.scoring import localization as loc
 
 
 def test_iou_known_values():

@@ -8,9 +8,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from cam_mnist import atomic, mnist
-from cam_mnist.atomic import atomic_write_bytes
-from cam_mnist.errors import DataError
+from cam_mnist.core import atomic
+from cam_mnist.core.atomic import atomic_write_bytes
+from cam_mnist.core.errors import DataError
+from cam_mnist.data import mnist
 
 
 class _RunsCode:

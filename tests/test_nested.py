@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from cam_mnist import registry
-from cam_mnist.cams import candidate_layers, explain, get_method
-from cam_mnist.errors import UserError
+from cam_mnist.core.errors import UserError
+from cam_mnist.maps import candidate_layers, explain, get_method, registry
 
 FAST = registry.method_names(slow=False)
 SLOW = registry.method_names(slow=True)

@@ -66,9 +66,43 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_package_has_no_import_cycle(repo_root):
     graph = import_graph(repo_root)
-    assert {"cam_mnist.cli", "cam_mnist.explain_cli", "cam_mnist.localize_cli", "cam_mnist.cams.base"} <= set(graph)
-    assert "cam_mnist.cli_common" in graph["cam_mnist.explain_cli"]  # the walk sees imports
+    assert {"cam_mnist.commands.main", "cam_mnist.commands.explain", "cam_mnist.commands.localize", "cam_mnist.maps.base"} <= set(graph)
+    assert "cam_mnist.commands.common" in graph["cam_mnist.commands.explain"]  # the walk sees imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+# The pipeline, lowest first: a module may import its own layer and those before it, never one after it.
+LAYERS = ["core", "config", "data", "model", "maps", "scoring", "viz", "train", "reports", "commands"]
+
+
+def layer_of(module: str) -> int | None:
+    """The rank of ``module``'s layer in :data:`LAYERS`; None for the package's facade (``cam_mnist``, its
+    ``__main__``), which stands above them all."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a later layer by an earlier one, as "importer -> imported"."""
+    return [
+        f"{a} -> {b}"
+        for a, targets in sorted(graph.items())
+        for b in sorted(targets)
+        if layer_of(a) is not None and (layer_of(b) is None or layer_of(b) > layer_of(a))
+    ]
+
+
+def test_every_layer_imports_only_the_layers_before_it(repo_root):
+    graph = import_graph(repo_root)
+    top = {m.split(".")[1] for m in graph if m.count(".") >= 1 and m != "cam_mnist.__main__"}
+    assert top == set(LAYERS), "a module outside the layers: add it to LAYERS in its place, or move it"
+    assert upward_imports(graph) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"cam_mnist.core.boxes": {"cam_mnist.maps.base"}, "cam_mnist.maps.base": {"cam_mnist.core.boxes"}}
+    assert upward_imports(graph) == ["cam_mnist.core.boxes -> cam_mnist.maps.base"]
+    assert upward_imports({"cam_mnist.data.splits": {"cam_mnist"}}) == ["cam_mnist.data.splits -> cam_mnist"]
 
 
 def test_the_cycle_finder_finds_one():
@@ -81,7 +115,7 @@ def test_the_cycle_finder_finds_one():
 def test_the_command_line_starts_without_tensorflow():
     # --help and the parser must not pay for TensorFlow's import (seconds, and its start-up messages).
     code = (
-        "import sys, cam_mnist.cli as c; c.build_parser(); print(any(m.startswith('tensorflow') for m in sys.modules))"
+        "import sys, cam_mnist.commands.main as c; c.build_parser(); print(any(m.startswith('tensorflow') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -104,7 +138,7 @@ def test_the_wheel_has_every_module_and_the_console_script(repo_root, tmp_path):
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     expected = {p.relative_to(repo_root).as_posix() for p in (repo_root / PACKAGE).rglob("*.py")}
     assert expected <= names
-    assert "cam-mnist = cam_mnist.cli:main" in entry_points
+    assert "cam-mnist = cam_mnist.commands.main:main" in entry_points
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", site, wheel], check=True
@@ -133,8 +167,8 @@ def test_the_wheel_has_every_module_and_the_console_script(repo_root, tmp_path):
 
 
 def test_a_user_error_is_one_line_and_exit_2_and_a_bug_keeps_its_traceback(run_cli, tmp_path, monkeypatch):
-    from cam_mnist import cli
-    from cam_mnist.errors import CheckpointError, DataError, UserError
+    from cam_mnist.commands import main as cli
+    from cam_mnist.core.errors import CheckpointError, DataError, UserError
 
     assert issubclass(DataError, UserError) and issubclass(CheckpointError, UserError)
     result = run_cli("eval", "--run-dir", tmp_path / "nowhere")
@@ -180,7 +214,7 @@ def test_mistakes_are_answered_before_tensorflow_is_imported(tiny_run, tmp_path,
             [sys.executable, "-m", PACKAGE, *map(str, argv)], cwd=repo_root, env=env, capture_output=True, text=True
         )
         assert result.returncode == 2 and message in result.stderr, (argv, result.stderr[-500:])
-    from cam_mnist.lock import writing
+    from cam_mnist.core.lock import writing
 
     held = tmp_path / "held"
     shutil.copytree(tiny_run, held)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cam_mnist import plotting
+from cam_mnist.viz import plotting
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (6, 5, 1)])

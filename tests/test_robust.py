@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from cam_mnist import checkpoint
+from cam_mnist.train import checkpoint
 
 LONG_TINY = ["--preset", "tiny", "--steps", "300", "--checkpoint-every", "4", "--heatmap-every", "100", "--quiet"]
 
@@ -96,9 +96,9 @@ def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(tmp_pat
 def test_eval_and_localize_wait_their_turn_and_readers_never_do(tiny_run, tmp_path, data_dir, run_cli):
     from PIL import Image
 
-    from cam_mnist import data
     from cam_mnist.config import RunConfig
-    from cam_mnist.lock import writing
+    from cam_mnist.core.lock import writing
+    from cam_mnist.data import splits as data
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
@@ -121,8 +121,8 @@ def test_two_processes_preparing_the_same_data_generate_it_once(tmp_path, data_d
     import json
     import threading
 
-    from cam_mnist import data
     from cam_mnist.config import DataConfig
+    from cam_mnist.data import splits as data
 
     (tmp_path / data.MNIST_FILE).symlink_to(data_dir / data.MNIST_FILE)
     made, start = [], threading.Barrier(2)

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cam_mnist import boxes as bx
-from cam_mnist import config, sanity, sanity_report
+from cam_mnist import config
+from cam_mnist.core import boxes as bx
 from cam_mnist.model import build_model
+from cam_mnist.reports import sanity as sanity_report
+from cam_mnist.scoring import sanity
 
 
 @pytest.fixture

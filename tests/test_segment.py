@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cam_mnist import boxes as bx
-from cam_mnist import segmentation
+from cam_mnist.core import boxes as bx
+from cam_mnist.maps import segmentation
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_the_package_level_segment_stays_the_function_once_the_module_is_importe
     # A submodule named like the package's function would replace it on import (Python binds the submodule to
     # the package's attribute): the library's module is `segmentation`, so `cam_mnist.segment` is always callable.
     import cam_mnist
-    import cam_mnist.segmentation  # noqa: F401  (what localize, the panel and explain import)
+    import cam_mnist.maps.segmentation  # noqa: F401  (what localize, the panel and explain import)
 
     image, maps, digit = scene
     np.testing.assert_array_equal(cam_mnist.segment(image, maps, "grow"), segmentation.segment(image, maps, "grow"))

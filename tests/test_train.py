@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam_mnist import checkpoint, config, evaluate
-from cam_mnist.errors import UserError
+from cam_mnist import config
+from cam_mnist.core.errors import UserError
+from cam_mnist.reports import evaluate
+from cam_mnist.scoring import cam_localization, classification
+from cam_mnist.train import checkpoint
 
 VALIDATION_COLUMNS = ["step", "val_accuracy", "val_loss", "val_loc_tau", "val_tau", "val_loc_20", "val_peak_in_box"]
 LONG_TINY = ["--preset", "tiny", "--steps", "300", "--checkpoint-every", "4", "--heatmap-every", "100", "--quiet"]
@@ -26,7 +29,6 @@ def _scored_again(run_dir, data_dir):
     """The run's saved model re-scored here on its test and validation splits: what its files must say."""
     import keras
 
-    from cam_mnist import evaluate
 
     run = config.RunConfig.load(run_dir / "config.json")
     model = keras.models.load_model(run_dir / "model.keras")
@@ -60,7 +62,7 @@ def test_tiny_run_writes_everything(tiny_run, data_dir):
         assert [int(r["step"]) for r in csv.DictReader(f)] == steps
     summary = json.loads((tiny_run / "summary.json").read_text())
     _, predict, test, _ = _scored_again(tiny_run, data_dir)
-    accuracy = (evaluate.predict_probs(predict, test).argmax(1) == test.labels).mean()
+    accuracy = (classification.predict_probs(predict, test).argmax(1) == test.labels).mean()
     assert summary["test_accuracy"] == pytest.approx(accuracy, abs=1e-4) and summary["test_images"] == len(test) == 300
     assert (tiny_run.parent / "latest").resolve() == tiny_run.resolve()
     page = (tiny_run / "index.html").read_text()
@@ -109,7 +111,7 @@ def test_the_viewer_links_only_files_that_exist_and_shows_every_step(tiny_run):
 
 
 def test_tensorboard_logs_every_step_and_every_heatmap(tiny_run):
-    from cam_mnist.summaries import read_events
+    from cam_mnist.train.summaries import read_events
 
     events = read_events(tiny_run / "tb")
     rows = list(csv.DictReader(open(tiny_run / "metrics.csv")))
@@ -141,8 +143,8 @@ def test_every_heatmap_step_scores_localization(tiny_run, data_dir):
             assert 0 <= float(row[column]) <= 1, (row["step"], column)
     # The last row is the final weights on the validation images: scored again here, the same numbers.
     model, predict, test, val = _scored_again(tiny_run, data_dir)
-    tau = evaluate.validation_threshold(model, val)
-    again = evaluate.cam_localization(model, val, evaluate.predict_probs(predict, val), tau)
+    tau = cam_localization.validation_threshold(model, val)
+    again = cam_localization.cam_localization(model, val, classification.predict_probs(predict, val), tau)
     assert float(rows[-1]["val_tau"]) == pytest.approx(tau)
     for column, key in [("val_loc_tau", "loc_tau"), ("val_loc_20", "loc_20"), ("val_peak_in_box", "peak_in_box")]:
         assert float(rows[-1][column]) == pytest.approx(again[key], abs=1e-4), column
@@ -151,7 +153,7 @@ def test_every_heatmap_step_scores_localization(tiny_run, data_dir):
     assert "CAM top-1 localization" in log.splitlines()[-1]  # the final line scores the test split
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["tau_from_val"] == float(rows[-1]["val_tau"])  # the last validation step's threshold
-    tested = evaluate.cam_localization(model, test, evaluate.predict_probs(predict, test), tau)
+    tested = cam_localization.cam_localization(model, test, classification.predict_probs(predict, test), tau)
     for key, name in [("test_cam_top1_loc_tau", "loc_tau"), ("test_cam_top1_loc_20", "loc_20"),
                       ("test_cam_peak_in_box", "peak_in_box")]:  # fmt: skip
         assert summary[key] == pytest.approx(tested[name], abs=1e-4), key
@@ -161,9 +163,10 @@ def test_panel_draws_the_true_box_and_the_cam_box_with_their_iou(tiny_run, data_
     import keras
     from PIL import Image
 
-    from cam_mnist import data, panel, plotting
-    from cam_mnist.boxes import boxes_from_maps, iou
-    from cam_mnist.cams import CAM
+    from cam_mnist.core.boxes import boxes_from_maps, iou
+    from cam_mnist.data import splits as data
+    from cam_mnist.maps import CAM
+    from cam_mnist.viz import panel, plotting
 
     model = keras.models.load_model(tiny_run / "model.keras")
     split = data.load_split("test", config.RunConfig.load(tiny_run / "config.json").data, data_dir)
@@ -253,7 +256,7 @@ def test_resume_after_sigkill_equals_uninterrupted(uninterrupted, tmp_path, data
         np.testing.assert_array_equal(a, b)  # bit-identical
     read = lambda p: [[r[k] for k in VALIDATION_COLUMNS] for r in csv.DictReader(open(p / "metrics.csv"))]  # noqa: E731
     assert read(killed) == read(whole)  # no gap, no duplicate, same numbers
-    from cam_mnist.summaries import read_events
+    from cam_mnist.train.summaries import read_events
 
     logged, expected = read_events(killed / "tb"), read_events(whole / "tb")
     assert logged.keys() == expected.keys()
@@ -303,7 +306,7 @@ def test_only_newest_checkpoints_kept(tmp_path, data_dir, run_cli, repo_root):
 
 
 def test_config_round_trip_and_overrides(tmp_path):
-    parser = __import__("cam_mnist.cli", fromlist=["build_parser"]).build_parser()
+    parser = __import__("cam_mnist.commands.main", fromlist=["build_parser"]).build_parser()
     args = parser.parse_args(["train", "--preset", "seed", "--steps", "7", "--lr", "0.25"])
     c = config.config_from_args(args)
     assert (c.model.arch, c.train.optimizer, c.train.lr, c.train.steps) == ("lenet", "sgd", 0.25, 7)
@@ -389,7 +392,7 @@ def test_every_preset_validates_and_builds_a_cam_model():
 
 def test_native_bfloat16_reads_the_cpus_flags(tmp_path):
     # make train notes when the default's bfloat16 convolutions run on a CPU that would emulate them.
-    from cam_mnist.train import native_bfloat16
+    from cam_mnist.train.trainer import native_bfloat16
 
     cpuinfo = tmp_path / "cpuinfo"
     for text, expected in [
@@ -553,7 +556,7 @@ def test_training_learns_one_batch(data_dir, precision):
     # The training step overfits one batch of 32 in 40 updates: the loss falls below a fifth of where it began and
     # the batch is classified right. A flipped gradient sign, a loss on the wrong targets or an optimizer that never
     # applies its update would not. In both precisions (the default's is bfloat16).
-    from cam_mnist.train import Trainer
+    from cam_mnist.train.trainer import Trainer
 
     run = config.preset("tiny")
     run.model.precision = precision
@@ -589,7 +592,7 @@ def test_sigterm_stops_after_a_checkpoint_and_resumes_exactly(uninterrupted, tmp
 def test_a_second_signal_aborts_as_the_signal_would():
     import os
 
-    from cam_mnist.train import _StopFlag
+    from cam_mnist.train.trainer import _StopFlag
 
     before = signal.getsignal(signal.SIGTERM)
     flag = _StopFlag()

@@ -1,0 +1,39 @@
+"""What every sub-command of ``python -m cam_mnist`` shares: its parser with examples, and Markdown tables.
+
+The command modules (:mod:`cam_mnist.cli`, :mod:`cam_mnist.explain_cli`, :mod:`cam_mnist.localize_cli`,
+:mod:`cam_mnist.frontier_cli`) import this one and never each other, except :mod:`cam_mnist.cli`, which assembles
+them: the imports form no cycle (a test walks them).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cam_mnist.core.errors import UserError
+
+PROG = "python -m cam_mnist"
+
+
+def command_parser(commands, name: str, help: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with its examples, each one a line of ``python -m cam_mnist ...``."""
+    epilog = "examples:\n" + "\n".join(f"  {PROG} {name} {e}".rstrip() for e in examples)
+    return commands.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+
+
+def check_scoring(args) -> None:
+    """``eval`` and ``localize``, before TensorFlow is imported (:func:`cam_mnist.cli.main`): each run folder named
+    (or out/latest) is a run with a checkpoint and its data that no other process writes into, and ``--every`` is
+    at least 1."""
+    from cam_mnist.core.lock import check_free
+    from cam_mnist.core.runs import run_dir_or_latest
+    from cam_mnist.reports.evaluate import check_scorable
+
+    if getattr(args, "every", 1) < 1:
+        raise UserError(f"--every must be at least 1, got {args.every}")
+    run_dirs = args.run_dir if isinstance(args.run_dir, list) else [args.run_dir]
+    for run_dir in map(run_dir_or_latest, run_dirs or [None]):
+        check_scorable(run_dir, Path(args.data_dir))
+        check_free(run_dir)

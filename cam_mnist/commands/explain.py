@@ -1,0 +1,338 @@
+"""``python -m cam_mnist explain``: maps for the user's own images, with a trained run or any Keras model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cam_mnist.commands.common import command_parser
+from cam_mnist.core.errors import UserError
+from cam_mnist.maps.registry import METHODS
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Files as given; a folder becomes the images inside it, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def model_file(model_path: str | None, run_dir: str | None) -> Path:
+    """The model file ``--model`` or ``--run-dir`` names, checked without TensorFlow: it exists, and a ``.keras``
+    file is a zip archive (what Keras 3 writes), so a wrong file is answered before the import."""
+    import zipfile
+
+    from cam_mnist.core.runs import RunFolder, run_dir_or_latest
+
+    if model_path is None:
+        model_path = RunFolder(run_dir_or_latest(run_dir)).model
+        if not model_path.exists():
+            raise UserError(f"{model_path}: no trained model; train one with `make train` or pass --model")
+    path = Path(model_path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a Keras model (a .keras file is a zip archive, this one is not)")
+    return path
+
+
+def check_model(args) -> None:
+    model_file(args.model, args.run_dir)
+
+
+def load_model(model_path: str | None, run_dir: str | None):
+    import keras
+
+    path = model_file(model_path, run_dir)
+    try:
+        model = keras.models.load_model(path)
+    except Exception as e:  # Keras raises many types for a file that is not a model
+        raise UserError(f"{path}: not a Keras model ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise UserError(f"{path}: explain needs a model with one (N, H, W, C) image input")
+    return model, path
+
+
+def read_picture(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            return picture.copy()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path}: not a readable image ({type(e).__name__})") from None
+
+
+CHUNK = 256  # images read, explained and written at once: memory flat in the number of images
+PICTURES_AUTO = 100  # up to this many images, a picture each unless --no-pictures
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from cam_mnist.commands.explain_store import Store
+    from cam_mnist.maps import get_method
+
+    model, model_path = load_model(args.model, args.run_dir)
+    h, w, c = model.inputs[0].shape[1:]
+    sized = {}  # a model that takes any size is explained at --size (explain() binds it to the images' size)
+    if h is None or w is None:
+        if not args.size:
+            raise UserError(f"{model_path}: the model takes images of any size; give --size H W")
+        h, w = args.size
+        sized = {"input_shape": (h, w, c)}
+    methods = list(METHODS) if args.method == "all" else [args.method]
+    try:
+        get_method(model, methods[0] if args.method != "all" else "gradcam", args.layer, **sized)
+    except UserError as e:
+        raise UserError(f"{model_path}: {e}") from None
+    if args.method == "all":  # CAM only where the model has the CAM head; say so instead of failing
+        try:
+            get_method(model, "cam", args.layer, **sized)
+        except UserError:
+            methods = [m for m in methods if m != "cam"]
+            print(f"note: {model_path.name} has no GAP -> Dense head at that layer, so CAM is skipped", file=sys.stderr)
+    paths = expand(args.images)
+    if not paths:
+        raise UserError(f"no images found in {' '.join(args.images)}")
+    k = 1 if args.class_index is not None else args.top_k
+    settings = {
+        "segment": args.segment,
+        "model": str(model_path.resolve()),
+        "methods": methods,
+        "classes": {"class": args.class_index} if args.class_index is not None else {"top_k": k},
+        "layer": args.layer,
+        "fit": args.fit,
+        "invert": args.invert,
+    }
+    store = Store(Path(args.out), settings, [str(p) for p in paths], methods, (k, h, w))
+    pictures = args.pictures if args.pictures is not None else len(paths) <= PICTURES_AUTO
+    todo = store.todo()
+    if len(todo) < len(paths):
+        print(f"note: {len(paths) - len(todo)} of {len(paths)} images already explained in {args.out}", file=sys.stderr)
+    notes: dict[str, list[str]] = {}
+    with tqdm(total=len(paths), initial=len(paths) - len(todo), unit="image", disable=None, file=sys.stderr) as bar:
+        for lo in range(0, len(todo), CHUNK):
+            chunk = todo[lo : lo + CHUNK]
+            records, maps = _explain_chunk(model, model_path, paths, chunk, (h, w, c), methods, args, pictures, notes)
+            store.write(records, maps)
+            bar.update(len(chunk))
+    _report(notes, len(paths))
+    records = [store.records[i] for i in range(len(paths))]
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        _print_table(records, methods[0], Path(args.out))
+    return 2 if any("error" in r for r in records) else 0
+
+
+def _explain_chunk(model, model_path, paths, chunk, shape, methods, args, pictures, notes):
+    """Read, explain and (if ``pictures``) draw the images ``chunk`` (indices into ``paths``): their records and
+    {method: (n, K, H, W) maps} of those that could be read."""
+    from cam_mnist.core.boxes import boxes_from_maps, tight_boxes
+    from cam_mnist.data.images import to_model_input
+    from cam_mnist.maps import explain
+    from cam_mnist.viz import plotting
+
+    h, w, c = shape
+    records, inputs, ok = [], [], []
+    for i in chunk:
+        path = paths[i]
+        try:
+            array, said = to_model_input(read_picture(path), (h, w), c, args.fit, args.invert)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            records.append({"index": i, "image": str(path), "error": str(e)})
+            continue
+        for note in said:
+            notes.setdefault(note, []).append(path.name)
+        inputs.append(array)
+        ok.append(i)
+    if not ok:
+        return records, {m: np.zeros((0, 1, h, w)) for m in methods}
+    images = np.stack(inputs)  # (n, H, W, C)
+    probs = np.asarray(model.predict(images, verbose=0, batch_size=64))
+    if args.class_index is None:
+        classes = np.argsort(-probs, 1)[:, : args.top_k]  # (n, k), most probable first
+    elif 0 <= args.class_index < probs.shape[1]:
+        classes = np.full((len(images), 1), args.class_index)  # (n, 1)
+    else:
+        raise UserError(f"--class {args.class_index} out of range: the model has {probs.shape[1]} classes")
+    k = classes.shape[1]
+    maps = {}
+    for method in methods:
+        try:
+            flat = explain(model, np.repeat(images, k, 0), method, classes.reshape(-1), layer=args.layer)
+        except UserError as e:
+            raise UserError(f"{model_path}: {method}: {e}") from None
+        maps[method] = flat.reshape(len(images), k, h, w)
+    out = Path(args.out)
+    segmented = None
+    if args.segment:  # the object's pixels, seeded by the first method's map of the top class (cam_mnist.segmentation)
+        from cam_mnist.maps.segmentation import segment
+
+        segmented = segment(images, maps[methods[0]][:, 0])
+    for j, i in enumerate(ok):
+        # Each method's box of the most probable class, at the CAM paper's 20% of its map's maximum.
+        boxes = {method: boxes_from_maps(maps[method][j, :1])[0] for method in methods}
+        record = {
+            "index": i,
+            "image": str(paths[i]),
+            "box_method": methods[0],
+            "box": [int(v) for v in boxes[methods[0]]],
+            "boxes": {method: [int(v) for v in box] for method, box in boxes.items()},
+            "classes": [{"class": int(cls), "probability": round(float(probs[j, cls]), 5)} for cls in classes[j]],
+        }
+        if segmented is not None:
+            record["segment_box"] = [int(v) for v in tight_boxes(segmented[j : j + 1])[0]]
+            record["segment_pixels"] = int(segmented[j].sum())
+        if pictures:
+            rows = []
+            for method in methods:
+                tiles = [
+                    plotting.captioned(plotting.overlay(images[j], np.zeros((h, w)), alpha=0.0), paths[i].name[:24])
+                ]
+                for col, cls in enumerate(classes[j]):
+                    tiles.append(
+                        plotting.captioned(
+                            plotting.overlay(
+                                images[j], maps[method][j, col], map_box=boxes[method] if col == 0 else None
+                            ),
+                            f"{method}: {cls} p={probs[j, cls]:.2f}",
+                        )
+                    )
+                rows.append(plotting.hstack(tiles))
+            record["output"] = str(out / f"{paths[i].stem}_explained.png")
+            plotting.save_png(Path(record["output"]), np.concatenate(rows, 0))
+        records.append(record)
+    return records, maps
+
+
+def _report(notes: dict[str, list[str]], total: int, show: int = 20) -> None:
+    """What was done to the pictures: per picture for a few, counted for many."""
+    for note, names in notes.items():
+        if total <= show:
+            for name in names:
+                print(f"note: {name}: {note}", file=sys.stderr)
+        else:
+            print(f"note: {note}: {len(names)} images", file=sys.stderr)
+
+
+def _print_table(records: list[dict], box_method: str, out: Path, show: int = 20) -> None:
+    good = [r for r in records if "error" not in r]
+    print(f"{'image':30s} {'class':>5s} {'prob':>7s}  box (y0, x0, y1, x1) from {box_method}")
+    for r in good[:show]:
+        top = r["classes"][0]
+        picture = f"  -> {r['output']}" if "output" in r else ""
+        print(
+            f"{Path(r['image']).name[:30]:30s} {top['class']:5d} {top['probability']:7.4f}  {tuple(r['box'])}{picture}"
+        )
+    if len(good) > show:
+        print(f"... {len(good) - show} more: every image's classes and boxes in {out / 'results.jsonl'}")
+    print(f"maps: {', '.join(str(out / f'maps_{m}.npy') for m in records[0].get('boxes', {}) or [box_method])}")
+
+
+def list_layers(args) -> None:
+    """``layers``: the layers a map can be made at, nested models searched, with their output shapes."""
+    from cam_mnist.core.tables import markdown_table
+    from cam_mnist.maps import candidate_layers
+
+    model, model_path = load_model(args.model, args.run_dir)
+    try:
+        rows = candidate_layers(model)
+    except UserError as e:
+        raise UserError(f"{model_path}: {e}") from None
+    if not rows:
+        raise UserError(f"{model_path}: no layer with a 4-D (B, h, w, K) output to explain")
+    table = [[path, kind, "x".join(map(str, shape[1:]))] for path, kind, shape in rows]
+    table[-1][0] += " (default)"
+    print(markdown_table(["layer (--layer)", "type", "output (h x w x K)"], table))
+
+
+def add_parser(commands) -> None:
+    p = command_parser(
+        commands,
+        "explain",
+        "maps for your own images, with a trained run or any Keras model",
+        [
+            "digit.png --fit canvas",
+            "photos/ --method all --top-k 5 --out out/explained",
+            "cat.jpg --model my_model.keras --layer conv5 --json",
+        ],
+    )
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run-dir", help="a training run (default: out/latest); uses its model.keras")
+    source.add_argument("--model", help="any Keras 3 functional image classifier saved as .keras")
+    p.add_argument(
+        "--layer",
+        help="the 4-D layer to explain, by name or, inside a nested model, by path such as "
+        "mobilenetv2_1.00_96/block_13_expand_relu (default: the last one; `layers` lists them)",
+    )
+    p.add_argument(
+        "--method",
+        default="cam",
+        choices=[*METHODS, "all"],
+        help="which map; 'all' draws every method, one row each",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="class_index", type=int, help="explain this class")
+    which.add_argument("--top-k", type=int, default=1, help="explain the k most probable classes")
+    p.add_argument(
+        "--fit",
+        choices=["resize", "canvas"],
+        default="resize",
+        help="resize: stretch to the model's input; canvas: centre on a black canvas of that size",
+    )
+    p.add_argument(
+        "--invert",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="invert dark-on-light pictures (auto: when the picture is mostly bright)",
+    )
+    p.add_argument(
+        "--out",
+        default="out/explained",
+        help="folder of the results: maps_<method>.npy, results.jsonl, and the PNGs; running the same command again "
+        "skips the images already there",
+    )
+    p.add_argument(
+        "--pictures",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"draw a PNG per image (default: for up to {PICTURES_AUTO} images)",
+    )
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size, for a model that takes any")
+    p.add_argument(
+        "--segment",
+        action="store_true",
+        help="also segment the object, seeded by the (first) method's map: its outline in cyan, its box in the JSON",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.set_defaults(func=run, check=check_model)
+
+
+def add_layers_parser(commands) -> None:
+    p = command_parser(
+        commands,
+        "layers",
+        "the layers of a model a map can be made at (4-D outputs, nested models searched), for --layer",
+        ["--model my_model.keras", "--run-dir out/default"],
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--run-dir", help="a training run (default: out/latest); uses its model.keras")
+    source.add_argument("--model", help="any Keras 3 functional or Sequential model saved as .keras")
+    p.set_defaults(func=list_layers, check=check_model)

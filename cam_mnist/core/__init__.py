@@ -1,0 +1,1 @@
+"""What every layer shares, with no TensorFlow and no MNIST: errors, atomic files and locks, boxes and resizing, tables, run folders."""

@@ -1,0 +1,257 @@
+"""The shared class-activation-map pipeline; each method overrides one function.
+
+For images x (B, H, W, C), a target layer with activations A (B, h, w, K) and target classes c (B,):
+  1. one forward pass gives A and the logits y (B, classes); the score is y^c, never the softmax (unless asked);
+  2. gradients dy^c/dA, for methods that need them (one tape, whole batch);
+  3. ``channel_weights`` -- the method: (B, K) weights per channel or (B, h, w, K) weights per cell;
+  4. signed map = sum_k weights_k * A^k (B, h, w); map = its ReLU, the "raw" map;
+  5. bilinear upsampling to (H, W) and min-max normalisation per image to [0, 1].
+Steps 1-5 run in one ``tf.function`` over fixed-size batches (the last batch is padded), so only the first call
+traces and every later call is graph speed. The model may be nested in others: :mod:`cam_mnist.cams.graph` runs
+its layers as one flat graph, reading its variables at every call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from cam_mnist.core.errors import UserError
+from cam_mnist.core.resize import bilinear_weights
+from cam_mnist.maps.graph import FlatGraph
+from cam_mnist.maps.layers import Head
+
+PREDICTED = -1  # target sentinel: explain the class the model predicts
+# Image pixels per model pass in the methods that make many passes per map (Score-CAM, occlusion, RISE...): 104
+# images of 100x100 or 20 of 224x224, so that their memory stays bounded whatever the image size or channel count
+# (at 100x100, 104 images a pass ran as fast as 419 or more: docs/experiments.md).
+PASS_PIXELS = 2**20
+
+
+def resolve_targets(targets: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+    """(B,) targets with each PREDICTED replaced by the class of the image's highest score."""
+    return tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+
+
+def over_pairs(fn, b, v: int, chunk: int) -> tf.Tensor:
+    """``fn(image, variant)`` for every pair of B images and V variants (masks, channels, noise samples...), at most
+    ``chunk`` pairs per call and one call at a time (``tf.map_fn`` traces ``fn`` once): how the many-pass methods
+    keep their memory flat in the number of passes. The chunks are balanced, the last one padded by repeating the
+    last pair. fn: ((n,) image indices, (n,) variant indices) int32 -> (n, ...) float32; returns (B, V, ...)."""
+    n = b * v
+    count = (n + chunk - 1) // chunk
+    size = (n + count - 1) // count  # balanced: 512 pairs at most 104 a chunk are 5 chunks of 103, not 4 x 104 + 96
+    rows = tf.reshape(tf.minimum(tf.range(count * size), n - 1), (count, size))
+    out = tf.map_fn(lambda r: fn(r // v, r % v), rows, fn_output_signature=tf.float32, parallel_iterations=1)
+    rest = tf.shape(out)[2:]  # what fn returns per pair
+    return tf.reshape(tf.reshape(out, tf.concat([[-1], rest], 0))[:n], tf.concat([[b, v], rest], 0))
+
+
+class _FirstTraceIsNotRetrace(logging.Filter):
+    """TensorFlow warns about "retracing" when several objects of one class each trace their own graph once, as
+    every new explainer must; the warning is wrong here and drowns the CLI's output, so only it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+tf.get_logger().addFilter(_FirstTraceIsNotRetrace())
+
+
+def as_float32(x: tf.Tensor) -> tf.Tensor:
+    """A mixed-precision model's bfloat16 / float16 tensor in float32, in which every map is made."""
+    return tf.cast(x, tf.float32)
+
+
+def normalise(maps: tf.Tensor) -> tf.Tensor:
+    """Min-max per map to [0, 1]; a constant map (e.g. all zeros) becomes all zeros, never NaN. (B, H, W)."""
+    lo = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
+    span = tf.reduce_max(maps, axis=(1, 2), keepdims=True) - lo
+    return tf.math.divide_no_nan(maps - lo, span)
+
+
+def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """(B, h, w) -> (B, H, W), bilinear, as Grad-CAM and the CAM paper upsample to the image size.
+
+    Computed as rows @ map @ cols.T with fixed interpolation matrices: equal to ``tf.image.resize`` (half-pixel
+    centres) to float rounding, and on one-channel maps two small matrix products beat its resize kernel."""
+    h, w = maps.shape[1], maps.shape[2]
+    if h is None or w is None:  # a layer whose size is known only at run time
+        return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+    rows, cols = bilinear_weights(h, size[0]), bilinear_weights(w, size[1])  # (H, h), (W, w)
+    return tf.matmul(tf.matmul(rows, maps), cols, transpose_b=True)
+
+
+def shift(x: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
+    """(B, H, W[, C]) moved ``dy`` pixels down and ``dx`` right; what moves in from outside is zero."""
+    h, w = x.shape[1], x.shape[2]
+    rows, cols = tf.range(h), tf.range(w)
+    inside = ((rows >= dy) & (rows < h + dy))[:, None] & ((cols >= dx) & (cols < w + dx))[None, :]  # (H, W)
+    inside = tf.cast(inside, x.dtype)
+    return tf.roll(x, (dy, dx), axis=(1, 2)) * (inside[None] if x.shape.rank == 3 else inside[None, ..., None])
+
+
+class Explanation(NamedTuple):
+    """What one call explains: the maps (N, H, W) in [0, 1], the raw maps (N, h, w) at the layer's resolution
+    before upsampling and normalisation, the (N,) classes explained (predicted ones resolved), and, when asked, the
+    signed maps (N, H, W): before the method's final ReLU or absolute value, upsampled, not normalised."""
+
+    maps: np.ndarray
+    raw: np.ndarray
+    targets: np.ndarray
+    signed: np.ndarray | None = None
+
+
+class BaseCAM:
+    """A map method bound to one model and layer. Subclasses override :meth:`channel_weights` (or, for maps that
+    are not channel-weighted sums, :meth:`signed_maps`). Their names live in :mod:`cam_mnist.registry` alone."""
+
+    needs_gradients = True
+    default_batch_size = 128  # images per graph call; methods with many forward passes per image use fewer
+
+    def __init__(
+        self,
+        model,
+        layer=None,
+        use_softmax: bool = False,
+        batch_size: int | None = None,
+        smooth: int = 0,
+        input_shape: tuple | None = None,
+        pass_batch: int | None = None,
+    ):
+        """``layer``: the layer to explain (a name, a nested layer's path such as ``"resnet50/conv5_block3_out"``,
+        or the layer object; default: the last 4-D layer, searched through nested models). ``input_shape``: the
+        (H, W, C) of the images, for a model that takes any size. ``pass_batch``: images per model pass in the
+        methods that make many passes per map (default: :data:`PASS_PIXELS` pixels' worth)."""
+        self.model = model
+        self.flat = FlatGraph.of(model)
+        self.layer = self.flat.resolve(layer)  # a Call: .path, .layer, .output (B, h, w, K)
+        self.head = Head(self.flat, self.layer, use_softmax)
+        self.batch_size = batch_size or self.default_batch_size
+        self.num_classes = self.head.num_classes
+        self.input_shape = tuple(input_shape or self.flat.input.shape[1:])  # (H, W, C)
+        if None in self.input_shape:
+            raise UserError(
+                f"model {model.name!r} takes images of any size {self.input_shape}: give input_shape=(H, W, C)"
+            )
+        if not 0 <= smooth < min(self.input_shape[:2]):
+            raise UserError(f"smooth must be a shift in 0..{min(self.input_shape[:2]) - 1} pixels, got {smooth}")
+        self.smooth = smooth
+        self.pass_batch = pass_batch or max(1, PASS_PIXELS // (self.input_shape[0] * self.input_shape[1]))
+        if self.pass_batch < 1:
+            raise UserError(f"pass_batch must be at least 1, got {pass_batch}")
+        self._graph = tf.function(self._batch, reduce_retracing=True)
+        self._signed_graph = tf.function(lambda x, t: self._batch(x, t, signed=True), reduce_retracing=True)
+
+    # --------------------------------------------------------------------------------------- what methods override
+    def channel_weights(self, images, activations, grads, targets):
+        """(B, K) or (B, h, w, K) weights for the activations (B, h, w, K). Grads are dy^c/dA (None if unused)."""
+        raise NotImplementedError
+
+    def signed_maps(self, images, targets):
+        """The maps before the method's final ReLU (B, h, w) at the layer's resolution, and the (B,) targets
+        actually explained. Channel-weighted methods: sum_k weights_k * A^k."""
+        with tf.GradientTape() as tape:  # records through the weights, so dy/dA exists
+            activations, scores = self.head.forward(images)  # (B, h, w, K), (B, classes)
+            targets = resolve_targets(targets, scores)
+            score = tf.gather(scores, targets, batch_dims=1)  # (B,) y^c of each image's own target
+        grads = tape.gradient(score, activations) if self.needs_gradients else None
+        activations, grads = as_float32(activations), None if grads is None else as_float32(grads)  # mixed precision
+        weights = self.channel_weights(images, activations, grads, targets)
+        if weights.shape.rank == 2:
+            weights = weights[:, None, None, :]
+        return tf.reduce_sum(weights * activations, -1), targets
+
+    def raw_maps(self, images, targets):
+        """The un-normalised maps (B, h, w) >= 0 at the layer's resolution, and the (B,) targets actually explained:
+        the signed maps' positive part, as every method in the family defines its map."""
+        signed, targets = self.signed_maps(images, targets)
+        return tf.nn.relu(signed), targets
+
+    # ------------------------------------------------------------------------------------------------ the pipeline
+    def _batch(self, images, targets, signed: bool = False):
+        if signed and type(self).raw_maps is BaseCAM.raw_maps:  # one pass gives both
+            before, targets = self.signed_maps(images, targets)
+            raw = tf.nn.relu(before)
+        else:
+            raw, targets = self.raw_maps(images, targets)
+            before = self.signed_maps(images, targets)[0] if signed else None
+        maps = upsample(raw, self.input_shape[:2])
+        if self.smooth:
+            maps = self._smoothed(images, targets, maps)
+        outputs = (normalise(maps), raw, targets)
+        return (*outputs, upsample(before, self.input_shape[:2])) if signed else outputs
+
+    def _smoothed(self, images, targets, maps):
+        """``smooth``: test-time augmentation that maps back exactly (as pytorch-grad-cam's ``aug_smooth`` does with
+        flips). The image is shifted by ``smooth`` pixels up, down, left and right, each map is shifted back, and
+        every pixel is the mean of the maps that cover it. The classes stay those of the unshifted image."""
+        total, cover = maps, tf.ones_like(maps)
+        s = self.smooth
+        for dy, dx in ((s, 0), (-s, 0), (0, s), (0, -s)):
+            shifted, _ = self.raw_maps(shift(images, dy, dx), targets)
+            total += shift(upsample(shifted, self.input_shape[:2]), -dy, -dx)
+            cover += shift(tf.ones_like(maps), -dy, -dx)
+        return total / cover
+
+    def __call__(self, images, targets="predicted", raw: bool = False):
+        """Maps for N images: (N, H, W) float32 in [0, 1] (and, if ``raw``, the (N, h, w) un-normalised maps).
+
+        ``targets``: "predicted", one class for all, or an array of N classes (one per image).
+        """
+        result = self.explain(images, targets)
+        return (result.maps, result.raw) if raw else result.maps
+
+    def explain(self, images, targets="predicted", signed: bool = False) -> Explanation:
+        """The maps, raw maps and explained classes for N images (see :meth:`__call__`); with ``signed``, also the
+        signed maps upsampled to the images' size, not normalised (for the sanity checks' rank correlations)."""
+        images = self._check_images(images)
+        targets = self._check_targets(targets, len(images))
+        outs = None  # filled batch by batch: one copy of each map, no list of batches to concatenate
+        b = self.batch_size
+        for lo in range(0, len(images), b):  # batches, not images: one graph call each
+            x, t = images[lo : lo + b], targets[lo : lo + b]
+            n = len(x)
+            if n < b and len(images) > b:  # pad the last batch so the graph keeps one shape
+                x = np.concatenate([x, np.repeat(x[-1:], b - n, 0)])
+                t = np.concatenate([t, np.repeat(t[-1:], b - n, 0)])
+            graph = self._signed_graph if signed else self._graph
+            values = [v.numpy() for v in graph(tf.constant(x), tf.constant(t))]
+            if outs is None:
+                outs = [np.empty((len(images), *v.shape[1:]), v.dtype) for v in values]
+            for out, value in zip(outs, values, strict=True):
+                out[lo : lo + n] = value[:n]
+        return Explanation(*outs) if signed else Explanation(*outs, None)
+
+    def _check_images(self, images) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if images.ndim == 3 and self.input_shape[-1] == 1 and images.shape[1:] == self.input_shape[:2]:
+            images = images[..., None]  # (N, H, W) grey images are accepted for 1-channel models
+        if images.ndim != 4:
+            hint = " (one image? add a batch axis: images[None])" if images.shape == self.input_shape else ""
+            raise UserError(
+                f"images must be (N, H, W, C) (or (N, H, W) for grey models), got shape {images.shape}{hint}"
+            )
+        if images.shape[1:] != self.input_shape:
+            raise UserError(f"images have size {images.shape[1:]}, the model takes {self.input_shape}")
+        return images
+
+    def _check_targets(self, targets, n: int) -> np.ndarray:
+        if isinstance(targets, str):
+            if targets != "predicted":
+                raise UserError(f"targets must be 'predicted', a class index or an array of {n}, got {targets!r}")
+            return np.full(n, PREDICTED, np.int32)
+        t = np.asarray(targets)
+        if t.ndim == 0:
+            t = np.full(n, int(t))
+        if t.shape != (n,):
+            raise UserError(f"got {t.size} targets for {n} images: give one class per image")
+        if not np.issubdtype(t.dtype, np.integer):
+            raise UserError(f"targets must be integer class indices, got dtype {t.dtype}")
+        bad = t[(t < 0) | (t >= self.num_classes)]
+        if bad.size:
+            raise UserError(f"class index {int(bad[0])} out of range: the model has {self.num_classes} classes")
+        return t.astype(np.int32)

@@ -1,0 +1,141 @@
+""":func:`explain`: any method of the family (one pipeline, :mod:`cam_mnist.maps.base`, one override per method) on
+any Keras model. :data:`METHODS` maps each name of the registry (:mod:`cam_mnist.maps.registry`) to its class.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import keras
+import numpy as np
+
+from cam_mnist.core.errors import UserError
+from cam_mnist.maps import registry
+from cam_mnist.maps.base import BaseCAM, Explanation
+from cam_mnist.maps.graph import FlatGraph
+from cam_mnist.maps.methods import (
+    CAM,
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from cam_mnist.maps.pixels import RISE, GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, SmoothGrad
+
+METHODS: dict[str, type[BaseCAM]] = {name: info.load() for name, info in registry.METHODS.items()}
+
+
+# One method object per (model, method, layer, options): its traced graph is reused, so a second call is fast.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def get_method(model, method: str = "gradcam", layer=None, **options) -> BaseCAM:
+    """The method object ``method`` bound to ``model`` (cached per model, layer and options). ``layer``: a name, a
+    nested layer's path (``"mobilenetv2_1.00_96/block_13_expand_relu"``) or a layer object; default the last 4-D
+    layer, searched through nested models."""
+    registry.info(method)  # refuses an unknown name, listing the known ones
+    per_model = _CACHE.setdefault(model, {})
+    key = (method, layer, tuple(sorted(options.items())))
+    if key not in per_model:
+        per_model[key] = METHODS[method](model, layer, **options)
+    return per_model[key]
+
+
+def forget(model, method: str) -> None:
+    """Drop ``model``'s cached ``method`` objects and so their traced graphs: for a caller done with a method
+    (``localize`` runs fifteen in turn, each graph holding tens of MB). The next call traces it again."""
+    per_model = _CACHE.get(model, {})
+    for key in [k for k in per_model if k[0] == method]:
+        del per_model[key]
+
+
+def explain(
+    model,
+    images,
+    method: str = "gradcam",
+    targets="predicted",
+    layer=None,
+    top_k: int | None = None,
+    raw: bool = False,
+    return_targets: bool = False,
+    **options,
+):
+    """Explanation maps of ``model`` for ``images`` (N, H, W[, C]): (N, H, W) float32 in [0, 1].
+
+    Args:
+        method: a name of the registry (``python -m cam_mnist methods`` lists them with their papers).
+        targets: "predicted", one class index for every image, or an array of N class indices.
+        layer: the 4-D layer to explain: a name, a nested layer's path (``"resnet50/conv5_block3_out"``) or the
+            layer object; default: the last 4-D layer, searched through nested models (:func:`candidate_layers`
+            lists them).
+        top_k: instead of ``targets``, explain each image's k most probable classes: maps (N, k, H, W), and the
+            targets (with ``return_targets``) are (N, k), most probable first.
+        raw: also return the un-normalised maps at the layer's resolution.
+        return_targets: also return the classes explained (the predicted ones resolved).
+        options: ``use_softmax`` (explain probabilities, not logits), ``batch_size``, ``smooth`` (the mean map
+            over the image shifted by this many pixels each way, shifted back), occlusion's ``patch`` / ``stride``
+            / ``baseline``, smoothgrad's ``samples`` / ``sigma`` / ``seed``, integrated-gradients' ``steps`` /
+            ``baseline``, rise's ``masks`` / ``cells`` / ``keep`` / ``seed``.
+
+    Returns:
+        ``maps``; with ``raw`` and/or ``return_targets``, the tuple ``(maps[, raw_maps][, targets])``.
+
+    References: each method's class cites its paper and equation; :func:`cam_mnist.registry.methods_table`
+    lists them.
+    """
+    if "input_shape" not in options and _takes_any_size(model):  # bind the explainer to these images' size
+        options["input_shape"] = (*np.shape(images)[1:3], model.inputs[0].shape[-1])
+    explainer = get_method(model, method, layer, **options)
+    if top_k is None:
+        result = explainer.explain(images, targets)
+    else:
+        images = explainer._check_images(images)
+        if not 0 < top_k <= explainer.num_classes:
+            raise UserError(f"top_k must be in 1..{explainer.num_classes}, got {top_k}")
+        _, scores = explainer.head.forward(images)
+        classes = np.argsort(-np.asarray(scores), axis=1)[:, :top_k]  # (N, k), most probable first
+        flat = explainer.explain(np.repeat(images, top_k, axis=0), classes.reshape(-1))
+        result = Explanation(*(a if a is None else a.reshape(len(images), top_k, *a.shape[1:]) for a in flat))
+    extra = [result.raw] * raw + [result.targets] * return_targets
+    return (result.maps, *extra) if extra else result.maps
+
+
+def _takes_any_size(model) -> bool:
+    inputs = getattr(model, "inputs", None) if isinstance(model, keras.Model) else None
+    return bool(inputs) and None in tuple(inputs[0].shape[1:3])
+
+
+def candidate_layers(model) -> list[tuple[str, str, tuple]]:
+    """(path, layer type, output shape) of every layer a map can be made at (4-D output), nested models searched,
+    in the order the model runs them; the last one is the default."""
+    return [(c.path, type(c.layer).__name__, c.shape) for c in FlatGraph.of(model).candidates()]
+
+
+__all__ = [
+    "BaseCAM",
+    "CAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "LayerCAM",
+    "HiResCAM",
+    "XGradCAM",
+    "EigenCAM",
+    "AblationCAM",
+    "ScoreCAM",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "Occlusion",
+    "SmoothGrad",
+    "IntegratedGradients",
+    "RISE",
+    "METHODS",
+    "Explanation",
+    "candidate_layers",
+    "explain",
+    "forget",
+    "get_method",
+]

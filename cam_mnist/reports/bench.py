@@ -1,0 +1,462 @@
+"""`make bench`: speed measurements on this machine, written to bench/results.json and bench/results.md.
+
+1. float32 matmul peak (GFLOP/s) of this CPU through TensorFlow: the yardstick for the training numbers;
+2. training throughput (images/s) of each preset's network, and the share of that peak it reaches
+   (training FLOPs = 3 x forward FLOPs: one forward, two backward matmul-equivalents);
+3. maps per second of every CAM-family method on a trained model, beside the model's own forward-pass rate (the
+   floor for any method that needs one pass), and of tf-keras-vis 0.8.7's Gradcam and GradcamPlusPlus on the same
+   model and images, with the correlation of their maps with ours.
+
+Usage: python -m cam_mnist bench [--run-dir out/<run>] [--images 10000] [--slow-images 500]  (``make bench``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cam_mnist import config as cfg
+from cam_mnist.core.errors import UserError
+from cam_mnist.core.runs import LATEST, OUT, RunFolder, run_dir_or_latest
+from cam_mnist.core.tables import markdown_table
+from cam_mnist.data.splits import load_split
+from cam_mnist.maps import get_method, registry
+from cam_mnist.model import build_model, logits_model
+from cam_mnist.train.trainer import make_optimizer
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Fastest of ``repeats`` timed calls (seconds), after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def matmul_peak(sizes=(1024, 2048, 4096)) -> float:
+    """The fastest float32 square matmul over a few sizes (GFLOP/s). One size alone read 151 and 218 GFLOP/s on
+    the same VM an hour apart, below what the seed's convolutions then reached, so the yardstick takes the best."""
+    best = 0.0
+    for n in sizes:
+        a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
+        f = tf.function(lambda a=a, b=b: tf.reduce_sum(tf.linalg.matmul(a, b)))
+        best = max(best, 2 * n**3 / best_of(lambda f=f: f().numpy(), 5) / 1e9)
+    return best
+
+
+def cpu_name() -> str:
+    """The CPU model and its widest vector units: the numbers below depend on them (AVX-512 doubles AVX2's)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = [u for u in ("avx512f", "amx_tile") if u in flags] or [u for u in ("avx2",) if u in flags]
+    return f"{name} ({', '.join(units) or 'no AVX2'})"
+
+
+def forward_flops(model: keras.Model) -> float:
+    """Multiply-adds x 2 of the convolutions and dense layers for one image."""
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            macs += h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            macs += int(np.prod(layer.kernel.shape))
+    return 2.0 * macs
+
+
+def training_throughput(
+    rows=(("default", None), ("default", "float32"), ("seed", None)), steps: int = 10, rounds: int = 3
+) -> list[dict]:
+    """Images per second of a training step of each (preset, precision) in ``rows`` (None: the preset's own),
+    timed in turns, ``rounds`` times, each row's best kept: the machine's speed drifts by up to 40% within an
+    hour, and timing the rows in turns keeps that drift out of their ratios."""
+    timed = [_training_step(preset, precision, steps) for preset, precision in rows]
+    best = [float("inf")] * len(timed)
+    for _ in range(rounds):
+        for i, (_, run) in enumerate(timed):
+            best[i] = min(best[i], best_of(run, repeats=1))
+    results = []
+    for (row, _), seconds in zip(timed, best, strict=True):
+        rate = row["batch_size"] * steps / seconds
+        row["images_per_s"] = round(rate, 1)
+        row["train_gflops_per_s"] = round(3 * row.pop("forward_flops") * rate / 1e9, 1)
+        results.append(row)
+    return results
+
+
+def _training_step(preset: str, precision: str | None, steps: int):
+    """(a row describing the network, a function running ``steps`` training steps of it on random images)."""
+    config = cfg.preset(preset)
+    if precision:
+        config.model.precision = precision
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, config.data.canvas)
+    logits, optimizer = logits_model(model), make_optimizer(config.train)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variables = model.trainable_variables
+    b = config.train.batch_size
+    images = tf.random.uniform((b, config.data.canvas, config.data.canvas, 1))
+    labels = tf.random.uniform((b,), 0, 10, tf.int32)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, logits(images, training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+
+    flops = forward_flops(model)
+    row = {
+        "preset": preset,
+        "precision": config.model.precision,
+        "batch_size": b,
+        "params": model.count_params(),
+        "forward_mflops_per_image": round(flops / 1e6, 1),
+        "forward_flops": flops,
+    }
+    return row, lambda: [step() for _ in range(steps)][-1].numpy()
+
+
+def forward_rate(model, images, batch: int = 128) -> float:
+    """Images per second of the model's own forward pass at the methods' batch size: no map can be made faster
+    than the one pass every method starts with."""
+    forward = _forward(model)
+    n = len(images) - len(images) % batch or len(images)  # whole batches: one traced shape
+
+    def run():
+        for lo in range(0, n, batch):
+            forward(images[lo : lo + batch])
+
+    return n / best_of(run, repeats=1)
+
+
+def _forward(model):
+    """The model's forward pass on one batch of numpy images, to numpy: what every method's maps start with."""
+    graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: graph(tf.constant(x)).numpy()
+
+
+def paired_rates(first, second, batches: list, repeats: int = 3) -> tuple[float, float]:
+    """Images per second of two functions of one batch, timed in turn on each batch (which goes first alternates),
+    each batch's time the fastest of ``repeats``. Drift of the machine's speed (up to 40% within an hour here)
+    then falls on both alike, and their ratio is what one run can resolve."""
+    for fn in (first, second):
+        fn(batches[0])  # warm-up: traces
+    best = np.full((2, len(batches)), np.inf)
+    for r in range(repeats):
+        for i, batch in enumerate(batches):
+            order = (0, 1) if (r + i) % 2 == 0 else (1, 0)
+            for j in order:
+                began = time.perf_counter()
+                (first, second)[j](batch)
+                best[j, i] = min(best[j, i], time.perf_counter() - began)
+    images = sum(len(b) for b in batches)
+    return images / best[0].sum(), images / best[1].sum()
+
+
+def cam_family(model, images, slow_images: int, forward: float) -> list[dict]:
+    """Maps per second of every method and its share of the forward rate. The fast methods are timed batch by
+    batch in turn with the forward pass (:func:`paired_rates`); the slow ones, whose share is a few percent at
+    most, against ``forward``, measured once."""
+    rows, one_pass = [], _forward(model)
+    for name, info in registry.METHODS.items():
+        explainer = get_method(model, name)
+        n = min(slow_images, len(images)) if info.slow else len(images)
+        b = explainer.batch_size
+        n -= n % b if n >= b else 0  # whole batches, as the forward rate
+        if info.slow:
+            explainer(images[:b])  # trace once
+            beside, rate = forward, n / best_of(lambda explainer=explainer, n=n: explainer(images[:n]), repeats=1)
+        else:
+            batches = [images[lo : lo + b] for lo in range(0, n, b)]
+            beside, rate = paired_rates(one_pass, explainer, batches)
+        rows.append(
+            {
+                "method": name,
+                "images": n,
+                "maps_per_s": round(rate, 1),
+                "forward_beside": round(beside, 1),
+                "share_of_forward": round(rate / beside, 3),
+            }
+        )
+        print(f"  {name:16s} {rows[-1]['maps_per_s']:10.1f} maps/s ({n} images)", flush=True)
+    return rows
+
+
+def nested_application(size: int = 224, batch: int = 32, batches: int = 3, score_images: int = 2) -> dict:
+    """MobileNetV2 (random weights) nested in a Sequential as the Keras transfer-learning guide builds it, on
+    ``size`` x ``size`` x 3 images: CAM and Grad-CAM maps/s timed in turn with that model's own forward pass, batch
+    by batch (:func:`paired_rates`), and Score-CAM's maps/s (1280 channel passes per map, ``pass_batch`` at a time)."""
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None)
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            keras.layers.Rescaling(1 / 127.5, offset=-1),  # MobileNetV2's preprocessing
+            base,
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(10),
+        ]
+    )
+    images = np.random.default_rng(0).uniform(0, 255, (batch * batches, size, size, 3)).astype(np.float32)
+    one_pass = _forward(model)
+    result = {"model": f"MobileNetV2 nested in a Sequential, random weights, {size}x{size}x3", "batch": batch}
+    rows = []
+    for name in ("cam", "gradcam"):
+        explainer = get_method(model, name, batch_size=batch)
+        beside, rate = paired_rates(
+            one_pass, explainer, [images[lo : lo + batch] for lo in range(0, len(images), batch)]
+        )
+        rows.append(
+            {
+                "method": name,
+                "layer": explainer.layer.path,
+                "images": len(images),
+                "maps_per_s": round(rate, 1),
+                "forward_beside": round(beside, 1),
+                "share_of_forward": round(rate / beside, 3),
+            }
+        )
+        print(
+            f"  nested MobileNetV2 {name:10s} {rate:8.1f} maps/s, {rate / beside:.0%} of its forward pass", flush=True
+        )
+    score = get_method(model, "scorecam", batch_size=1)
+    score(images[:1])  # trace once
+    seconds = best_of(lambda: score(images[:score_images]), repeats=1)
+    rows.append(
+        {
+            "method": "scorecam",
+            "layer": score.layer.path,
+            "images": score_images,
+            "maps_per_s": round(score_images / seconds, 3),
+            "pass_batch": score.pass_batch,
+            "channels": int(score.layer.shape[-1]),
+        }
+    )
+    print(f"  nested MobileNetV2 scorecam   {score_images / seconds:8.3f} maps/s", flush=True)
+    return {**result, "methods": rows}
+
+
+def tf_keras_vis(model, images, n: int, batch: int = 128) -> list[dict]:
+    """tf-keras-vis 0.8.7 on the same model (on its logits, so no model modifier) and the same images, beside ours
+    timed on that model too."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    logits = logits_model(model)
+    targets = np.asarray(model.predict(images[:n], batch_size=500, verbose=0)).argmax(1)
+    rows = []
+    for tool_class, ours in ((Gradcam, "gradcam"), (GradcamPlusPlus, "gradcam++")):
+        tool = tool_class(logits, clone=False)
+
+        def run(tool=tool):
+            return np.concatenate(
+                [
+                    tool(
+                        CategoricalScore(list(targets[lo : min(lo + batch, n)])),
+                        images[lo : min(lo + batch, n)],
+                        penultimate_layer="cam_features",
+                    )
+                    for lo in range(0, n, batch)
+                ]
+            )
+
+        run_first = run()  # warm-up, and the maps to compare
+        seconds = best_of(run, repeats=1)
+        explainer = get_method(model, ours)
+        mine = explainer(images[:n], targets)
+        our_seconds = best_of(lambda explainer=explainer: explainer(images[:n], targets), repeats=1)
+        corr = np.mean(
+            [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(run_first, mine, strict=True) if b.std() > 0]
+        )
+        rows.append(
+            {
+                "method": f"tf-keras-vis {tool_class.__name__}",
+                "images": n,
+                "maps_per_s": round(n / seconds, 1),
+                "ours_maps_per_s": round(n / our_seconds, 1),
+                "mean_correlation_with_ours": round(float(corr), 5),
+            }
+        )
+        print(f"  {rows[-1]['method']:28s} {n / seconds:10.1f} maps/s, correlation with ours {corr:.5f}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cam_mnist bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", help="trained run whose model.keras the CAM part uses (default: out/latest)")
+    parser.add_argument("--images", type=int, default=10_000, help="test images for the fast CAM methods")
+    parser.add_argument("--slow-images", type=int, default=200, help="test images for Score-CAM and occlusion")
+    parser.add_argument("--reference-images", type=int, default=2000, help="test images for tf-keras-vis")
+    parser.add_argument("--out", default="bench", help="folder for results.json and results.md")
+    parser.add_argument(
+        "--application",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time MobileNetV2 (random weights, 224x224x3) nested in a Sequential",
+    )
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the peak memory of train, localize and explain at two sizes (about 5 minutes)",
+    )
+    args = parser.parse_args(argv)
+
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": cpu_name(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    peak = matmul_peak()
+    results["matmul_peak_gflops"] = round(peak, 1)
+    print(f"float32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
+    results["training"] = training_throughput()
+    for row in results["training"]:
+        row["share_of_matmul_peak"] = round(row["train_gflops_per_s"] / peak, 3)
+        print(
+            f"training {row['preset']} ({row['precision']}): {row['images_per_s']} images/s, "
+            f"{row['share_of_matmul_peak']:.1%} of peak",
+            flush=True,
+        )
+
+    try:
+        model_path = RunFolder(run_dir_or_latest(args.run_dir)).model
+    except UserError:  # no run yet: the training numbers above still stand
+        model_path = RunFolder(args.run_dir or OUT / LATEST).model
+    if model_path.exists():
+        model = keras.models.load_model(model_path)
+        run_config = cfg.RunConfig.load(RunFolder(model_path.parent).config)
+        images = load_split("test", run_config.data).float_images(slice(0, args.images))
+        print(f"CAM family on {model_path.resolve().parent.name} ({len(images)} test images):", flush=True)
+        results["cam_run"] = model_path.resolve().parent.name
+        results["forward_images_per_s"] = round(forward_rate(model, images), 1)
+        print(f"  {'forward pass':16s} {results['forward_images_per_s']:10.1f} images/s", flush=True)
+        results["cams"] = cam_family(model, images, args.slow_images, results["forward_images_per_s"])
+        # tf-keras-vis 0.8.7 cannot resize a bfloat16 map (scipy's zoom: "data type not supported"), so the two
+        # libraries are compared on the same weights computed in float32.
+        reference_model = model
+        if run_config.model.precision != "float32":
+            reference_model = build_model(
+                dataclasses.replace(run_config.model, precision="float32"), run_config.data.canvas
+            )
+            reference_model.set_weights(model.get_weights())
+        results["reference_precision"] = "float32"
+        results["reference"] = tf_keras_vis(reference_model, images, min(args.reference_images, len(images)))
+        theirs = {r["method"].split()[-1]: r for r in results["reference"]}
+        results["speedup"] = {
+            "gradcam_vs_tf_keras_vis_gradcam": round(
+                theirs["Gradcam"]["ours_maps_per_s"] / theirs["Gradcam"]["maps_per_s"], 1
+            ),
+            "gradcam++_vs_tf_keras_vis_gradcam++": round(
+                theirs["GradcamPlusPlus"]["ours_maps_per_s"] / theirs["GradcamPlusPlus"]["maps_per_s"], 1
+            ),
+        }
+        print(f"speed-ups: {results['speedup']}")
+    else:
+        print(f"no trained model at {model_path}: CAM-family timings skipped (run `make train` first)")
+
+    if args.application:
+        print("a keras.applications network, nested as users nest it:", flush=True)
+        results["application"] = nested_application()
+    if args.memory and model_path.exists():
+        from cam_mnist.reports import bench_memory
+
+        print("peak memory and wall time at two sizes of each command's work:", flush=True)
+        results["memory"] = bench_memory.rows(model_path.parent)
+
+    out = Path(args.out)
+    out.mkdir(exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(to_markdown(results))
+    print(f"-> {out / 'results.json'}, {out / 'results.md'}")
+
+
+def to_markdown(r: dict) -> str:
+    """``bench/results.md``: the results of :func:`main` as tables, each under the sentence that says what it timed."""
+    m = r["machine"]
+    parts = [
+        f"Measured {r['date']} on {m['cpus']} CPU cores ({m.get('cpu', 'CPU not recorded')}), "
+        f"TensorFlow {m['tensorflow']}, Keras {m['keras']}. float32 matmul peak: {r['matmul_peak_gflops']} GFLOP/s."
+        "\n\n" + _training_markdown(r["training"])
+    ]
+    if "cams" in r:
+        parts += _maps_markdown(r)
+    if "memory" in r:
+        from cam_mnist.reports.bench_memory import to_markdown as memory_markdown
+
+        parts.append(memory_markdown(r["memory"]))
+    if "application" in r:
+        parts.append(_application_markdown(r["application"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def _training_markdown(training: list[dict]) -> str:
+    header = ["preset", "precision", "batch", "images/s", "forward MFLOP/image", "training GFLOP/s"]
+    keys = ["preset", "precision", "batch_size", "images_per_s", "forward_mflops_per_image", "train_gflops_per_s"]
+    rows = [[t[k] for k in keys] + [f"{t['share_of_matmul_peak']:.1%}"] for t in training]
+    return markdown_table([*header, "share of matmul peak"], rows)
+
+
+def _maps_markdown(r: dict) -> list[str]:
+    ours = markdown_table(
+        ["method", "images", "maps/s", "forward pass beside it", "share of the forward rate"],
+        [[c["method"], c["images"], c["maps_per_s"], c["forward_beside"], f"{c['share_of_forward']:.0%}"] for c in r["cams"]],
+    )
+    reference = markdown_table(
+        ["method", "images", "tf-keras-vis maps/s", "ours maps/s", "speed-up", "correlation of the maps"],
+        [
+            [c["method"], c["images"], c["maps_per_s"], c["ours_maps_per_s"]]
+            + [f"{c['ours_maps_per_s'] / c['maps_per_s']:.1f}x", c["mean_correlation_with_ours"]]
+            for c in r["reference"]
+        ],
+    )
+    return [
+        f"Maps per second on `{r['cam_run']}` (100x100 test images, predicted class), beside the model's "
+        f"forward pass: {r['forward_images_per_s']} images/s (for the fast methods, the forward pass timed "
+        f"in turn with each, batch by batch, each batch's fastest of three):\n\n" + ours,
+        f"tf-keras-vis 0.8.7 and ours on the same weights in {r['reference_precision']}:\n\n" + reference,
+    ]
+
+
+def _application_markdown(a: dict) -> str:
+    score = a["methods"][-1]
+    rows = [
+        [m["method"], f"`{m['layer']}`", m["images"], m["maps_per_s"], m.get("forward_beside", "–")]
+        + [f"{m['share_of_forward']:.0%}" if "share_of_forward" in m else "–"]
+        for m in a["methods"]
+    ]
+    return (
+        f"{a['model']}, batch {a['batch']}: maps per second beside that model's own forward pass "
+        f"(Score-CAM: {score['channels']} channel passes per map, {score['pass_batch']} at a time):\n\n"
+        + markdown_table(["method", "layer", "images", "maps/s", "forward pass beside it", "share of the forward rate"], rows)
+    )
+
+
+if __name__ == "__main__":
+    main()

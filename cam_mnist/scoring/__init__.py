@@ -1,0 +1,1 @@
+"""Scoring, arrays in and numbers out: classification, localization, faithfulness, sanity checks, the accumulator."""
