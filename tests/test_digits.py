@@ -162,6 +162,7 @@ def test_a_softmax_over_two_digits_trains_on_half_of_each_digit(tmp_path, run_cl
     import keras
 
     from cam_mnist.config import RunConfig
+    from cam_mnist.data.splits import training_data
     from cam_mnist.train.trainer import Trainer
 
     run_dir = tmp_path / "softmax"
@@ -180,7 +181,8 @@ def test_a_softmax_over_two_digits_trains_on_half_of_each_digit(tmp_path, run_cl
     assert summary["test_accuracy"] == pytest.approx(final["accuracy"], abs=1e-4)
     assert summary["test_loss"] == pytest.approx(final["loss"], rel=1e-4)
 
-    trainer = Trainer(RunConfig.load(run_dir / "config.json"), tmp_path / "unused", data_dir, log=lambda *a: None)
+    config = RunConfig.load(run_dir / "config.json")
+    trainer = Trainer(config, tmp_path / "unused", training_data(config, data_dir), log=lambda *a: None)
     images, targets = trainer.batch(0)
     labels = trainer._epoch_data.rows(slice(0, len(images))).labels
     assert targets.shape == (len(images), 10)

@@ -392,7 +392,7 @@ def test_every_preset_validates_and_builds_a_cam_model():
 
 def test_native_bfloat16_reads_the_cpus_flags(tmp_path):
     # make train notes when the default's bfloat16 convolutions run on a CPU that would emulate them.
-    from cam_mnist.train.trainer import native_bfloat16
+    from cam_mnist.core.cpu import native_bfloat16
 
     cpuinfo = tmp_path / "cpuinfo"
     for text, expected in [
@@ -556,12 +556,13 @@ def test_training_learns_one_batch(data_dir, precision):
     # The training step overfits one batch of 32 in 40 updates: the loss falls below a fifth of where it began and
     # the batch is classified right. A flipped gradient sign, a loss on the wrong targets or an optimizer that never
     # applies its update would not. In both precisions (the default's is bfloat16).
+    from cam_mnist.data.splits import training_data
     from cam_mnist.train.trainer import Trainer
 
     run = config.preset("tiny")
     run.model.precision = precision
     run.train.schedule, run.train.lr, run.train.steps, run.train.warmup_steps = "constant", 0.05, 40, 0
-    trainer = Trainer(run, data_dir / "unused-run", data_dir, log=lambda m: None)
+    trainer = Trainer(run, data_dir / "unused-run", training_data(run, data_dir), log=lambda m: None)
     images, labels = trainer.batch(0)
     losses = [float(trainer._train_step(images, labels, np.float32(0))[0]) for _ in range(40)]
     x = images[..., None].astype(np.float32) / 255

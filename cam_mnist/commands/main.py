@@ -95,6 +95,7 @@ def _flatten(config: cfg.RunConfig) -> dict:
 
 def cmd_train(args) -> int:
     from cam_mnist.core.lock import writing
+    from cam_mnist.data.splits import training_data
     from cam_mnist.train.trainer import Trainer
 
     config, run_dir = resolve_run(args)  # the folder check_train made
@@ -116,7 +117,7 @@ def cmd_train(args) -> int:
                 f"strategy={args.strategy}" + (f" devices={','.join(args.devices)}" if args.devices else "")
             )
             strategy = {"strategy": args.strategy, "devices": args.devices}
-            trainer = Trainer(config, run_dir, Path(args.data_dir), log=log, **strategy)
+            trainer = Trainer(config, run_dir, training_data(config, Path(args.data_dir)), log=log, **strategy)
             summary = trainer.run(progress=not args.quiet)
     if "interrupted_at" in summary:
         return EXIT_STOPPED

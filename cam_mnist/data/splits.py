@@ -29,7 +29,7 @@ from cam_mnist.data import clutter
 
 from cam_mnist.core import lock
 from cam_mnist.core.atomic import atomic_write_bytes
-from cam_mnist.config import DataConfig
+from cam_mnist.config import DataConfig, RunConfig
 from cam_mnist.core.errors import DataError
 from cam_mnist.data.mnist import Digits, acquire, load_digits, sha256_bytes
 
@@ -213,6 +213,27 @@ def train_epoch(
 
 
 # ------------------------------------------------------------------------------------------------------- storage
+@dataclass
+class TrainingData:
+    """What a training run reads: the MNIST digits its epochs are drawn from, and the held-out images it scores."""
+
+    digits: dict[str, Digits]
+    val: Split  # scored at every heatmap step: the validation split's first val_size held-out images
+    test: Split  # scored once, at the end
+
+
+def training_data(config: RunConfig, data_dir: Path = DATA_DIR) -> TrainingData:
+    """The data of a run of ``config``: MNIST fetched and the held-out splits generated where they are not yet.
+    Training scores boxes, never masks, so the masks stay packed on disk."""
+    digits = load_digits(ensure_mnist(Path(data_dir)))
+    if config.train.random_labels:
+        digits = with_random_labels(digits, config.train.seed)
+    folder = prepare(config.data, data_dir)
+    val = held_out_of(read_split(folder / "val.npz", "val", with_masks=False), config.data).head(config.train.val_size)
+    test = read_split(folder / "test.npz", "test", with_masks=False).head(config.data.test_size or None)
+    return TrainingData(digits, val, test)
+
+
 def settings_dir(config: DataConfig, data_dir: Path = DATA_DIR) -> Path:
     """Folder of the held-out splits for these clutter settings, e.g. ``data/clutter-c100-d8x8-k1-s0``."""
     c = config

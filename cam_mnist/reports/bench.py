@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from cam_mnist import config as cfg
+from cam_mnist.core.cpu import cpu_name
 from cam_mnist.core.errors import UserError
 from cam_mnist.core.runs import LATEST, OUT, RunFolder, run_dir_or_latest
 from cam_mnist.core.tables import markdown_table
@@ -56,16 +57,6 @@ def matmul_peak(sizes=(1024, 2048, 4096)) -> float:
     return best
 
 
-def cpu_name() -> str:
-    """The CPU model and its widest vector units: the numbers below depend on them (AVX-512 doubles AVX2's)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    units = [u for u in ("avx512f", "amx_tile") if u in flags] or [u for u in ("avx2",) if u in flags]
-    return f"{name} ({', '.join(units) or 'no AVX2'})"
 
 
 def forward_flops(model: keras.Model) -> float:

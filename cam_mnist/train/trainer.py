@@ -19,11 +19,11 @@ import numpy as np
 
 from cam_mnist.config import RunConfig, TrainConfig
 from cam_mnist.core.atomic import atomic_write_bytes
+from cam_mnist.core.cpu import native_bfloat16
 from cam_mnist.core.errors import UserError
 from cam_mnist.core.runs import RunFolder
 from cam_mnist.core.tables import read_csv_rows, write_csv_rows
-from cam_mnist.data import splits as data
-from cam_mnist.data.mnist import load_digits
+from cam_mnist.data.splits import TrainEpoch, TrainingData
 from cam_mnist.model import LOGITS, NUM_CLASSES, batched
 from cam_mnist.scoring.cam_localization import cam_localization, validation_threshold
 from cam_mnist.scoring.classification import multi_hot, predict_probs, score
@@ -86,15 +86,6 @@ class _StopFlag:
             signal.signal(s, previous)
 
 
-def native_bfloat16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
-    """Whether this CPU computes bfloat16 natively: x86's avx512_bf16 or amx_bf16 flag, Arm's bf16 feature, as Linux
-    lists them; None where the list cannot be read (another OS)."""
-    try:
-        lines = Path(cpuinfo).read_text().splitlines()
-    except OSError:
-        return None
-    words = {w for line in lines if line.startswith(("flags", "Features")) for w in line.split(":", 1)[-1].split()}
-    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"}) if words else None
 
 
 class Trainer:
@@ -105,105 +96,110 @@ class Trainer:
         self,
         config: RunConfig,
         run_dir: Path,
-        data_dir: Path = data.DATA_DIR,
+        data: TrainingData,
         log=print,
         strategy: str = "default",
         devices: tuple[str, ...] = (),
     ):
-        import keras
         import tensorflow as tf
-
-        from cam_mnist.model import build_model, logits_model
 
         self.config, self.run_dir, self.log = config, Path(run_dir), log
         self.folder = RunFolder(run_dir)
+        self.digits, self.val, self.test = data.digits, data.val, data.test
         t = config.train
         self.strategy = distribute.make_strategy(strategy, devices)  # before any other TensorFlow work
-        self.strategy_name, replicas = strategy, self.strategy.num_replicas_in_sync
+        self.strategy_name = strategy
         setup_tensorflow(t.seed, t.deterministic)
-        self.digits = load_digits(data.ensure_mnist(Path(data_dir)))
-        if t.random_labels:
-            self.digits = data.with_random_labels(self.digits, t.seed)
-        data.prepare(config.data, data_dir)
-        folder = data.settings_dir(config.data, data_dir)
-        # The validation images scored at every heatmap step: the split's first val_size held-out ones.
-        # (training scores boxes, never masks: those stay packed on disk)
-        val = data.read_split(folder / "val.npz", "val", with_masks=False)
-        self.val = data.held_out_of(val, config.data).head(t.val_size)
-        self.test = data.read_split(folder / "test.npz", "test", with_masks=False).head(config.data.test_size or None)
-        with self.strategy.scope():  # variables mirrored on every replica
-            # Any strategy but the default synchronises batch norm, on one device too, so that one device and
-            # several compute the same statistics the same way (Keras' E[x^2] - E[x]^2, not tf.nn.moments).
-            self.model = build_model(config.model, config.data.canvas, synchronized_bn=strategy != "default")
-            self.optimizer = make_optimizer(t)
-            self.optimizer.build(self.model.trainable_variables)
-        if config.model.precision == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU"):
-            if native_bfloat16() is False:
-                log(
-                    "note: this CPU has no native bfloat16 (avx512_bf16, amx_bf16 or bf16 flags), so bfloat16 "
-                    "convolutions may run slower than float32 here; `--precision float32` trains the float32 network"
-                )
+        self._build(synchronized_bn=strategy != "default")
         self.steps_per_epoch = config.data.train_size // t.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"train_size {config.data.train_size} is smaller than one batch of {t.batch_size}")
-        if t.batch_size % replicas:
-            raise UserError(f"batch_size {t.batch_size} does not split evenly over {replicas} replicas")
-        logits = logits_model(self.model)
-        # One loss per image: each replica sums its images' losses over the global batch size (distribute.py).
-        if config.model.head == "sigmoid":  # targets: multi-hot (B, classes); one binary cross-entropy per class
-            loss_fn = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
-        elif config.data.digits > 1:  # targets: 1/K on each of the K true classes (B, classes), Mahajan et al. 2018
-            loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
-        else:  # targets: class indices (B,)
-            loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-        variables = self.model.trainable_variables
-        kernel = self.model.get_layer(LOGITS).kernel  # (K, C): the CAM weights w_k^c
+        if t.batch_size % self.strategy.num_replicas_in_sync:
+            raise UserError(
+                f"batch_size {t.batch_size} does not split evenly over {self.strategy.num_replicas_in_sync} replicas"
+            )
         self._gauge = t.cam_gauge != "none"
-        shared = {"mean": tf.reduce_mean, "min": tf.reduce_min}.get(t.cam_gauge)
+        self._train_step = self._compile_train_step()
+        self.predict = batched(tf.function(lambda images: self.model(images, training=False), reduce_retracing=True))
+        self._epoch, self._epoch_data = None, None
 
-        def fix_gauge():
-            # Softmax cannot see a part of the logits shared by every class, so the gradient has none either
-            # (sum_c dL/dy_c = 0): adding b_k to w_k^c for every class c changes no prediction, no loss and no
-            # gradient, only the CAM (CAM paper eq. 2: M_c = sum_k w_k^c f_k), by the same map sum_k b_k f_k in
-            # every class. Adam's drift and the initial weights leave an arbitrary such part; after each step it
-            # is fixed. 'mean' takes out what every class shares (zero mean over classes), so a class's map also
-            # subtracts the features other classes use; 'min' makes each channel's smallest weight 0, so every
-            # weight is >= 0 and a map only adds the evidence its class weighs more than the least-weighing class.
-            kernel.assign(kernel - shared(kernel, axis=1, keepdims=True))
+    def _build(self, synchronized_bn: bool) -> None:
+        """The model and its optimizer, their variables mirrored on every replica."""
+        import tensorflow as tf
+
+        from cam_mnist.model import build_model
+
+        config = self.config
+        with self.strategy.scope():
+            # Any strategy but the default synchronises batch norm, on one device too, so that one device and
+            # several compute the same statistics the same way (Keras' E[x^2] - E[x]^2, not tf.nn.moments).
+            self.model = build_model(config.model, config.data.canvas, synchronized_bn=synchronized_bn)
+            self.optimizer = make_optimizer(config.train)
+            self.optimizer.build(self.model.trainable_variables)
+        if config.model.precision == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU"):
+            if native_bfloat16() is False:
+                self.log(
+                    "note: this CPU has no native bfloat16 (avx512_bf16, amx_bf16 or bf16 flags), so bfloat16 "
+                    "convolutions may run slower than float32 here; `--precision float32` trains the float32 network"
+                )
+
+    def _loss(self):
+        """One loss per image: each replica sums its images' losses over the global batch size (distribute.py)."""
+        import keras
+
+        if self.config.model.head == "sigmoid":  # targets: multi-hot (B, classes); one binary cross-entropy per class
+            return keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+        if self.config.data.digits > 1:  # targets: 1/K on each of the K true classes (B, classes), Mahajan et al. 2018
+            return keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)  # targets: (B,) classes
+
+    def _fix_gauge(self) -> None:
+        """Softmax cannot see a part of the logits shared by every class, so the gradient has none either
+        (sum_c dL/dy_c = 0): adding b_k to w_k^c for every class c changes no prediction, no loss and no gradient,
+        only the CAM (CAM paper eq. 2: M_c = sum_k w_k^c f_k), by the same map sum_k b_k f_k in every class. Adam's
+        drift and the initial weights leave an arbitrary such part; after each step it is fixed. 'mean' takes out
+        what every class shares (zero mean over classes), so a class's map also subtracts the features other classes
+        use; 'min' makes each channel's smallest weight 0, so every weight is >= 0 and a map only adds the evidence
+        its class weighs more than the least-weighing class."""
+        import tensorflow as tf
+
+        kernel = self.model.get_layer(LOGITS).kernel  # (K, C): the CAM weights w_k^c
+        shared = {"mean": tf.reduce_mean, "min": tf.reduce_min}[self.config.train.cam_gauge]
+        kernel.assign(kernel - shared(kernel, axis=1, keepdims=True))
+
+    def _compile_train_step(self):
+        """The compiled step: every replica's gradients applied at once, the gauge fixed, and whether any worker
+        was asked to stop."""
+        import tensorflow as tf
+
+        from cam_mnist.model import logits_model
+
+        batch_size, strategy = self.config.train.batch_size, self.strategy
+        logits, loss_fn, variables = logits_model(self.model), self._loss(), self.model.trainable_variables
 
         def replica_step(images_u8, targets):  # (b, H, W) uint8; (b,) int32 or (b, classes) float32: a replica's
             images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (b, H, W, 1) in [0, 1]
             with tf.GradientTape() as tape:
                 per_image = loss_fn(targets, logits(images, training=True))
-                loss = tf.nn.compute_average_loss(per_image, global_batch_size=t.batch_size)
+                loss = tf.nn.compute_average_loss(per_image, global_batch_size=batch_size)
             # Keras' optimizer sums the gradients of every replica before applying them.
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
             return loss
 
-        def replica_stop(stop):  # a replica's copy of its worker's stop flag
-            return tf.identity(stop)
-
         @tf.function(reduce_retracing=True)
         def train_step(images_u8, targets, stop):
-            losses = self.strategy.run(replica_step, args=(images_u8, targets))
+            losses = strategy.run(replica_step, args=(images_u8, targets))
             if self._gauge:  # in cross-replica context: one assignment updates every replica's copy
-                fix_gauge()
+                self._fix_gauge()
             # Whether any worker was asked to stop: every worker then stops after this same step (all-reduced with
             # the step's own collectives), so each writes the checkpoint of one step.
-            stops = self.strategy.run(replica_stop, args=(stop,))
+            stops = strategy.run(tf.identity, args=(stop,))  # each replica's copy of its worker's stop flag
             return (
-                self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
-                self.strategy.reduce(tf.distribute.ReduceOp.SUM, stops, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, stops, axis=None),
             )
 
-        @tf.function(reduce_retracing=True)
-        def predict(images):
-            return self.model(images, training=False)
-
-        self._train_step, self._fix_gauge = train_step, fix_gauge
-
-        self.predict = batched(predict)
-        self._epoch, self._epoch_data = None, None
+        return train_step
 
     def batch(self, step: int, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The training batch of global ``step`` (only its ``rows``, if given: a worker's shard): regenerated from
@@ -211,7 +207,7 @@ class Trainer:
         indices, or (B, classes) for several digits)."""
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            self._epoch_data = data.TrainEpoch(self.digits, self.config.data, self.config.train.seed, epoch)
+            self._epoch_data = TrainEpoch(self.digits, self.config.data, self.config.train.seed, epoch)
             self._epoch = epoch
         b = self.config.train.batch_size
         rows = rows or slice(0, b)
