@@ -1,10 +1,10 @@
 """cam_mnist: class activation maps (Zhou et al. 2016, arXiv 1512.04150) on cluttered MNIST with Keras 3.
 
 The subpackages are the pipeline, each importing only those before it (``tests/test_package.py`` checks):
-:mod:`~cam_mnist.core` (errors, files, boxes, tables) → :mod:`~cam_mnist.config` → :mod:`~cam_mnist.data`
-(cluttered MNIST with ground truth) → :mod:`~cam_mnist.model` (the CAM network) → :mod:`~cam_mnist.maps` (the CAM
-family, :func:`explain`, :func:`segment`) → :mod:`~cam_mnist.scoring` → :mod:`~cam_mnist.viz` →
-:mod:`~cam_mnist.train` → :mod:`~cam_mnist.reports` → :mod:`~cam_mnist.commands` (``python -m cam_mnist``).
+:mod:`cam_mnist.core` (errors, files, boxes, tables) → :mod:`cam_mnist.config` → :mod:`cam_mnist.data`
+(cluttered MNIST with ground truth) → :mod:`cam_mnist.model` (the CAM network) → :mod:`cam_mnist.maps` (the CAM
+family, :func:`explain`, :func:`segment`) → :mod:`cam_mnist.scoring` → :mod:`cam_mnist.viz` →
+:mod:`cam_mnist.train` → :mod:`cam_mnist.reports` → :mod:`cam_mnist.commands` (``python -m cam_mnist``).
 
 Names are loaded on first use (PEP 562), so importing the package, or running a command that needs no model,
 does not import TensorFlow.
@@ -52,7 +52,7 @@ def __getattr__(name: str):
 
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds ``cam_mnist.cams`` and the other old paths of :data:`MOVED` as the modules they moved to."""
+    """Finds ``cam_mnist.maps`` and the other old paths of :data:`MOVED` as the modules they moved to."""
 
     def find_spec(self, fullname, path=None, target=None):
         moved = next((new for old, new in MOVED.items() if fullname == old or fullname.startswith(old + ".")), None)

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cam_mnist.core.atomic import atomic_write_text
 from cam_mnist.core.errors import DataError, UserError
 from cam_mnist.core.runs import RunFolder
 
@@ -104,9 +105,8 @@ class ModelConfig:
     )
     precision: str = _opt(
         "mixed_bfloat16",
-        "'mixed_bfloat16': convs in bfloat16, weights, logits, probabilities and maps in float32 (1.14-1.33x the "
-        "training images/s of 'float32' on this AVX512-BF16 CPU; a CPU without native bfloat16 may be slower: use "
-        "'float32')",
+        "'mixed_bfloat16': convs in bfloat16; weights, logits, probabilities and maps in float32 (faster where the "
+        "CPU computes bfloat16 natively, perhaps slower where it does not: then use 'float32'; docs/experiments.md)",
     )
 
 
@@ -116,7 +116,7 @@ class TrainConfig:
 
     steps: int = _opt(7900, "optimizer steps in the whole run (10.1 epochs of 50k images at batch 64)")
     batch_size: int = _opt(
-        64, "images per step (64: as many images/s as 128 on 2 cores, twice the updates; see README)"
+        64, "images per step (64: about as many images/s as 128 on a small CPU, twice the updates; docs/experiments.md)"
     )
     optimizer: str = _opt("adam", "'sgd' (the reference's) or 'adam'")
     lr: float = _opt(3e-3, "peak learning rate")
@@ -168,8 +168,6 @@ class RunConfig:
         )
 
     def save(self, path: Path) -> None:
-        from cam_mnist.core.atomic import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
@@ -255,8 +253,8 @@ LENET = {"arch": "lenet", "layers": (), "batch_norm": False, "precision": "float
 PRESETS: dict[str, dict[str, dict]] = {
     "default": {},
     # The default's network at batch 128 for 10k steps (26 epochs, hide-and-seek in the first 12), trained on 58k
-    # digits: MNIST's 50k train and the first 8000 validation digits (validation scores the other 2000). It was
-    # measured in float32, before the default moved to bfloat16, and keeps the precision it was measured with.
+    # digits: MNIST's 50k train and the first 8000 validation digits (validation scores the other 2000). It trains
+    # in float32, the precision its results in docs/experiments.md were measured with.
     "long": {
         "data": {"hide_epochs": 12, "extra_train_digits": 8000},
         "model": {"precision": "float32"},
@@ -278,7 +276,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "model": LENET,
         "train": {
             **OFF["train"],
-            "steps": 360,  # what the reference trains in the default preset's wall time on 2 cores (~90 images/s)
+            "steps": 360,  # what the reference trains in the default preset's wall time (docs/experiments.md)
             "batch_size": 256,
             "optimizer": "sgd",
             "lr": 0.5,

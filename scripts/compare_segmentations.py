@@ -1,4 +1,4 @@
-"""The segmentations of ``cam_mnist.segmentation`` compared on validation, for docs/experiments.md:
+"""The segmentations of ``cam_mnist.maps.segmentation`` compared on validation, for docs/experiments.md:
 
     python scripts/compare_segmentations.py --run-dir out/default --method cam
 

@@ -1,6 +1,6 @@
 """Models nobody here wrote, nested the way users nest them: every map equals the map of its flat twin.
 
-The twin of a nested model is built here by hand, independently of :mod:`cam_mnist.cams.graph`: the outer head's
+The twin of a nested model is built here by hand, independently of :mod:`cam_mnist.maps.graph`: the outer head's
 own layer objects called on the base's own output tensor, ``keras.Model(base.input, head(base.output))``, fed the
 images the outer model's preprocessing would hand the base. Same variables, one graph: a nested model explained
 right gives exactly its twin's maps.

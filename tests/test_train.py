@@ -29,7 +29,6 @@ def _scored_again(run_dir, data_dir):
     """The run's saved model re-scored here on its test and validation splits: what its files must say."""
     import keras
 
-
     run = config.RunConfig.load(run_dir / "config.json")
     model = keras.models.load_model(run_dir / "model.keras")
     predict = lambda x: np.asarray(model(x, training=False))  # noqa: E731

@@ -5,13 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
+from cam_mnist import maps
 from cam_mnist.commands.common import command_parser
+from cam_mnist.commands.explain_store import Store
+from cam_mnist.core.boxes import boxes_from_maps, tight_boxes
 from cam_mnist.core.errors import UserError
+from cam_mnist.core.runs import RunFolder, run_dir_or_latest
+from cam_mnist.core.tables import markdown_table
+from cam_mnist.data.images import to_model_input
 from cam_mnist.maps.registry import METHODS
+from cam_mnist.maps.segmentation import segment
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -30,9 +41,6 @@ def expand(paths: list[str]) -> list[Path]:
 def model_file(model_path: str | None, run_dir: str | None) -> Path:
     """The model file ``--model`` or ``--run-dir`` names, checked without TensorFlow: it exists, and a ``.keras``
     file is a zip archive (what Keras 3 writes), so a wrong file is answered before the import."""
-    import zipfile
-
-    from cam_mnist.core.runs import RunFolder, run_dir_or_latest
 
     if model_path is None:
         model_path = RunFolder(run_dir_or_latest(run_dir)).model
@@ -64,8 +72,6 @@ def load_model(model_path: str | None, run_dir: str | None):
 
 
 def read_picture(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as picture:
             picture.load()
@@ -80,35 +86,34 @@ CHUNK = 256  # images read, explained and written at once: memory flat in the nu
 PICTURES_AUTO = 100  # up to this many images, a picture each unless --no-pictures
 
 
+@dataclass(frozen=True)
+class Request:
+    """What ``explain`` was asked for, from its flags: the same for every chunk of images."""
+
+    methods: list[str]
+    layer: str | None
+    class_index: int | None  # explain this class, or
+    top_k: int  # the k most probable ones
+    fit: str
+    invert: str
+    segment: bool
+    pictures: bool
+    out: Path
+
+
 def run(args) -> int:
-    from tqdm import tqdm
-
-    from cam_mnist.commands.explain_store import Store
-    from cam_mnist.maps import get_method
-
     model, model_path = load_model(args.model, args.run_dir)
-    h, w, c = model.inputs[0].shape[1:]
-    sized = {}  # a model that takes any size is explained at --size (explain() binds it to the images' size)
-    if h is None or w is None:
-        if not args.size:
-            raise UserError(f"{model_path}: the model takes images of any size; give --size H W")
-        h, w = args.size
-        sized = {"input_shape": (h, w, c)}
-    methods = list(METHODS) if args.method == "all" else [args.method]
-    try:
-        get_method(model, methods[0] if args.method != "all" else "gradcam", args.layer, **sized)
-    except UserError as e:
-        raise UserError(f"{model_path}: {e}") from None
-    if args.method == "all":  # CAM only where the model has the CAM head; say so instead of failing
-        try:
-            get_method(model, "cam", args.layer, **sized)
-        except UserError:
-            methods = [m for m in methods if m != "cam"]
-            print(f"note: {model_path.name} has no GAP -> Dense head at that layer, so CAM is skipped", file=sys.stderr)
+    shape, sized = _input_shape(model, model_path, args.size)
+    h, w, _ = shape
+    methods = _methods(model, model_path, args.method, args.layer, sized)
     paths = expand(args.images)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)}")
     k = 1 if args.class_index is not None else args.top_k
+    pictures = args.pictures if args.pictures is not None else len(paths) <= PICTURES_AUTO
+    request = Request(
+        methods, args.layer, args.class_index, k, args.fit, args.invert, args.segment, pictures, Path(args.out)
+    )
     settings = {
         "segment": args.segment,
         "model": str(model_path.resolve()),
@@ -118,16 +123,15 @@ def run(args) -> int:
         "fit": args.fit,
         "invert": args.invert,
     }
-    store = Store(Path(args.out), settings, [str(p) for p in paths], methods, (k, h, w))
-    pictures = args.pictures if args.pictures is not None else len(paths) <= PICTURES_AUTO
+    store = Store(request.out, settings, [str(p) for p in paths], methods, (k, h, w))
     todo = store.todo()
     if len(todo) < len(paths):
         print(f"note: {len(paths) - len(todo)} of {len(paths)} images already explained in {args.out}", file=sys.stderr)
     notes: dict[str, list[str]] = {}
     with tqdm(total=len(paths), initial=len(paths) - len(todo), unit="image", disable=None, file=sys.stderr) as bar:
         for lo in range(0, len(todo), CHUNK):
-            chunk = todo[lo : lo + CHUNK]
-            records, maps = _explain_chunk(model, model_path, paths, chunk, (h, w, c), methods, args, pictures, notes)
+            chunk = [(i, paths[i]) for i in todo[lo : lo + CHUNK]]
+            records, maps = _explain_chunk(model, model_path, chunk, shape, request, notes)
             store.write(records, maps)
             bar.update(len(chunk))
     _report(notes, len(paths))
@@ -135,90 +139,140 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(records, indent=2))
     else:
-        _print_table(records, methods[0], Path(args.out))
+        _print_table(records, methods[0], request.out)
     return 2 if any("error" in r for r in records) else 0
 
 
-def _explain_chunk(model, model_path, paths, chunk, shape, methods, args, pictures, notes):
-    """Read, explain and (if ``pictures``) draw the images ``chunk`` (indices into ``paths``): their records and
-    {method: (n, K, H, W) maps} of those that could be read."""
-    from cam_mnist.core.boxes import boxes_from_maps, tight_boxes
-    from cam_mnist.data.images import to_model_input
-    from cam_mnist.maps import explain
-    from cam_mnist.viz import plotting
+def _input_shape(model, model_path: Path, size) -> tuple[tuple[int, int, int], dict]:
+    """The (H, W, C) the images are brought to, and the options that bind a model taking any size to it."""
+    h, w, c = model.inputs[0].shape[1:]
+    if h is not None and w is not None:
+        return (h, w, c), {}
+    if not size:
+        raise UserError(f"{model_path}: the model takes images of any size; give --size H W")
+    return (*size, c), {"input_shape": (*size, c)}
+
+
+def _methods(model, model_path: Path, method: str, layer, sized: dict) -> list[str]:
+    """The methods to run, each checked against the model before any image is read: 'all' is every method of the
+    registry, CAM skipped (with a note) where the model has no CAM head at that layer."""
+
+    methods = list(METHODS) if method == "all" else [method]
+    try:
+        maps.get_method(model, methods[0] if method != "all" else "gradcam", layer, **sized)
+    except UserError as e:
+        raise UserError(f"{model_path}: {e}") from None
+    if method == "all":
+        try:
+            maps.get_method(model, "cam", layer, **sized)
+        except UserError:
+            methods = [m for m in methods if m != "cam"]
+            print(f"note: {model_path.name} has no GAP -> Dense head at that layer, so CAM is skipped", file=sys.stderr)
+    return methods
+
+
+def _read_chunk(chunk: list[tuple[int, Path]], shape, request: Request, notes: dict):
+    """The pictures of ``chunk`` as model inputs (n, H, W, C), the (index, path) of those read, and an error record
+    for each that could not be read."""
 
     h, w, c = shape
-    records, inputs, ok = [], [], []
-    for i in chunk:
-        path = paths[i]
+    errors, inputs, ok = [], [], []
+    for i, path in chunk:
         try:
-            array, said = to_model_input(read_picture(path), (h, w), c, args.fit, args.invert)
+            array, said = to_model_input(read_picture(path), (h, w), c, request.fit, request.invert)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            records.append({"index": i, "image": str(path), "error": str(e)})
+            errors.append({"index": i, "image": str(path), "error": str(e)})
             continue
         for note in said:
             notes.setdefault(note, []).append(path.name)
         inputs.append(array)
-        ok.append(i)
-    if not ok:
-        return records, {m: np.zeros((0, 1, h, w)) for m in methods}
-    images = np.stack(inputs)  # (n, H, W, C)
+        ok.append((i, path))
+    return (np.stack(inputs) if inputs else None), ok, errors
+
+
+def _explain_chunk(model, model_path: Path, chunk: list[tuple[int, Path]], shape, request: Request, notes: dict):
+    """Read, explain and (if asked) draw the images of ``chunk`` ((index, path) pairs): their records and
+    {method: (n, K, H, W) maps} of those that could be read."""
+
+    h, w, _ = shape
+    images, ok, records = _read_chunk(chunk, shape, request, notes)
+    if images is None:
+        return records, {m: np.zeros((0, 1, h, w)) for m in request.methods}
     probs = np.asarray(model.predict(images, verbose=0, batch_size=64))
-    if args.class_index is None:
-        classes = np.argsort(-probs, 1)[:, : args.top_k]  # (n, k), most probable first
-    elif 0 <= args.class_index < probs.shape[1]:
-        classes = np.full((len(images), 1), args.class_index)  # (n, 1)
+    if request.class_index is None:
+        classes = np.argsort(-probs, 1)[:, : request.top_k]  # (n, k), most probable first
+    elif 0 <= request.class_index < probs.shape[1]:
+        classes = np.full((len(images), 1), request.class_index)  # (n, 1)
     else:
-        raise UserError(f"--class {args.class_index} out of range: the model has {probs.shape[1]} classes")
-    k = classes.shape[1]
-    maps = {}
-    for method in methods:
+        raise UserError(f"--class {request.class_index} out of range: the model has {probs.shape[1]} classes")
+    k, by_method = classes.shape[1], {}
+    for method in request.methods:
         try:
-            flat = explain(model, np.repeat(images, k, 0), method, classes.reshape(-1), layer=args.layer)
+            flat = maps.explain(model, np.repeat(images, k, 0), method, classes.reshape(-1), layer=request.layer)
         except UserError as e:
             raise UserError(f"{model_path}: {method}: {e}") from None
-        maps[method] = flat.reshape(len(images), k, h, w)
-    out = Path(args.out)
+        by_method[method] = flat.reshape(len(images), k, h, w)
     segmented = None
-    if args.segment:  # the object's pixels, seeded by the first method's map of the top class (cam_mnist.segmentation)
-        from cam_mnist.maps.segmentation import segment
+    if request.segment:  # the object's pixels, seeded by the first method's map of the top class
+        segmented = segment(images, by_method[request.methods[0]][:, 0])
+    for j, (i, path) in enumerate(ok):
+        mask = None if segmented is None else segmented[j]
+        one = Explained(images[j], {m: by_method[m][j] for m in by_method}, probs[j], classes[j], mask)
+        records.append(_record(i, path, one, request))
+    return records, by_method
 
-        segmented = segment(images, maps[methods[0]][:, 0])
-    for j, i in enumerate(ok):
-        # Each method's box of the most probable class, at the CAM paper's 20% of its map's maximum.
-        boxes = {method: boxes_from_maps(maps[method][j, :1])[0] for method in methods}
-        record = {
-            "index": i,
-            "image": str(paths[i]),
-            "box_method": methods[0],
-            "box": [int(v) for v in boxes[methods[0]]],
-            "boxes": {method: [int(v) for v in box] for method, box in boxes.items()},
-            "classes": [{"class": int(cls), "probability": round(float(probs[j, cls]), 5)} for cls in classes[j]],
-        }
-        if segmented is not None:
-            record["segment_box"] = [int(v) for v in tight_boxes(segmented[j : j + 1])[0]]
-            record["segment_pixels"] = int(segmented[j].sum())
-        if pictures:
-            rows = []
-            for method in methods:
-                tiles = [
-                    plotting.captioned(plotting.overlay(images[j], np.zeros((h, w)), alpha=0.0), paths[i].name[:24])
-                ]
-                for col, cls in enumerate(classes[j]):
-                    tiles.append(
-                        plotting.captioned(
-                            plotting.overlay(
-                                images[j], maps[method][j, col], map_box=boxes[method] if col == 0 else None
-                            ),
-                            f"{method}: {cls} p={probs[j, cls]:.2f}",
-                        )
-                    )
-                rows.append(plotting.hstack(tiles))
-            record["output"] = str(out / f"{paths[i].stem}_explained.png")
-            plotting.save_png(Path(record["output"]), np.concatenate(rows, 0))
-        records.append(record)
-    return records, maps
+
+@dataclass(frozen=True)
+class Explained:
+    """One image's results."""
+
+    image: np.ndarray  # (H, W, C), as the model took it
+    maps: dict[str, np.ndarray]  # method -> (K, H, W), one map per class explained
+    probs: np.ndarray  # (classes,)
+    classes: np.ndarray  # (K,) the classes explained, most probable first
+    segmented: np.ndarray | None  # (H, W) bool: the segmentation the first method's map seeds, where asked for
+
+
+def _record(i: int, path: Path, one: Explained, request: Request) -> dict:
+    """One image's line of results.jsonl (its classes, each method's box of the most probable one at the CAM
+    paper's 20% of its map's maximum, the segmentation's box), its picture drawn where asked."""
+
+    boxes = {method: boxes_from_maps(m[:1])[0] for method, m in one.maps.items()}
+    first = request.methods[0]
+    record = {
+        "index": i,
+        "image": str(path),
+        "box_method": first,
+        "box": [int(v) for v in boxes[first]],
+        "boxes": {method: [int(v) for v in box] for method, box in boxes.items()},
+        "classes": [{"class": int(cls), "probability": round(float(one.probs[cls]), 5)} for cls in one.classes],
+    }
+    if one.segmented is not None:
+        record["segment_box"] = [int(v) for v in tight_boxes(one.segmented[None])[0]]
+        record["segment_pixels"] = int(one.segmented.sum())
+    if request.pictures:
+        record["output"] = str(request.out / f"{path.stem}_explained.png")
+        _draw(Path(record["output"]), path.name, one, boxes)
+    return record
+
+
+def _draw(out: Path, name: str, one: Explained, boxes: dict) -> None:
+    """One row per method: the picture, then its map of each class; the most probable class's box in magenta and
+    the segmentation's outline, where it was asked for, in cyan."""
+    from cam_mnist.viz import plotting
+
+    rows, image = [], one.image
+    for method, method_maps in one.maps.items():
+        tiles = [plotting.captioned(plotting.overlay(image, np.zeros(image.shape[:2]), alpha=0.0), name[:24])]
+        for col, cls in enumerate(one.classes):
+            top = col == 0
+            tile = plotting.overlay(
+                image, method_maps[col], map_box=boxes[method] if top else None, outline=one.segmented if top else None
+            )
+            tiles.append(plotting.captioned(tile, f"{method}: {cls} p={one.probs[cls]:.2f}"))
+        rows.append(plotting.hstack(tiles))
+    plotting.save_png(out, np.concatenate(rows, 0))
 
 
 def _report(notes: dict[str, list[str]], total: int, show: int = 20) -> None:
@@ -247,12 +301,10 @@ def _print_table(records: list[dict], box_method: str, out: Path, show: int = 20
 
 def list_layers(args) -> None:
     """``layers``: the layers a map can be made at, nested models searched, with their output shapes."""
-    from cam_mnist.core.tables import markdown_table
-    from cam_mnist.maps import candidate_layers
 
     model, model_path = load_model(args.model, args.run_dir)
     try:
-        rows = candidate_layers(model)
+        rows = maps.candidate_layers(model)
     except UserError as e:
         raise UserError(f"{model_path}: {e}") from None
     if not rows:

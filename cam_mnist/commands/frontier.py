@@ -2,7 +2,7 @@
 per run, so designs are compared by what each buys for the same CPU time (what ``docs/frontier.png`` shows).
 
 Reads each run's ``metrics.csv`` (written at every heatmap step on the validation images, see
-:mod:`cam_mnist.train`) and ``config.json``; writes the plot and a CSV of every run's newest row.
+:mod:`cam_mnist.train.trainer`) and ``config.json``; writes the plot and a CSV of every run's newest row.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from cam_mnist.commands.common import command_parser
 from cam_mnist.config import load_run
 from cam_mnist.core.errors import DataError
 from cam_mnist.core.runs import RunFolder
+from cam_mnist.reports import evaluate
 
-# What a design must reach (issue "The map must find the digit"), drawn as dashed lines.
+# The targets a design is read against (docs/experiments.md), drawn as dashed lines.
 TARGETS = {"val_accuracy": 0.985, "val_loc_tau": 0.90, "val_loc_20": 0.80}
 PANELS = [  # (metrics.csv column, title, y range: the first steps of every run lie below it)
     ("val_accuracy", "validation accuracy", (0.9, 1.0)),
@@ -32,7 +33,6 @@ def design(config) -> str:
 
 
 def run(args) -> None:
-    from cam_mnist.reports import evaluate
     from cam_mnist.viz import plotting
 
     series, table = {}, []
@@ -48,7 +48,7 @@ def run(args) -> None:
             | {k: rows[-1][k] for k in FIELDS if k in rows[-1]}
         )
     out = Path(args.out)
-    plotting.frontier(out, series, PANELS, TARGETS, "minutes of training (2-core CPU)")
+    plotting.frontier(out, series, PANELS, TARGETS, "minutes of training")
     text = io.StringIO()
     writer = csv.DictWriter(text, FIELDS, lineterminator="\n")
     writer.writeheader()

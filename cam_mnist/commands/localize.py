@@ -1,20 +1,26 @@
 """``python -m cam_mnist localize``: how well each explanation method finds the digit, on the whole test split.
-The work is :func:`cam_mnist.localize.localize`; this module is its arguments."""
+The work is :func:`cam_mnist.reports.localize.localize`; this module is its arguments."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from cam_mnist.commands.common import check_scoring, command_parser
+from cam_mnist.core.lock import writing
+from cam_mnist.core.runs import run_dir_or_latest
 from cam_mnist.maps.registry import METHODS
-from cam_mnist.reports.localize import FAITHFUL_IMAGES, GALLERY, SANITY_IMAGES, SANITY_SLOW_IMAGES, SLOW_IMAGES
+from cam_mnist.reports.localize import (
+    FAITHFUL_IMAGES,
+    GALLERY,
+    SANITY_IMAGES,
+    SANITY_SLOW_IMAGES,
+    SLOW_IMAGES,
+    localize,
+)
+from cam_mnist.reports.sanity import figure_from_run
 
 
 def run(args) -> None:
-    from cam_mnist.core.lock import writing
-    from cam_mnist.core.runs import run_dir_or_latest
-    from cam_mnist.reports.localize import localize
-
     run_dir = run_dir_or_latest(args.run_dir)  # a run with a checkpoint: check_scoring said so
     options = {
         key: getattr(args, key)
@@ -63,9 +69,6 @@ def add_parser(commands) -> None:
 
 
 def randomization_figure(args) -> None:
-    from cam_mnist.core.runs import run_dir_or_latest
-    from cam_mnist.reports.sanity import figure_from_run
-
     print(f"-> {figure_from_run(run_dir_or_latest(args.run_dir), Path(args.out))}")
 
 

@@ -3,7 +3,7 @@
 The CAM paper's protocol (Zhou et al. 2016, §3.1): keep the pixels above 20% of the map's maximum, box the largest
 connected component; a box is correct when its IoU with the true box is at least 0.5. wsolevaluation's MaxBoxAccV2
 (Choe et al. 2020) instead boxes every component and counts an image at its best box (:func:`component_ious`).
-Boxes are (y0, x0, y1, x1), half-open, as in :mod:`cam_mnist.data`.
+Boxes are (y0, x0, y1, x1), half-open, as in :mod:`cam_mnist.data.splits`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from cam_mnist.config import DataConfig
 from cam_mnist.core.boxes import tight_boxes
 from cam_mnist.core.errors import UserError
 
@@ -42,20 +43,15 @@ class Draws:
 
 
 def draw(
-    rng: np.random.Generator,
-    labels: np.ndarray,
-    n: int,
-    canvas: int,
-    distractors: int,
-    size: int,
-    digits: int = 1,
-    digit_index: np.ndarray | None = None,
+    rng: np.random.Generator, labels: np.ndarray, n: int, config: DataConfig, digit_index: np.ndarray | None = None
 ) -> Draws:
-    """Draw everything random about ``n`` images from ``rng``.
+    """Draw everything random about ``n`` images of ``config``'s clutter (canvas, distractors and their size,
+    digits per image) from ``rng``.
 
     ``digit_index`` (N, K) fixes which pool digits are placed (e.g. one test image per test digit); otherwise they
     are drawn. With K > 1 the digits of an image have distinct classes and non-overlapping 28x28 squares.
     """
+    canvas, distractors, size, digits = config.canvas, config.distractors, config.distractor_size, config.digits
     pool = len(labels)
     if digit_index is None:
         digit_index = rng.integers(0, pool, (n, digits))

@@ -88,6 +88,7 @@ def generate(
     config: DataConfig,
     rng: np.random.Generator,
     n: int | None = None,
+    *,
     digit_index: np.ndarray | None = None,
     with_masks: bool = True,
     name: str = "",
@@ -96,15 +97,14 @@ def generate(
     """Generate ``n`` images (or one per entry of ``digit_index``) from the MNIST ``digits`` of one split."""
     if digit_index is not None:
         n = len(digit_index)
-    draws = clutter.draw(
-        rng, digits.labels, n, config.canvas, config.distractors, config.distractor_size, config.digits, digit_index
-    )
-    return _split_of(digits, draws, config, with_masks, name, source_split)
+    draws = clutter.draw(rng, digits.labels, n, config, digit_index)
+    return _split_of(digits, draws, config, with_masks=with_masks, name=name, source_split=source_split)
 
 
 def _split_of(
-    digits: Digits, draws: clutter.Draws, config: DataConfig, with_masks, name, source_split, pool_boxes=None
-) -> Split:
+    digits: Digits, draws: clutter.Draws, config: DataConfig, *, with_masks: bool, name: str, source_split: str,
+    pool_boxes=None,
+) -> Split:  # fmt: skip
     """The images and ground truth that ``draws`` describe (``pool_boxes``: the digits' own boxes, if known)."""
     n = len(draws.digit_index)
     images = clutter.compose(digits.images, draws, config.canvas, config.distractor_size)
@@ -183,9 +183,7 @@ class TrainEpoch:
         if config.digits > 1:
             index = np.concatenate([index[:, None], np.zeros((n, config.digits - 1), int)], 1)
         c = config
-        self.draws = clutter.draw(
-            rng, self.pool.labels, n, c.canvas, c.distractors, c.distractor_size, c.digits, digit_index=index
-        )
+        self.draws = clutter.draw(rng, self.pool.labels, n, c, digit_index=index)
         # Hide-and-seek draws from its own stream, so turning it on leaves every other draw of the seed as it was.
         self.hiding = None
         if c.hide_patch and (c.hide_epochs == 0 or epoch < c.hide_epochs):
@@ -199,7 +197,9 @@ class TrainEpoch:
     def rows(self, index, with_masks: bool = False) -> Split:
         """The images ``index`` (a slice or indices) of the epoch, with their ground truth."""
         c, draws = self.config, self.draws.take(index)
-        split = _split_of(self.pool, draws, c, with_masks, "train", "train", self.pool_boxes)
+        split = _split_of(
+            self.pool, draws, c, with_masks=with_masks, name="train", source_split="train", pool_boxes=self.pool_boxes
+        )
         if self.hiding is not None:
             split = dataclasses.replace(split, images=clutter.hide(split.images, c.hide_patch, self.hiding.take(index)))
         return split

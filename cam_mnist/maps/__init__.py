@@ -3,10 +3,12 @@ and the segmentation a map seeds. :func:`explain` is the entry point (loaded on 
 
 import importlib
 
-_EXPLAIN = ("explain", "get_method", "forget", "candidate_layers", "METHODS", "Explanation", "BaseCAM", "CAM", "GradCAM",
-            "GradCAMPlusPlus", "LayerCAM", "HiResCAM", "XGradCAM", "EigenCAM", "AblationCAM", "ScoreCAM",
-            "GuidedBackprop", "GuidedGradCAM", "Occlusion", "SmoothGrad", "IntegratedGradients", "RISE")
-_LAZY = dict.fromkeys(_EXPLAIN, "cam_mnist.maps.explain")
+_EXPLAIN = (
+    *("explain", "get_method", "forget", "candidate_layers", "METHODS", "Explanation", "BaseCAM"),
+    *("CAM", "GradCAM", "GradCAMPlusPlus", "LayerCAM", "HiResCAM", "XGradCAM", "EigenCAM", "AblationCAM"),
+    *("ScoreCAM", "GuidedBackprop", "GuidedGradCAM", "Occlusion", "SmoothGrad", "IntegratedGradients", "RISE"),
+)
+_LAZY = dict.fromkeys(_EXPLAIN, "cam_mnist.maps.explainer")
 _LAZY["segment"] = "cam_mnist.maps.segmentation"
 
 

@@ -7,7 +7,7 @@ For images x (B, H, W, C), a target layer with activations A (B, h, w, K) and ta
   4. signed map = sum_k weights_k * A^k (B, h, w); map = its ReLU, the "raw" map;
   5. bilinear upsampling to (H, W) and min-max normalisation per image to [0, 1].
 Steps 1-5 run in one ``tf.function`` over fixed-size batches (the last batch is padded), so only the first call
-traces and every later call is graph speed. The model may be nested in others: :mod:`cam_mnist.cams.graph` runs
+traces and every later call is graph speed. The model may be nested in others: :mod:`cam_mnist.maps.graph` runs
 its layers as one flat graph, reading its variables at every call.
 """
 
@@ -107,7 +107,7 @@ class Explanation(NamedTuple):
 
 class BaseCAM:
     """A map method bound to one model and layer. Subclasses override :meth:`channel_weights` (or, for maps that
-    are not channel-weighted sums, :meth:`signed_maps`). Their names live in :mod:`cam_mnist.registry` alone."""
+    are not channel-weighted sums, :meth:`signed_maps`). Their names live in :mod:`cam_mnist.maps.registry` alone."""
 
     needs_gradients = True
     default_batch_size = 128  # images per graph call; methods with many forward passes per image use fewer
@@ -116,6 +116,7 @@ class BaseCAM:
         self,
         model,
         layer=None,
+        *,
         use_softmax: bool = False,
         batch_size: int | None = None,
         smooth: int = 0,

@@ -1,4 +1,4 @@
-"""In any Keras 3 image classifier's flat graph (:mod:`cam_mnist.cams.graph`): the logits to explain, the layer's
+"""In any Keras 3 image classifier's flat graph (:mod:`cam_mnist.maps.graph`): the logits to explain, the layer's
 activations beside them, and the CAM weights of a GAP -> linear head."""
 
 from __future__ import annotations

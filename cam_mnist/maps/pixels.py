@@ -17,7 +17,7 @@ from cam_mnist.maps.methods import GradCAM
 class GuidedBackprop(BaseCAM):
     """Guided backpropagation. Springenberg et al. 2015, arXiv 1412.6806, §3.4: dy^c/dx with every ReLU's backward
     pass replaced by the guided rule (only positive gradients, at positive inputs). The model is not copied: its
-    own layers run with the guided rule after every ReLU (:func:`~cam_mnist.cams.graph.positive_gradient`), so the
+    own layers run with the guided rule after every ReLU (:func:`cam_mnist.maps.graph.positive_gradient`), so the
     maps follow the weights as they change. The map is the positive part of the input gradient,
     summed over channels."""
 

@@ -1,6 +1,6 @@
 """The explanation methods, written once: name, class, paper, what each needs and how many passes it makes.
 
-Everything that lists methods reads this table: :func:`cam_mnist.cams.explain` and ``get_method`` (the classes),
+Everything that lists methods reads this table: :func:`cam_mnist.maps.explain` and ``get_method`` (the classes),
 the command line's choices, ``localize`` (which methods are slow and scored on a subset), ``make bench`` and the
 README's methods table (``python -m cam_mnist methods`` prints it). It imports no TensorFlow, so the command
 line can build its parser without it; :meth:`MethodInfo.load` imports the class when a map is made.
@@ -18,7 +18,7 @@ from cam_mnist.core.tables import markdown_table
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
-    cls: str  # "module:Class" of its :class:`cam_mnist.cams.base.BaseCAM` subclass
+    cls: str  # "module:Class" of its :class:`cam_mnist.maps.base.BaseCAM` subclass
     paper: str
     needs: str  # what it reads of the model beyond one forward pass
     passes: str  # model passes per map

@@ -1,4 +1,4 @@
-"""`make bench`: speed measurements on this machine, written to bench/results.json and bench/results.md.
+"""`make bench`: speed measurements of the machine it runs on, written to bench/results.json and bench/results.md.
 
 1. float32 matmul peak (GFLOP/s) of this CPU through TensorFlow: the yardstick for the training numbers;
 2. training throughput (images/s) of each preset's network, and the share of that peak it reaches
@@ -12,7 +12,6 @@ Usage: python -m cam_mnist bench [--run-dir out/<run>] [--images 10000] [--slow-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -32,6 +31,8 @@ from cam_mnist.core.tables import markdown_table
 from cam_mnist.data.splits import load_split
 from cam_mnist.maps import get_method, registry
 from cam_mnist.model import build_model, logits_model
+from cam_mnist.reports import bench_memory
+from cam_mnist.reports.bench_memory import to_markdown as memory_markdown
 from cam_mnist.train.trainer import make_optimizer
 
 
@@ -47,16 +48,14 @@ def best_of(fn, repeats: int = 3) -> float:
 
 
 def matmul_peak(sizes=(1024, 2048, 4096)) -> float:
-    """The fastest float32 square matmul over a few sizes (GFLOP/s). One size alone read 151 and 218 GFLOP/s on
-    the same VM an hour apart, below what the seed's convolutions then reached, so the yardstick takes the best."""
+    """The fastest float32 square matmul over a few sizes (GFLOP/s): the yardstick of the training rows. One size
+    alone can read below what the convolutions reach on a machine whose speed drifts, so it takes the best."""
     best = 0.0
     for n in sizes:
         a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
         f = tf.function(lambda a=a, b=b: tf.reduce_sum(tf.linalg.matmul(a, b)))
         best = max(best, 2 * n**3 / best_of(lambda f=f: f().numpy(), 5) / 1e9)
     return best
-
-
 
 
 def forward_flops(model: keras.Model) -> float:
@@ -146,8 +145,8 @@ def _forward(model):
 
 def paired_rates(first, second, batches: list, repeats: int = 3) -> tuple[float, float]:
     """Images per second of two functions of one batch, timed in turn on each batch (which goes first alternates),
-    each batch's time the fastest of ``repeats``. Drift of the machine's speed (up to 40% within an hour here)
-    then falls on both alike, and their ratio is what one run can resolve."""
+    each batch's time the fastest of ``repeats``. Drift of the machine's speed then falls on both alike, and their
+    ratio is what one run can resolve."""
     for fn in (first, second):
         fn(batches[0])  # warm-up: traces
     best = np.full((2, len(batches)), np.inf)
@@ -292,27 +291,19 @@ def tf_keras_vis(model, images, n: int, batch: int = 128) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cam_mnist bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", help="trained run whose model.keras the CAM part uses (default: out/latest)")
-    parser.add_argument("--images", type=int, default=10_000, help="test images for the fast CAM methods")
-    parser.add_argument("--slow-images", type=int, default=200, help="test images for Score-CAM and occlusion")
-    parser.add_argument("--reference-images", type=int, default=2000, help="test images for tf-keras-vis")
-    parser.add_argument("--out", default="bench", help="folder for results.json and results.md")
-    parser.add_argument(
-        "--application",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also time MobileNetV2 (random weights, 224x224x3) nested in a Sequential",
-    )
-    parser.add_argument(
-        "--memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also measure the peak memory of train, localize and explain at two sizes (about 5 minutes)",
-    )
-    args = parser.parse_args(argv)
-
+def main(
+    run_dir: str | None = None,
+    *,
+    images: int = 10_000,
+    slow_images: int = 200,
+    reference_images: int = 2000,
+    out: str | Path = "bench",
+    application: bool = True,
+    memory: bool = True,
+) -> dict:
+    """Every measurement, written to ``out/results.json`` and ``out/results.md``: the machine, training throughput,
+    the maps of the run's model (``run_dir``, default out/latest) beside its forward pass and beside tf-keras-vis,
+    a nested keras.applications network (``application``) and peak memory at two sizes (``memory``)."""
     results = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -335,57 +326,56 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['share_of_matmul_peak']:.1%} of peak",
             flush=True,
         )
-
     try:
-        model_path = RunFolder(run_dir_or_latest(args.run_dir)).model
+        model_path = RunFolder(run_dir_or_latest(run_dir)).model
     except UserError:  # no run yet: the training numbers above still stand
-        model_path = RunFolder(args.run_dir or OUT / LATEST).model
+        model_path = RunFolder(run_dir or OUT / LATEST).model
     if model_path.exists():
-        model = keras.models.load_model(model_path)
-        run_config = cfg.RunConfig.load(RunFolder(model_path.parent).config)
-        images = load_split("test", run_config.data).float_images(slice(0, args.images))
-        print(f"CAM family on {model_path.resolve().parent.name} ({len(images)} test images):", flush=True)
-        results["cam_run"] = model_path.resolve().parent.name
-        results["forward_images_per_s"] = round(forward_rate(model, images), 1)
-        print(f"  {'forward pass':16s} {results['forward_images_per_s']:10.1f} images/s", flush=True)
-        results["cams"] = cam_family(model, images, args.slow_images, results["forward_images_per_s"])
-        # tf-keras-vis 0.8.7 cannot resize a bfloat16 map (scipy's zoom: "data type not supported"), so the two
-        # libraries are compared on the same weights computed in float32.
-        reference_model = model
-        if run_config.model.precision != "float32":
-            reference_model = build_model(
-                dataclasses.replace(run_config.model, precision="float32"), run_config.data.canvas
-            )
-            reference_model.set_weights(model.get_weights())
-        results["reference_precision"] = "float32"
-        results["reference"] = tf_keras_vis(reference_model, images, min(args.reference_images, len(images)))
-        theirs = {r["method"].split()[-1]: r for r in results["reference"]}
-        results["speedup"] = {
-            "gradcam_vs_tf_keras_vis_gradcam": round(
-                theirs["Gradcam"]["ours_maps_per_s"] / theirs["Gradcam"]["maps_per_s"], 1
-            ),
-            "gradcam++_vs_tf_keras_vis_gradcam++": round(
-                theirs["GradcamPlusPlus"]["ours_maps_per_s"] / theirs["GradcamPlusPlus"]["maps_per_s"], 1
-            ),
-        }
-        print(f"speed-ups: {results['speedup']}")
+        results |= run_maps(model_path, images, slow_images, reference_images)
     else:
         print(f"no trained model at {model_path}: CAM-family timings skipped (run `make train` first)")
-
-    if args.application:
+    if application:
         print("a keras.applications network, nested as users nest it:", flush=True)
         results["application"] = nested_application()
-    if args.memory and model_path.exists():
-        from cam_mnist.reports import bench_memory
-
+    if memory and model_path.exists():
         print("peak memory and wall time at two sizes of each command's work:", flush=True)
         results["memory"] = bench_memory.rows(model_path.parent)
-
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(to_markdown(results))
     print(f"-> {out / 'results.json'}, {out / 'results.md'}")
+    return results
+
+
+def run_maps(model_path: Path, images: int, slow_images: int, reference_images: int) -> dict:
+    """The maps of a trained run's model: every method beside the model's forward pass, and tf-keras-vis beside
+    ours on the same weights."""
+    model = keras.models.load_model(model_path)
+    run_config = cfg.RunConfig.load(RunFolder(model_path.parent).config)
+    x = load_split("test", run_config.data).float_images(slice(0, images))
+    print(f"CAM family on {model_path.resolve().parent.name} ({len(x)} test images):", flush=True)
+    results = {"cam_run": model_path.resolve().parent.name, "forward_images_per_s": round(forward_rate(model, x), 1)}
+    print(f"  {'forward pass':16s} {results['forward_images_per_s']:10.1f} images/s", flush=True)
+    results["cams"] = cam_family(model, x, slow_images, results["forward_images_per_s"])
+    # tf-keras-vis 0.8.7 cannot resize a bfloat16 map (scipy's zoom: "data type not supported"), so the two
+    # libraries are compared on the same weights computed in float32.
+    reference_model = model
+    if run_config.model.precision != "float32":
+        reference_model = build_model(
+            dataclasses.replace(run_config.model, precision="float32"), run_config.data.canvas
+        )
+        reference_model.set_weights(model.get_weights())
+    results["reference_precision"] = "float32"
+    results["reference"] = tf_keras_vis(reference_model, x, min(reference_images, len(x)))
+    theirs = {r["method"].split()[-1]: r for r in results["reference"]}
+    speedup = lambda name: round(theirs[name]["ours_maps_per_s"] / theirs[name]["maps_per_s"], 1)  # noqa: E731
+    results["speedup"] = {
+        "gradcam_vs_tf_keras_vis_gradcam": speedup("Gradcam"),
+        "gradcam++_vs_tf_keras_vis_gradcam++": speedup("GradcamPlusPlus"),
+    }
+    print(f"speed-ups: {results['speedup']}")
+    return results
 
 
 def to_markdown(r: dict) -> str:
@@ -399,8 +389,6 @@ def to_markdown(r: dict) -> str:
     if "cams" in r:
         parts += _maps_markdown(r)
     if "memory" in r:
-        from cam_mnist.reports.bench_memory import to_markdown as memory_markdown
-
         parts.append(memory_markdown(r["memory"]))
     if "application" in r:
         parts.append(_application_markdown(r["application"]))
@@ -417,7 +405,10 @@ def _training_markdown(training: list[dict]) -> str:
 def _maps_markdown(r: dict) -> list[str]:
     ours = markdown_table(
         ["method", "images", "maps/s", "forward pass beside it", "share of the forward rate"],
-        [[c["method"], c["images"], c["maps_per_s"], c["forward_beside"], f"{c['share_of_forward']:.0%}"] for c in r["cams"]],
+        [
+            [c["method"], c["images"], c["maps_per_s"], c["forward_beside"], f"{c['share_of_forward']:.0%}"]
+            for c in r["cams"]
+        ],
     )
     reference = markdown_table(
         ["method", "images", "tf-keras-vis maps/s", "ours maps/s", "speed-up", "correlation of the maps"],
@@ -445,9 +436,7 @@ def _application_markdown(a: dict) -> str:
     return (
         f"{a['model']}, batch {a['batch']}: maps per second beside that model's own forward pass "
         f"(Score-CAM: {score['channels']} channel passes per map, {score['pass_batch']} at a time):\n\n"
-        + markdown_table(["method", "layer", "images", "maps/s", "forward pass beside it", "share of the forward rate"], rows)
+        + markdown_table(
+            ["method", "layer", "images", "maps/s", "forward pass beside it", "share of the forward rate"], rows
+        )
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from cam_mnist.config import RunConfig
 from cam_mnist.core.runs import RunFolder
 from cam_mnist.core.tables import markdown_table
+from cam_mnist.data import splits as data
 
 # Runs a command and prints its peak RSS in kB: the parent's only child is the command.
 _MEASURE = (
@@ -71,10 +74,6 @@ def rows(run_dir: Path, data_dir: str = "data", sizes=(2000, 10_000), train_size
 
 def _pictures(folder: Path, run_dir: Path, data_dir: str, n: int) -> Path:
     """The first ``n`` test images of the run's clutter as PNG files."""
-    from PIL import Image
-
-    from cam_mnist.config import RunConfig
-    from cam_mnist.data import splits as data
 
     folder.mkdir()
     images = data.load_split("test", RunConfig.load(RunFolder(run_dir).config).data, Path(data_dir)).images

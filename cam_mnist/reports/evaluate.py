@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from tqdm import tqdm
+
 from cam_mnist.config import DataConfig, RunConfig, load_run
 from cam_mnist.core.errors import ArchitectureMismatch, CheckpointError, DataError
 from cam_mnist.core.runs import RunFolder
@@ -79,7 +81,6 @@ def evaluate_run(
 ) -> tuple[dict[int, dict], dict]:
     """Score every not-yet-scored checkpoint (or every ``every``-th one, and always the newest); returns all rows
     by step and the newest checkpoint's metrics."""
-    from tqdm import tqdm
 
     run_dir = Path(run_dir)
     config = load_run(run_dir)
@@ -101,7 +102,9 @@ def evaluate_run(
             log(f"skipping checkpoint: {e}")
             continue
         model.set_weights(state.model_weights)
-        metrics, rows[step] = score_checkpoint(model, predict, split, val, config.model.head, step, state.extras)
+        metrics, rows[step] = score_checkpoint(
+            model, predict, split, val, config.model.head, step=step, extras=state.extras
+        )
         final = (step, metrics)
         evaluated.append(step)
     if final is None:
@@ -110,7 +113,7 @@ def evaluate_run(
     return rows, {"step": final[0], **final[1], "settings": settings, "csv": path, "evaluated": evaluated}
 
 
-def score_checkpoint(model, predict, split: data.Split, val: data.Split, head: str, step: int, extras: dict):
+def score_checkpoint(model, predict, split: data.Split, val: data.Split, head: str, *, step: int, extras: dict):
     """The metrics of the model's current weights on ``split`` (tau chosen on ``val``), and their CSV row."""
     probs = predict_probs(predict, split)
     metrics = score(probs, split.labels, head)

@@ -3,23 +3,34 @@ library function behind ``python -m cam_mnist localize`` and ``eval --localize``
 
 :func:`localize` writes ``eval/localization.json``, ``eval/localization.md`` (methods x metrics),
 ``eval/localization_examples.png`` (each method's map and box beside the true box) and ``eval/iou_histogram.png``,
-and returns the record it wrote. The metrics themselves are :mod:`cam_mnist.localization` (arrays in, numbers out);
-this module runs the model over a run's checkpoint and the held-out splits and puts the numbers in tables.
+and returns the record it wrote. The metrics themselves are :mod:`cam_mnist.scoring.localization` (arrays in, numbers
+out); this module runs the model over a run's checkpoint and the held-out splits and puts the numbers in tables.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cam_mnist.core.runs import RunFolder
+from cam_mnist import maps
+from cam_mnist.core.boxes import IOU_CORRECT, boxes_from_maps
+from cam_mnist.core.runs import RunFolder, run_dir_or_latest
 from cam_mnist.core.tables import cell, metrics_markdown
+from cam_mnist.data.splits import Split
+from cam_mnist.maps import segmentation
 from cam_mnist.maps.registry import METHODS, info, method_names
-from cam_mnist.scoring import classification
+from cam_mnist.reports import evaluate
+from cam_mnist.reports import sanity as sanity_report
+from cam_mnist.reports.localize_digits import localize_digits
+from cam_mnist.scoring import classification, localization
+from cam_mnist.scoring import localization as loc
+from cam_mnist.scoring.tally import SegmentationTally, Tally, chunks
 from cam_mnist.train import checkpoint
+from cam_mnist.viz import gallery as failures
 
 # Several digits per image: the class-discriminative maps of the layer (the pixel-level ones barely change with
 # the class, a class-agnostic one not at all), and not the slow ones.
@@ -59,16 +70,15 @@ COLUMNS = [
 
 
 def score(
-    name: str, maps_of, split, m: int, cal: dict, correct, probs=None, predict=None, faithful=0, segmentation=None
+    name: str, maps_of, split, m: int, cal: dict, correct, *, probs=None, predict=None, faithful=0, segmentation=None
 ):
     """Every metric of one method (or baseline) on the first ``m`` test images, made and scored a chunk at a time
-    (:class:`cam_mnist.tally.Tally`): boxes at the paper's 20% and at the thresholds ``cal`` chosen on validation
-    maps of the same method (top-1 localization, MaxBoxAcc and MaxBoxAccV2 all take tau from validation, none from
-    test). ``maps_of(rows)`` gives (true-class maps, predicted-class maps or None) of the test images ``rows`` (a
-    slice); with the latter, faithfulness too. ``segmentation``: the thresholds (chosen on validation) of the
-    segmentation the maps seed, scored too. Returns the row, the first chunk's true-class maps, and the
+    (:class:`cam_mnist.scoring.tally.Tally`): boxes at the paper's 20% and at the thresholds ``cal`` chosen on
+    validation maps of the same method (top-1 localization, MaxBoxAcc and MaxBoxAccV2 all take tau from validation,
+    none from test). ``maps_of(rows)`` gives (true-class maps, predicted-class maps or None) of the test images
+    ``rows`` (a slice); with the latter, faithfulness too. ``segmentation``: the thresholds (chosen on validation) of
+    the segmentation the maps seed, scored too. Returns the row, the first chunk's true-class maps, and the
     segmentation's row (or None)."""
-    from cam_mnist.scoring.tally import SegmentationTally, Tally
 
     tally, first = Tally(cal, faithful=min(m, faithful)), None
     segments = None if segmentation is None else SegmentationTally(segmentation)
@@ -95,7 +105,6 @@ def score(
 def _scoring_chunks(m: int) -> list[slice]:
     """The first TWIN_CHECK images (the maps that identify a method), then chunks of the rest: each chunk's maps
     are made in explain's batches of 128 exactly where a single call over all the images made them."""
-    from cam_mnist.scoring.tally import chunks
 
     head = min(m, TWIN_CHECK)
     return [slice(0, head)] + [slice(head + r.start, head + r.stop) for r in chunks(m - head)]
@@ -112,9 +121,7 @@ def _same_maps(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...], atol: float
 
 def ceiling(split, val, grid: tuple[int, int]) -> list[tuple[str, object, dict]]:
     """The ideal-map rows: (name, maps of test images ``rows``, thresholds chosen on the validation ideal maps) for
-    the map's own grid, sharp and blurred (:func:`cam_mnist.localization.ideal_maps`)."""
-    from cam_mnist.scoring import localization as loc
-    from cam_mnist.scoring.tally import chunks
+    the map's own grid, sharp and blurred (:func:`cam_mnist.scoring.localization.ideal_maps`)."""
 
     rows = []
     for blur in (0.0, loc.IDEAL_BLUR_PX):
@@ -153,13 +160,11 @@ def localize(
         faithful_images: test images for the deletion / insertion curves.
         examples: test images in the examples figure.
         sanity_images, sanity_slow_images: test (and validation) images of the sanity checks
-            (:mod:`cam_mnist.sanity`) for the fast and the slow methods; 0: no sanity checks.
+            (:mod:`cam_mnist.scoring.sanity`) for the fast and the slow methods; 0: no sanity checks.
         random_labels_run: a run of the same network trained on permuted labels (``--preset random-labels``), for
             the data randomization test (default: ``random-labels`` beside the run, where it exists).
         gallery: the worst cases of each kind of failure drawn in ``eval/failures_*.png`` (0: none).
     """
-    from cam_mnist.core.runs import run_dir_or_latest
-    from cam_mnist.reports import evaluate
 
     for method in methods or []:
         info(method)  # refuses an unknown name, listing the known ones
@@ -168,24 +173,23 @@ def localize(
     settings, split = evaluate.split_for(config, data_dir)
     val = evaluate.validation_for(config, settings, data_dir)
     n = min(images or len(split), len(split))
-    common = (run_dir, state.step, model, predict, split, val, n)  # what both kinds of split are scored with
+    job = Job(
+        run_dir=run_dir, step=state.step, model=model, predict=predict, split=split, val=val, n=n,
+        slow_images=slow_images, faithful_images=faithful_images, examples=examples, log=log,
+    )  # fmt: skip
     if split.labels.ndim == 2:
-        from cam_mnist.reports.localize_digits import localize_digits
-
-        return localize_digits(*common, methods or DIGITS_DEFAULT, slow_images, examples, log, config.model.head)
+        return localize_digits(job, methods or DIGITS_DEFAULT, config.model.head)
     methods = methods or list(METHODS)
-    record, tables = _localize_one(*common, methods, slow_images, faithful_images, examples, log)
+    record, tables = _localize_one(job, methods)
     if sanity_images:
-        from cam_mnist.reports import sanity as sanity_report
-
         random_run = Path(random_labels_run) if random_labels_run else run_dir.parent / sanity_report.RANDOM_LABELS
-        checks = sanity_report.run(model, split, val, methods, sanity_images, sanity_slow_images, random_run, log)
+        checks = sanity_report.run(
+            model, split, val, methods, n_fast=sanity_images, n_slow=sanity_slow_images, random_run=random_run, log=log
+        )
         record |= checks
         tables.append(sanity_report.markdown(checks))
         sanity_report.figure(RunFolder(run_dir).eval / "randomization.png", checks, run_dir.name)
     if gallery:
-        from cam_mnist.viz import gallery as failures
-
         record["failures"] = failures.draw(model, split, record, run_dir, gallery)
     record.pop("probs"), record.pop("cam_iou")
     out, table = RunFolder(run_dir).eval, "\n\n".join(tables)
@@ -195,87 +199,149 @@ def localize(
     return {**record, "table": table}
 
 
-def _localize_one(
-    run_dir, step, model, predict, split, val, n, methods, slow_images, faithful_images, n_examples, log
-) -> dict:
+@dataclass
+class Job:
+    """What every method of one ``localize`` run is scored with: the run's model at one checkpoint, its test split
+    (the first ``n`` images) and validation split, and how many images each part takes."""
+
+    run_dir: Path
+    step: int
+    model: object
+    predict: object  # float images -> probabilities, batched
+    split: Split
+    val: Split
+    n: int
+    slow_images: int
+    faithful_images: int
+    examples: int  # images in the examples figure
+    log: object
+
+
+@dataclass
+class _Predictions:
+    """The model's answers on the job's first ``n`` test images, which every method's scores read."""
+
+    probs: np.ndarray  # (n, classes)
+    labels: np.ndarray  # (n,)
+    predicted: np.ndarray  # (n,)
+    correct: np.ndarray  # (n,) bool
+    wrong: np.ndarray  # indices of the wrong predictions
+
+    @classmethod
+    def of(cls, job: Job) -> _Predictions:
+        probs = classification.predict_probs(job.predict, job.split, job.n)
+        labels, predicted = job.split.labels[: job.n], probs.argmax(1)
+        return cls(probs, labels, predicted, predicted == labels, np.flatnonzero(predicted != labels))
+
+
+def _localize_one(job: Job, methods: list[str]) -> tuple[dict, list[str]]:
     """One digit per image: every metric of every method, the ceiling rows and the baselines. Maps are made and
     scored a chunk of images at a time, so memory does not grow with the number of images."""
-    from cam_mnist.core.boxes import boxes_from_maps
-    from cam_mnist.maps import explain, forget, get_method, segmentation
-    from cam_mnist.scoring import localization
-    from cam_mnist.scoring.tally import chunks
-    from cam_mnist.viz import plotting
 
-    probs = classification.predict_probs(predict, split, n)
-    labels, predicted = split.labels[:n], probs.argmax(1)
-    correct = predicted == labels
-    wrong = np.flatnonzero(~correct)
+    seen = _Predictions.of(job)
     rows, examples, scored, segmented, twin_segments = [], {}, [], [], {}
     for method in methods:
-        m = min(n, slow_images) if METHODS[method].slow else n
         began = time.perf_counter()
-        v = val.head(min(len(val), m))  # tau from this method's own maps of the validation images
-        val_maps = [explain(model, v.float_images(r), method, v.labels[r]) for r in chunks(len(v))]  # val_size maps
-        w = wrong[wrong < m]
-        wrong_maps = explain(model, split.float_images(w), method, predicted[w]) if len(w) else np.zeros((0, 1, 1))
-        # Twins (e.g. CAM, Grad-CAM and HiResCAM on a conv -> GAP -> linear model) are scored once. What
-        # identifies a method's maps: every validation map, every map of a wrong prediction's class and the first
-        # TWIN_CHECK true-class test maps, on a grid of every 4th pixel; a twin's other test maps are not made.
-        head = _scoring_chunks(m)[0]
-        first = explain(model, split.float_images(head), method, labels[head])
-        # (copies: a strided view would keep the whole chunk's maps alive until the end, one chunk per method)
-        thin = lambda x: np.ascontiguousarray(x[:, ::4, ::4])  # noqa: E731
-        fingerprint = (np.concatenate([thin(x) for x in val_maps]), thin(wrong_maps), thin(first))
-        twin = next((row for earlier, row in scored if _same_maps(earlier, fingerprint)), None)
-        if twin is not None:
-            cal = {"tau": twin["calibrated_threshold"], "v2": twin["v2_thresholds"]}
-            row = {**twin, "method": method, "same_maps_as": twin.get("same_maps_as", twin["method"])}
-            seg_row = twin_segments.get(twin["method"])
-            if seg_row is not None:
-                seg_row = {
-                    **seg_row,
-                    "method": f"{method} + segmentation",
-                    "same_maps_as": f"{row['same_maps_as']} + segmentation",
-                }
-        else:
-            cal = localization.calibrate_chunks(zip(val_maps, (v.boxes[r] for r in chunks(len(v))), strict=True))
-
-            def maps_of(r, method=method, head=head, first=first, w=w, wrong_maps=wrong_maps):
-                true = first if r == head else explain(model, split.float_images(r), method, labels[r])
-                own = true.copy()  # the predicted class's maps: the true class's wherever the prediction is right
-                inside = (w >= r.start) & (w < r.stop)
-                own[w[inside] - r.start] = wrong_maps[inside]
-                return true, own
-
-            seg = None
-            if not METHODS[method].slow:  # the segmentation its maps seed: thresholds chosen on validation
-                k = min(len(v), SEGMENTATION_CHOICE)
-                seg = segmentation.choose(v.float_images(slice(0, k)), val_maps[0][:k], v.masks[:k])
-            row, _, seg_row = score(method, maps_of, split, m, cal, correct, probs, predict, faithful_images, seg)
-            row["v2_thresholds"] = cal["v2"]
-            scored.append((fingerprint, row))
-            twin_segments[method] = seg_row
+        row, seg_row, first, tau = _method_row(job, seen, method, scored, twin_segments)
         row["seconds"] = round(time.perf_counter() - began, 1)
-        forget(model, method)  # its graphs: memory stays that of one method at a time, not of all fifteen
+        maps.forget(job.model, method)  # its graphs: memory stays that of one method at a time, not of all fifteen
         rows.append(row)
         if seg_row is not None:
             segmented.append({**seg_row, "seconds": 0.0})
-        examples[method] = (first[:n_examples].copy(), cal["tau"])
-        log(
-            f"  {method:20s} top-1 loc {row['top1_loc_calibrated']:.4f} at tau {cal['tau']:.2f} (from val), "
+        examples[method] = (first[: job.examples].copy(), tau)
+        job.log(
+            f"  {method:20s} top-1 loc {row['top1_loc_calibrated']:.4f} at tau {tau:.2f} (from val), "
             f"{row['top1_loc']:.4f} at 20%, peak in box {row['peak_in_box']:.4f}  ({row['seconds']}s)"
             + (f", the same maps as {row['same_maps_as']}" if "same_maps_as" in row else "")
         )
     rows += segmented  # each method's segmentation, after every method's own row
-    grid = tuple(get_method(model, "cam").layer.shape[1:3])  # the CAM layer's map, e.g. (25, 25)
+    grid = tuple(maps.get_method(job.model, "cam").layer.shape[1:3])  # the CAM layer's map, e.g. (25, 25)
+    rows += _reference_rows(job, seen, grid, examples)
+    _figures(job, rows, examples)
+    title = f"{job.run_dir.name}, step {job.step}, test accuracy {seen.correct.mean():.4f}"
+    tables = [metrics_markdown(rows, title, COLUMNS), per_class(rows, seen.labels, seen.correct)]
+    for r in rows:
+        r.pop("v2_thresholds", None)  # shown in maxboxacc_v2_tau_*
+    record = {
+        "run": job.run_dir.name,
+        "step": job.step,
+        "test_accuracy": float(seen.correct.mean()),
+        "images": job.n,
+        "validation_images": len(job.val),
+        "slow_images": min(job.n, job.slow_images),
+        "faithfulness_images": min(job.n, job.faithful_images),
+        "methods": [{k: v for k, v in r.items() if k not in ("iou", "iou_calibrated")} for r in rows],
+        "probs": seen.probs,  # for the failures' gallery; not written
+        "cam_iou": next((r["iou_calibrated"] for r in rows if r["method"] == "cam"), None),
+    }
+    return record, tables
+
+
+def _method_row(job: Job, seen: _Predictions, method: str, scored: list, twin_segments: dict):
+    """One method's row, its segmentation's row (or None), its first chunk's maps and its tau. Twins (e.g. CAM,
+    Grad-CAM and HiResCAM on a conv -> GAP -> linear model) are scored once: what identifies a method's maps is
+    every validation map, every map of a wrong prediction's class and the first TWIN_CHECK true-class test maps,
+    on a grid of every 4th pixel; a twin's other test maps are not made. ``scored`` and ``twin_segments`` collect
+    the methods scored so far."""
+
+    model, split = job.model, job.split
+    m = min(job.n, job.slow_images) if METHODS[method].slow else job.n
+    v = job.val.head(min(len(job.val), m))  # tau from this method's own maps of the validation images
+    val_maps = [maps.explain(model, v.float_images(r), method, v.labels[r]) for r in chunks(len(v))]  # val_size maps
+    w = seen.wrong[seen.wrong < m]
+    wrong_maps = (
+        maps.explain(model, split.float_images(w), method, seen.predicted[w]) if len(w) else np.zeros((0, 1, 1))
+    )
+    head = _scoring_chunks(m)[0]
+    first = maps.explain(model, split.float_images(head), method, seen.labels[head])
+    # (copies: a strided view would keep the whole chunk's maps alive until the end, one chunk per method)
+    thin = lambda x: np.ascontiguousarray(x[:, ::4, ::4])  # noqa: E731
+    fingerprint = (np.concatenate([thin(x) for x in val_maps]), thin(wrong_maps), thin(first))
+    twin = next((row for earlier, row in scored if _same_maps(earlier, fingerprint)), None)
+    if twin is not None:
+        row = {**twin, "method": method, "same_maps_as": twin.get("same_maps_as", twin["method"])}
+        seg_row = twin_segments.get(twin["method"])
+        if seg_row is not None:
+            same = f"{row['same_maps_as']} + segmentation"
+            seg_row = {**seg_row, "method": f"{method} + segmentation", "same_maps_as": same}
+        return row, seg_row, first, twin["calibrated_threshold"]
+    cal = localization.calibrate_chunks(zip(val_maps, (v.boxes[r] for r in chunks(len(v))), strict=True))
+
+    def maps_of(r):
+        true = first if r == head else maps.explain(model, split.float_images(r), method, seen.labels[r])
+        own = true.copy()  # the predicted class's maps: the true class's wherever the prediction is right
+        inside = (w >= r.start) & (w < r.stop)
+        own[w[inside] - r.start] = wrong_maps[inside]
+        return true, own
+
+    seg = None
+    if not METHODS[method].slow:  # the segmentation its maps seed: thresholds chosen on validation
+        k = min(len(v), SEGMENTATION_CHOICE)
+        seg = segmentation.choose(v.float_images(slice(0, k)), val_maps[0][:k], v.masks[:k])
+    faithful = {"probs": seen.probs, "predict": job.predict, "faithful": job.faithful_images}
+    row, _, seg_row = score(method, maps_of, split, m, cal, seen.correct, **faithful, segmentation=seg)
+    row["v2_thresholds"] = cal["v2"]
+    scored.append((fingerprint, row))
+    twin_segments[method] = seg_row
+    return row, seg_row, first, cal["tau"]
+
+
+def _reference_rows(job: Job, seen: _Predictions, grid: tuple[int, int], examples: dict) -> list[dict]:
+    """The rows every method is read against: the ideal maps of the model's grid (the ceiling) and the baselines
+    (a centre box, the whole image, a random map); their first maps go into ``examples``."""
+
+    split, val, n = job.split, job.val, job.n
+    rows = []
     for name, maps_of, cal in ceiling(split, val, grid):
-        row, first, _ = score(name, maps_of, split, n, cal, correct)
+        row, first, _ = score(name, maps_of, split, n, cal, seen.correct)
         rows.append({**row, "seconds": 0.0})
-        examples[name] = (first[:n_examples].copy(), cal["tau"])
+        examples[name] = (first[: job.examples].copy(), cal["tau"])
     for kind in BASELINES:
-        make = lambda r, kind=kind: localization.baseline_maps(
-            kind, split.boxes[:n], (n, *split.masks.shape[1:]), rows=r
-        )  # noqa: E731
+        make = (
+            lambda r, kind=kind: localization.baseline_maps(  # noqa: E731
+                kind, split.boxes[:n], (n, *split.masks.shape[1:]), rows=r
+            )
+        )
         val_rows = (
             (localization.baseline_maps(kind, val.boxes, val.masks.shape, rows=r), val.boxes[r])
             for r in chunks(len(val))
@@ -286,47 +352,36 @@ def _localize_one(
         # the image times 1 is the image (no drop), and it ranks no pixel above another.
         own = kind == FAITHFULNESS_BASELINE
         maps_of = lambda r, make=make, own=own: (make(r), make(r) if own else None)  # noqa: E731
-        row, first, _ = score(f"baseline: {kind}", maps_of, split, n, cal, correct, probs, predict, faithful_images)
+        faithful = {"probs": seen.probs, "predict": job.predict, "faithful": job.faithful_images}
+        row, first, _ = score(f"baseline: {kind}", maps_of, split, n, cal, seen.correct, **faithful)
         rows.append({**row, "seconds": 0.0})
-        examples[f"baseline: {kind}"] = (first[:n_examples].copy(), cal["tau"])
+        examples[f"baseline: {kind}"] = (first[: job.examples].copy(), cal["tau"])
+    return rows
 
-    out = RunFolder(run_dir).eval
+
+def _figures(job: Job, rows: list[dict], examples: dict) -> None:
+    """``eval/iou_histogram.png`` and ``eval/localization_examples.png``."""
+    from cam_mnist.viz import plotting
+
+    out = RunFolder(job.run_dir).eval
     out.mkdir(exist_ok=True)
     plotting.histograms(
         out / "iou_histogram.png",
         {r["method"]: r["iou"] for r in rows if "iou" in r},  # the maps' own boxes, not the segmentations'
         "IoU with the true box",
-        f"{run_dir.name}, step {step}: IoU of the 20%-threshold box (true class)",
+        f"{job.run_dir.name}, step {job.step}: IoU of the 20%-threshold box (true class)",
     )
     plotting.method_grid(
         out / "localization_examples.png",
-        split.images[:n_examples],
-        split.boxes[:n_examples],
+        job.split.images[: job.examples],
+        job.split.boxes[: job.examples],
         {name: (maps, boxes_from_maps(maps, tau)) for name, (maps, tau) in examples.items()},
     )
-    table = metrics_markdown(rows, f"{run_dir.name}, step {step}, test accuracy {correct.mean():.4f}", COLUMNS)
-    tables = [table, per_class(rows, labels, correct)]
-    for r in rows:
-        r.pop("v2_thresholds", None)  # shown in maxboxacc_v2_tau_*
-    record = {
-        "run": run_dir.name,
-        "step": step,
-        "test_accuracy": float(correct.mean()),
-        "images": n,
-        "validation_images": len(val),
-        "slow_images": min(n, slow_images),
-        "faithfulness_images": min(n, faithful_images),
-        "methods": [{k: v for k, v in r.items() if k not in ("iou", "iou_calibrated")} for r in rows],
-        "probs": probs,  # for the failures' gallery; not written
-        "cam_iou": next((r["iou_calibrated"] for r in rows if r["method"] == "cam"), None),
-    }
-    return record, tables
 
 
 def per_class(rows: list[dict], labels: np.ndarray, correct: np.ndarray) -> str:
     """Top-1 and GT-known localization (tau from validation) of each digit class, into each row
     (``per_class_top1_loc``, ``per_class_gt_known_loc``); returns the top-1 table: where the maps fail."""
-    from cam_mnist.core.boxes import IOU_CORRECT
 
     classes = np.unique(labels)
     lines = [

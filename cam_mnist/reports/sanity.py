@@ -1,5 +1,5 @@
-"""``localize``'s sanity checks (:mod:`cam_mnist.sanity`, Adebayo et al. 2018) on a trained run: run on a few test
-images, put in tables beside localization, and drawn (similarity against stage, one line per method).
+"""``localize``'s sanity checks (:mod:`cam_mnist.scoring.sanity`, Adebayo et al. 2018) on a trained run: run on a few
+test images, put in tables beside localization, and drawn (similarity against stage, one line per method).
 
 The mark a method gets: it **depends on the model** when, with every block above the first conv re-initialised,
 its maps no longer box the digits (GT-known localization below half the trained model's) and no longer rank the
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cam_mnist.core.errors import DataError
 from cam_mnist.core.runs import RunFolder
 from cam_mnist.core.tables import markdown_table
 from cam_mnist.maps.registry import METHODS
@@ -23,7 +24,7 @@ RANDOM_LABELS = "random-labels"  # the run beside the scored one that data rando
 LEFT_SHARE, RANK_BOUND = 0.5, 0.5  # the mark's bounds (module doc)
 
 
-def run(model, split, val, methods, n_fast: int, n_slow: int, random_run: Path, log=print) -> dict:
+def run(model, split, val, methods, *, n_fast: int, n_slow: int, random_run: Path, log=print) -> dict:
     """The sanity checks of ``methods`` on the first test and validation images (``n_slow`` for the slow ones)."""
     from cam_mnist.scoring import sanity
 
@@ -142,7 +143,6 @@ def figure(path: Path, checks: dict, title: str) -> None:
 
 def figure_from_run(run_dir: Path, out: Path) -> Path:
     """The figure of a run whose ``localize`` ran the sanity checks (``eval/localization.json``)."""
-    from cam_mnist.core.errors import DataError
 
     path = RunFolder(run_dir).eval / "localization.json"
     record = json.loads(path.read_text()) if path.exists() else {}

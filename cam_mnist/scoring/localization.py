@@ -31,7 +31,7 @@ V2_DELTAS = (0.3, 0.5, 0.7)  # MaxBoxAccV2's IoU thresholds delta (Choe et al. 2
 
 def box_ious_by_threshold(maps: np.ndarray, true_boxes: np.ndarray, thresholds) -> dict[float, tuple]:
     """{threshold: ((N,) IoU of the largest component's box, (N,) best IoU over every component's box)}, both from
-    one labelling of the N maps per threshold (:func:`cam_mnist.boxes.component_ious`)."""
+    one labelling of the N maps per threshold (:func:`cam_mnist.core.boxes.component_ious`)."""
     maps = np.asarray(maps, np.float32)
     return _by_threshold(lambda t: bx.component_ious(bx.keep_above(maps, t), true_boxes), thresholds)
 
@@ -232,6 +232,7 @@ def deletion_insertion(
     images: np.ndarray,
     maps: np.ndarray,
     targets: np.ndarray,
+    *,
     steps: int = 20,
     blur_sigma: float = 5.0,
     probs: np.ndarray | None = None,

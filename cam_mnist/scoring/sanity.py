@@ -18,7 +18,11 @@ import keras
 import numpy as np
 from scipy import stats
 
+from cam_mnist import maps
+from cam_mnist.core import boxes as bx
 from cam_mnist.core.errors import UserError
+from cam_mnist.maps import segmentation
+from cam_mnist.scoring import localization
 
 
 def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
@@ -101,19 +105,15 @@ def similarity(maps: np.ndarray, signed: np.ndarray, maps_b: np.ndarray, signed_
 # ---------------------------------------------------------------------------------------------- the checks, run
 def _explained(model, method: str, images: np.ndarray, targets: np.ndarray):
     """(maps (N, H, W) in [0, 1], signed maps (N, H, W)) of ``method`` on ``model``."""
-    from cam_mnist.maps import get_method
 
-    result = get_method(model, method).explain(images, targets, signed=True)
+    result = maps.get_method(model, method).explain(images, targets, signed=True)
     return result.maps, result.signed
 
 
 def _gt_known(model, method, maps, test, val, segmented: bool) -> dict:
     """GT-known localization of the method's true-class ``maps`` of ``test`` (images, labels, boxes, masks) at the
     threshold chosen on its maps of ``val``, with that threshold; with ``segmented``, also that of the segmentation
-    the maps seed (:mod:`cam_mnist.segmentation`, its thresholds chosen again on ``val``)."""
-    from cam_mnist.core import boxes as bx
-    from cam_mnist.maps import segmentation
-    from cam_mnist.scoring import localization
+    the maps seed (:mod:`cam_mnist.maps.segmentation`, its thresholds chosen again on ``val``)."""
 
     val_maps = _explained(model, method, val[0], val[1])[0]
     tau = localization.choose_threshold(val_maps, val[2])
@@ -124,13 +124,13 @@ def _gt_known(model, method, maps, test, val, segmented: bool) -> dict:
     return out
 
 
-def model_randomization(model, methods: dict[str, int], test, val, segmented=(), seed: int = 0, log=print) -> dict:
+def model_randomization(model, methods: dict[str, int], test, val, *, segmented=(), seed: int = 0, log=print) -> dict:
     """The cascading model-parameter randomization test for every method, on a copy of ``model``.
 
     Args:
         methods: {method: images}: how many of the test and validation images each method is checked on.
         test, val: (images (N, H, W, C), labels (N,), boxes (N, 4), masks (N, H, W)) of test and validation images.
-        segmented: the methods whose segmentation (:mod:`cam_mnist.segmentation`) is checked too.
+        segmented: the methods whose segmentation (:mod:`cam_mnist.maps.segmentation`) is checked too.
 
     Returns {method: [stage, ...]}, each stage a dict: ``randomized`` (the blocks re-initialised so far, the top
     first; none for the trained model), the maps' similarity to the trained model's (:func:`similarity`) and the

@@ -1,6 +1,6 @@
 """Every localization metric of one set of maps, accumulated chunk by chunk, so memory is flat in the number of
 images: per image only a few numbers are kept (IoUs at the thresholds asked, hits, drops), per set a histogram of
-map values for pixel AP. Arrays in, numbers out; the metrics themselves are :mod:`cam_mnist.localization`'s.
+map values for pixel AP. Arrays in, numbers out; the metrics themselves are :mod:`cam_mnist.scoring.localization`'s.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from cam_mnist.core import boxes as bx
+from cam_mnist.maps.segmentation import segment
 from cam_mnist.scoring import localization as loc
 
 CHUNK = 512  # images whose maps are made and scored at once: 20 MB of 100x100 maps (a multiple of explain's batch)
@@ -22,7 +23,7 @@ class Tally:
     """One method's maps of N test images, scored as they come (:meth:`add`), summed up by :meth:`result`.
 
     Args:
-        cal: the thresholds chosen on validation (:func:`cam_mnist.localization.calibrate`): ``tau`` for the CAM
+        cal: the thresholds chosen on validation (:func:`cam_mnist.scoring.localization.calibrate`): ``tau`` for the CAM
             paper's box, ``v2`` {delta: tau} for MaxBoxAccV2. The paper's 20% is always scored too.
         faithful: how many of the first images the deletion / insertion curves use (0: no faithfulness).
     """
@@ -71,8 +72,8 @@ class Tally:
         return np.concatenate(self.largest[threshold])
 
     def result(self, correct: np.ndarray, predict=None) -> dict:
-        """Every metric, as :func:`cam_mnist.localization.box_metrics` and its siblings name them, with the per-image
-        IoU at 20% under ``"iou"``. ``correct`` (n,): whether each image's class was predicted right."""
+        """Every metric, as :func:`cam_mnist.scoring.localization.box_metrics` and its siblings name them, with the
+        per-image IoU at 20% under ``"iou"``. ``correct`` (n,): whether each image's class was predicted right."""
         at_20 = self.ious(bx.PAPER_THRESHOLD)
         hit = at_20 >= bx.IOU_CORRECT
         hit_tau = self.ious(self.cal["tau"]) >= bx.IOU_CORRECT
@@ -109,7 +110,7 @@ class Tally:
 
 
 class SegmentationTally:
-    """The segmentations seeded by one method's maps (:func:`cam_mnist.segmentation.segment` with the thresholds
+    """The segmentations seeded by one method's maps (:func:`cam_mnist.maps.segmentation.segment` with the thresholds
     ``params`` chosen on validation), scored as they come: the tight box of the segmented pixels against the
     digit's box, the mask against the digit's mask, and pixel AP of the map kept on the segmented pixels."""
 
@@ -119,8 +120,6 @@ class SegmentationTally:
         self.positives, self.totals = np.zeros(loc.AP_BINS, np.int64), np.zeros(loc.AP_BINS, np.int64)
 
     def add(self, images, maps, boxes, masks) -> None:
-        from cam_mnist.maps.segmentation import segment
-
         found = segment(images, maps, self.method, **self.params)
         self.box_iou.append(bx.iou(bx.tight_boxes(found), boxes))
         self.mask_iou.append(bx.mask_iou(found, masks))

@@ -5,7 +5,7 @@
                       tensorboard="out/tb")
     model.fit(x, y, callbacks=[cam])
 
-It draws the same pictures as a training run's panel (:mod:`cam_mnist.panel`): per image the map of the true
+It draws the same pictures as a training run's panel (:mod:`cam_mnist.viz.panel`): per image the map of the true
 class and of the predicted class (of the predicted class alone without labels), the true box in white and the map's
 box in magenta with their IoU when boxes are given. They go to ``folder`` (``img_XX/step_N.png``, ``grid/``, an
 ``evolution.gif`` per image and the viewer ``index.html`` at the end of ``fit``) and/or, as the image ``cam/<method>``,
@@ -51,6 +51,7 @@ class CAMCallback(keras.callbacks.Callback):
         images,
         labels=None,
         boxes=None,
+        *,
         method: str = "gradcam",
         layer: str | None = None,
         every_n_batches: int | None = None,
@@ -85,7 +86,7 @@ class CAMCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         # Built here, where the model is known: a model without a 4-D layer is refused before the first batch.
         self._panel = panel.Panel(
-            self.model, self.images, self.labels, self.boxes, self.method, self.layer, **self.options
+            self.model, self.images, self.labels, self.boxes, method=self.method, layer=self.layer, **self.options
         )
         self._events = EventLog(self.tensorboard) if self.tensorboard is not None else None
         self._step = int(np.asarray(self.model.optimizer.iterations))

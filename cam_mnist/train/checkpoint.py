@@ -2,7 +2,7 @@
 
 A checkpoint ``checkpoints/step_0000400.npz`` holds the model weights (batch-norm statistics included), every
 optimizer variable (its step counter, Adam's moments), the training-loss accumulator and the elapsed time. The data
-order needs no state: each epoch's images are a pure function of (seed, epoch) (see :mod:`cam_mnist.data`).
+order needs no state: each epoch's images are a pure function of (seed, epoch) (see :mod:`cam_mnist.data.splits`).
 
 Files are written under a temporary name and renamed, so a crash leaves either the old set or the new file, never
 half of one. Reading checks every member's CRC, so a truncated or corrupted file is reported and skipped.

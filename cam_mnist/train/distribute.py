@@ -1,7 +1,7 @@
 """``tf.distribute`` for training: one step function for one device, all local GPUs, or several machines.
 
-The training step (:mod:`cam_mnist.train`) runs under a strategy. With ``default`` that is TensorFlow's own no-op
-strategy, and the step is exactly the single-device one. With ``mirrored`` (``tf.distribute.MirroredStrategy``:
+The training step (:mod:`cam_mnist.train.trainer`) runs under a strategy. With ``default`` that is TensorFlow's own
+no-op strategy, and the step is exactly the single-device one. With ``mirrored`` (``tf.distribute.MirroredStrategy``:
 all local GPUs, or the ``devices`` named) and ``multiworker`` (``MultiWorkerMirroredStrategy``, its cluster read
 from ``TF_CONFIG``), each replica takes its slice of the global batch, and:
 

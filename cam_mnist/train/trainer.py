@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from cam_mnist.config import RunConfig, TrainConfig
 from cam_mnist.core.atomic import atomic_write_bytes
@@ -24,7 +25,7 @@ from cam_mnist.core.errors import UserError
 from cam_mnist.core.runs import RunFolder
 from cam_mnist.core.tables import read_csv_rows, write_csv_rows
 from cam_mnist.data.splits import TrainEpoch, TrainingData
-from cam_mnist.model import LOGITS, NUM_CLASSES, batched
+from cam_mnist.model import LOGITS, NUM_CLASSES, batched, build_model, logits_model
 from cam_mnist.scoring.cam_localization import cam_localization, validation_threshold
 from cam_mnist.scoring.classification import multi_hot, predict_probs, score
 from cam_mnist.train import checkpoint, distribute
@@ -86,11 +87,9 @@ class _StopFlag:
             signal.signal(s, previous)
 
 
-
-
 class Trainer:
     """One run: model, optimizer, data and the files of ``run_dir``, on the devices of a ``tf.distribute``
-    strategy (:mod:`cam_mnist.distribute`: ``default``, ``mirrored`` over ``devices``, or ``multiworker``)."""
+    strategy (:mod:`cam_mnist.train.distribute`: ``default``, ``mirrored`` over ``devices``, or ``multiworker``)."""
 
     def __init__(
         self,
@@ -126,8 +125,6 @@ class Trainer:
     def _build(self, synchronized_bn: bool) -> None:
         """The model and its optimizer, their variables mirrored on every replica."""
         import tensorflow as tf
-
-        from cam_mnist.model import build_model
 
         config = self.config
         with self.strategy.scope():
@@ -171,8 +168,6 @@ class Trainer:
         """The compiled step: every replica's gradients applied at once, the gauge fixed, and whether any worker
         was asked to stop."""
         import tensorflow as tf
-
-        from cam_mnist.model import logits_model
 
         batch_size, strategy = self.config.train.batch_size, self.strategy
         logits, loss_fn, variables = logits_model(self.model), self._loss(), self.model.trainable_variables
@@ -384,6 +379,4 @@ class Trainer:
 
 
 def _progress(enabled: bool, start: int, total: int):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.05)

@@ -1,4 +1,4 @@
-"""The fixed panel of images whose maps a training run (or :class:`cam_mnist.callbacks.CAMCallback`) draws as the
+"""The fixed panel of images whose maps a training run (or :class:`cam_mnist.train.callbacks.CAMCallback`) draws as the
 weights change.
 
 For each panel image and step: ``heatmaps/img_03/step_0000400.png`` shows the CAM of the *true* class and of the
@@ -6,7 +6,7 @@ For each panel image and step: ``heatmaps/img_03/step_0000400.png`` shows the CA
 class), each with the digit's true box in white, the map's own box in magenta (the largest connected region above
 the threshold tau chosen on validation at that step) and their IoU in its caption; ``heatmaps/grid/
 step_0000400.png`` puts all panel images on one page and ``step_0000400.json`` beside it holds each caption's
-numbers for the viewer (:mod:`cam_mnist.viewer`). At the end of the run each image gets ``evolution.gif``.
+numbers for the viewer (:mod:`cam_mnist.viz.viewer`). At the end of the run each image gets ``evolution.gif``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from cam_mnist import maps
 from cam_mnist.core.atomic import atomic_write_bytes
 from cam_mnist.core.boxes import boxes_from_maps, iou
+from cam_mnist.core.errors import DataError
 from cam_mnist.core.runs import RunFolder
 from cam_mnist.data.splits import Split
 from cam_mnist.maps.segmentation import segment
@@ -45,21 +48,19 @@ class Panel:
             :func:`displayable` of ``images``).
         labels: (P,) true classes, (P, K) for K digits per image, or None (the predicted class only).
         boxes: (P, 4) true boxes (y0, x0, y1, x1), (P, K, 4), or None (no IoU).
-        method: the map's method name (:mod:`cam_mnist.registry`); ``options`` go to it (e.g. ``smooth=2``).
+        method: the map's method name (:mod:`cam_mnist.maps.registry`); ``options`` go to it (e.g. ``smooth=2``).
     """
 
     def __init__(
-        self, model, images, labels=None, boxes=None, method="cam", layer=None, shown=None, segment=False, **options
+        self, model, images, labels=None, boxes=None, *, method="cam", layer=None, shown=None, segment=False, **options
     ):
-        from cam_mnist.maps import get_method
-
         self.model, self.images = model, np.asarray(images, np.float32)
         self.shown = displayable(images) if shown is None else shown
         self.labels = None if labels is None else np.asarray(labels)
         self.boxes = None if boxes is None else np.asarray(boxes)
         self.segment = segment  # outline the segmentation each map seeds (cam_mnist.segmentation; light-on-dark images)
         # traced once; reads the current weights at every call
-        self.explainer = get_method(model, method, layer, batch_size=len(self.images), **options)
+        self.explainer = maps.get_method(model, method, layer, batch_size=len(self.images), **options)
 
     @classmethod
     def of_split(cls, model, split: Split, size: int) -> Panel:
@@ -149,7 +150,6 @@ class Drawing:
 def write_gifs(folder: Path) -> int:
     """One ``evolution.gif`` per panel image of ``folder`` (a run's ``heatmaps/``) from its step PNGs on disk (so
     resumed runs include every step)."""
-    from PIL import Image
 
     folders = sorted(p for p in Path(folder).glob("img_*") if p.is_dir())
     for images in folders:
@@ -168,18 +168,13 @@ def progress_picture(run_dir: Path, images: list[int], steps: list[int] | None =
     folder = RunFolder(run_dir).heatmaps
     written = sorted(int(p.stem[5:]) for p in (folder / f"img_{images[0]:02d}").glob("step_*.png"))
     if not written:
-        from cam_mnist.core.errors import DataError
-
         raise DataError(f"{folder}: no heatmaps for panel image {images[0]}; train with `make train`")
     if steps is None:
         later = [s for s in written if s > 0] or written
         steps = sorted({later[0], later[len(later) // 2], later[-1]})
     missing = [s for s in steps if s not in written]
     if missing:
-        from cam_mnist.core.errors import DataError
-
         raise DataError(f"{folder}: no heatmap at step {missing[0]}; the run drew steps {', '.join(map(str, written))}")
-    from PIL import Image
 
     read = lambda i, s: np.asarray(Image.open(folder / f"img_{i:02d}" / f"step_{s:07d}.png").convert("RGB"))  # noqa: E731
     tiles = [plotting.captioned(read(i, s), f"image {i}, step {s}") for i in images for s in steps]

@@ -26,7 +26,7 @@ OUTLINE_COLOUR = np.array([0, 255, 255], np.uint8)  # the edge of the segmentati
 
 
 def overlay(
-    image: np.ndarray, heatmap: np.ndarray, box=None, alpha: float = 0.5, scale: int = 2, map_box=None, outline=None
+    image: np.ndarray, heatmap: np.ndarray, box=None, *, alpha: float = 0.5, scale: int = 2, map_box=None, outline=None
 ) -> np.ndarray:
     """The image with ``heatmap`` (H, W) in [0, 1] coloured over it, the true ``box`` (y0, x0, y1, x1) outlined in
     white (or boxes (K, 4): one per digit), ``map_box``, the box drawn from the map, in magenta, and the edge of the
@@ -113,6 +113,7 @@ def line_plot(
     xlabel: str,
     ylabel: str,
     title: str,
+    *,
     hlines: dict[str, float] | None = None,
     ylim=None,
 ) -> None:

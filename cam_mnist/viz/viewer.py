@@ -1,4 +1,4 @@
-"""``index.html``: the heatmap viewer of a run (or of a :class:`cam_mnist.callbacks.CAMCallback` folder).
+"""``index.html``: the heatmap viewer of a run (or of a :class:`cam_mnist.train.callbacks.CAMCallback` folder).
 
 One row per panel image and one slider for the step: moving it shows every image's maps at that step, with the
 classes, their probabilities and the IoU of the map's box, and the validation numbers of that step above. The page
@@ -47,7 +47,7 @@ _STYLE = (
 
 
 def drawn_steps(folder: Path) -> list[dict]:
-    """The records :meth:`cam_mnist.panel.Panel.snapshot` wrote in ``folder``, oldest step first."""
+    """The records :meth:`cam_mnist.viz.panel.Panel.snapshot` wrote in ``folder``, oldest step first."""
     records = []
     for path in sorted(Path(folder).glob("grid/step_*.json")):
         records.append(json.loads(path.read_text()))

@@ -59,6 +59,7 @@ def explain(
     method: str = "gradcam",
     targets="predicted",
     layer=None,
+    *,
     top_k: int | None = None,
     raw: bool = False,
     return_targets: bool = False,
@@ -84,7 +85,7 @@ def explain(
     Returns:
         ``maps``; with ``raw`` and/or ``return_targets``, the tuple ``(maps[, raw_maps][, targets])``.
 
-    References: each method's class cites its paper and equation; :func:`cam_mnist.registry.methods_table`
+    References: each method's class cites its paper and equation; :func:`cam_mnist.maps.registry.methods_table`
     lists them.
     """
     if "input_shape" not in options and _takes_any_size(model):  # bind the explainer to these images' size
