@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from cam_mnist.config import RunConfig
-from cam_mnist.core.boxes import boxes_from_maps
+from cam_mnist.core.boxes import boxes_from_maps, tight_boxes
 from cam_mnist.data import splits as data
-from cam_mnist.maps import explain
+from cam_mnist.maps import explain, segment
 from cam_mnist.viz import plotting
 
 
@@ -38,6 +38,26 @@ def test_reproduces_library_map(tiny_run, test_png, tmp_path, run_cli):
     tile = plotting.captioned(plotting.overlay(x[0], maps[0], map_box=record["box"]), "")
     start = written.shape[1] - tile.shape[1]  # the map is the last tile of the row
     np.testing.assert_array_equal(written[14:, start:], tile[14:])  # below the caption strip
+
+
+def test_segment_draws_the_outline_it_promises(tiny_run, test_png, tmp_path, run_cli):
+    # `explain --segment`: the segmentation's outline in cyan on the top class's map, and its box in the JSON; the
+    # tile equals one drawn here from the library's own segmentation of the library's map.
+    path, image = test_png
+    result = run_cli("explain", path, "--run-dir", tiny_run, "--segment", "--json", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)[0]
+    model = keras.models.load_model(tiny_run / "model.keras")
+    x = (image / np.float32(255))[None, ..., None]
+    maps = explain(model, x, "cam", int(np.asarray(model(x)).argmax()))
+    mask = segment(x, maps)[0]
+    assert mask.any() and record["segment_pixels"] == int(mask.sum())
+    assert record["segment_box"] == tight_boxes(mask[None])[0].tolist()
+    written = np.asarray(Image.open(record["output"]).convert("RGB"))
+    tile = plotting.captioned(plotting.overlay(x[0], maps[0], map_box=record["box"], outline=mask), "")
+    start = written.shape[1] - tile.shape[1]
+    np.testing.assert_array_equal(written[14:, start:], tile[14:])
+    assert (written[14:, start:] == plotting.OUTLINE_COLOUR).all(-1).sum() > 0  # the cyan edge is there
 
 
 def test_colour_jpeg_of_another_size(tiny_run, tmp_path, run_cli):

@@ -250,3 +250,30 @@ def test_the_console_stays_quiet(tiny_run, tmp_path, run_cli):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout.splitlines()[0].startswith("image")  # the table is the first thing printed
+
+
+def test_the_public_paths_of_the_flat_layout_still_import():
+    # Code written before the subpackages keeps working: the old module paths are the new modules themselves.
+    import importlib
+
+    import cam_mnist
+
+    for old, new in cam_mnist.MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from cam_mnist.callbacks import CAMCallback
+    from cam_mnist.cams import explain
+    from cam_mnist.train.callbacks import CAMCallback as moved
+
+    assert CAMCallback is moved is cam_mnist.CAMCallback
+    assert explain is cam_mnist.explain is importlib.import_module("cam_mnist.maps.explainer").explain
+
+
+def test_importing_the_package_loads_no_tensorflow():
+    # PEP 562: `import cam_mnist` and the numpy-only layers cost no TensorFlow; the first `cam_mnist.explain` does.
+    code = (
+        "import sys, cam_mnist, cam_mnist.core.boxes, cam_mnist.data.splits, cam_mnist.scoring.localization, "
+        "cam_mnist.reports.evaluate; print(any(m.startswith(('tensorflow', 'keras')) for m in sys.modules)); "
+        "cam_mnist.explain; print('keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
