@@ -174,6 +174,7 @@ def test_the_wheel_has_every_module_and_the_console_script(repo_root, tmp_path):
 
 def test_a_user_error_is_one_line_and_exit_2_and_a_bug_keeps_its_traceback(run_cli, tmp_path, monkeypatch):
     from cam_mnist.commands import main as cli
+    from cam_mnist.commands import tools
     from cam_mnist.core.errors import CheckpointError, DataError, UserError
 
     assert issubclass(DataError, UserError) and issubclass(CheckpointError, UserError)
@@ -186,7 +187,7 @@ def test_a_user_error_is_one_line_and_exit_2_and_a_bug_keeps_its_traceback(run_c
     def bug(args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_methods", bug)
+    monkeypatch.setattr(tools, "run_methods", bug)
     with pytest.raises(KeyError):  # not turned into exit status 2: its traceback reaches the user
         cli.main(["methods"])
 
@@ -262,6 +263,7 @@ def test_the_public_paths_of_the_flat_layout_still_import():
         assert importlib.import_module(old) is importlib.import_module(new), old
     from cam_mnist.callbacks import CAMCallback
     from cam_mnist.cams import explain
+
     from cam_mnist.train.callbacks import CAMCallback as moved
 
     assert CAMCallback is moved is cam_mnist.CAMCallback

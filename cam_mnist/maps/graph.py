@@ -103,7 +103,11 @@ class FlatGraph:
     def canonical(self, x):
         """The flat graph's tensor for ``x`` (a nested model's input is the tensor fed to it, its output its last
         layer's)."""
+        seen = set()
         while isinstance(x, keras.KerasTensor) and id(x) in self._alias:
+            if id(x) in seen:  # cannot happen for a graph Keras can run; a bound rather than an endless loop
+                raise UserError(f"model {self.source.name!r}: the tensor {x.name!r} is its own source")
+            seen.add(id(x))
             x = self._alias[id(x)]
         return x
 
@@ -119,7 +123,8 @@ class FlatGraph:
                 if _is_graph_model(op):  # a nested model: its inputs are the tensors fed to it; a training= given
                     fed = keras.tree.flatten(args)  # to it is the outer call's, which run() sets for every layer
                     for inner, outer in zip(op.inputs, fed, strict=True):
-                        self._alias[id(inner)] = outer
+                        if inner is not outer:  # keras_hub's tasks feed their backbone its own input tensor
+                            self._alias[id(inner)] = outer
                     self._read(op, f"{prefix}{op.name}{SEPARATOR}")
                     for outer, inner in zip(node.outputs, keras.tree.flatten(op.outputs), strict=True):
                         self._alias[id(outer)] = self.canonical(inner)
