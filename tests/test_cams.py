@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import layers
 
 from cam_mnist.maps import METHODS, explain, forget, get_method, registry
-from cam_mnist.maps.base import upsample
+from cam_mnist.maps.grids import upsample
 
 N = 6
 
@@ -211,7 +211,7 @@ def test_forget_drops_only_that_methods_objects_and_the_maps_stay_the_same(model
         (lambda m, x: explain(m, x, "gradcamm"), "unknown method 'gradcamm'"),
         (
             lambda m, x: explain(m, x, "gradcam", layer="nope"),
-            "has no layer 'nope'; its 4-D layers are: conv, features",
+            "has no layer 'nope'; the layers a map can be made at are: conv, features",
         ),
         (lambda m, x: explain(m, x, "gradcam", layer="gap"), "layer 'gap' has output shape .* not 4-D"),
         (lambda m, x: explain(m, x, "cam", targets=3), "class index 3 out of range: the model has 3 classes"),
@@ -232,7 +232,7 @@ def test_bad_input_messages(call, message, model, images):
 
 def test_cam_refuses_model_without_gap_head(images):
     model = _deep_head_model()
-    with pytest.raises(ValueError, match="CAM needs the layer 'target' to feed GlobalAveragePooling2D -> Dense"):
+    with pytest.raises(ValueError, match="CAM needs the layer 'target' to feed GlobalAveragePooling -> Dense"):
         explain(model, images, "cam", layer="target")
     explainer = get_method(model, "gradcam")
     assert explainer.layer.layer is model.layers[-3]  # the last 4-D layer, the strided conv before Flatten

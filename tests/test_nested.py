@@ -116,7 +116,7 @@ def test_layer_mistakes_name_the_layers_there_are(small):
     nested = small[0]
     images = _images((24, 20, 3), 1)
     with pytest.raises(
-        UserError, match="has no layer 'nope'; its 4-D layers are: rescaling, base/stem, .*base/out_relu"
+        UserError, match="has no layer 'nope'; the layers a map can be made at are: rescaling, base/stem, .*base/out_relu"
     ):
         explain(nested, images, "gradcam", layer="nope")
     with pytest.raises(UserError, match=r"layer 'global_average_pooling2d.*' has output shape \(None, 12\), not 4-D"):

@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from cam_mnist.core.errors import UserError
-from cam_mnist.core.resize import bilinear_weights
 from cam_mnist.maps.graph import FlatGraph
+from cam_mnist.maps.grids import InputView, grid_for
 from cam_mnist.maps.layers import Head
 
 PREDICTED = -1  # target sentinel: explain the class the model predicts
@@ -73,18 +73,6 @@ def normalise(maps: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(maps - lo, span)
 
 
-def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """(B, h, w) -> (B, H, W), bilinear, as Grad-CAM and the CAM paper upsample to the image size.
-
-    Computed as rows @ map @ cols.T with fixed interpolation matrices: equal to ``tf.image.resize`` (half-pixel
-    centres) to float rounding, and on one-channel maps two small matrix products beat its resize kernel."""
-    h, w = maps.shape[1], maps.shape[2]
-    if h is None or w is None:  # a layer whose size is known only at run time
-        return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
-    rows, cols = bilinear_weights(h, size[0]), bilinear_weights(w, size[1])  # (H, h), (W, w)
-    return tf.matmul(tf.matmul(rows, maps), cols, transpose_b=True)
-
-
 def shift(x: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
     """(B, H, W[, C]) moved ``dy`` pixels down and ``dx`` right; what moves in from outside is zero."""
     h, w = x.shape[1], x.shape[2]
@@ -111,6 +99,7 @@ class BaseCAM:
 
     needs_gradients = True
     default_batch_size = 128  # images per graph call; methods with many forward passes per image use fewer
+    inputs = ("image", "signal", "volume")  # the inputs the method is defined for (grids.InputView)
 
     def __init__(
         self,
@@ -122,22 +111,36 @@ class BaseCAM:
         smooth: int = 0,
         input_shape: tuple | None = None,
         pass_batch: int | None = None,
+        reshape=None,
+        output=None,
+        target=None,
     ):
         """``layer``: the layer to explain (a name, a nested layer's path such as ``"resnet50/conv5_block3_out"``,
         or the layer object; default: the last 4-D layer, searched through nested models). ``input_shape``: the
         (H, W, C) of the images, for a model that takes any size. ``pass_batch``: images per model pass in the
-        methods that make many passes per map (default: :data:`PASS_PIXELS` pixels' worth)."""
+        methods that make many passes per map (default: :data:`PASS_PIXELS` pixels' worth). ``reshape``: for a
+        layer whose output is not a (B, h, w, K) grid, a function making it one (default: a vision transformer's
+        tokens laid out on the patch grid, :mod:`cam_mnist.maps.grids`). ``output``: which output of a model with
+        several to explain (name or index). ``target``: a function of the output giving one score per image to
+        explain instead of a class (:mod:`cam_mnist.maps.targets`)."""
         self.model = model
         self.flat = FlatGraph.of(model)
-        self.layer = self.flat.resolve(layer)  # a Call: .path, .layer, .output (B, h, w, K)
-        self.head = Head(self.flat, self.layer, use_softmax)
+        shape = tuple(input_shape or self.flat.input.shape[1:])  # the model's input, without the batch axis
+        if None in shape:
+            raise UserError(f"model {model.name!r} takes inputs of any size {shape}: give input_shape=(H, W, C)")
+        self.view = InputView(shape)  # a 1-D signal or a volume seen as an image (:mod:`cam_mnist.maps.grids`)
+        kind = {2: "signal", 3: "image", 4: "volume"}.get(len(shape))
+        if kind not in self.inputs:
+            raise UserError(f"{type(self).__name__} is made for {' and '.join(self.inputs)} inputs, not {shape}")
+        if smooth and kind != "image":
+            raise UserError(f"smooth shifts images; this model takes a {kind} {shape}")
+        self.input_shape = self.view.image_shape  # (H, W, C) as every method sees it
+        self.layer = self.flat.resolve(layer, shape)  # a Call: .path, .layer, .output
+        self.grid = grid_for(self.layer.shape, self.view, reshape)  # its output as (B, h, w, K)
+        self.chosen = {"output": output, "target": target}  # what the scores are: for every Head of this method
+        self.head = Head(self.flat, self.layer, use_softmax, grid=self.grid, view=self.view, **self.chosen)
         self.batch_size = batch_size or self.default_batch_size
         self.num_classes = self.head.num_classes
-        self.input_shape = tuple(input_shape or self.flat.input.shape[1:])  # (H, W, C)
-        if None in self.input_shape:
-            raise UserError(
-                f"model {model.name!r} takes images of any size {self.input_shape}: give input_shape=(H, W, C)"
-            )
         if not 0 <= smooth < min(self.input_shape[:2]):
             raise UserError(f"smooth must be a shift in 0..{min(self.input_shape[:2]) - 1} pixels, got {smooth}")
         self.smooth = smooth
@@ -156,11 +159,12 @@ class BaseCAM:
         """The maps before the method's final ReLU (B, h, w) at the layer's resolution, and the (B,) targets
         actually explained. Channel-weighted methods: sum_k weights_k * A^k."""
         with tf.GradientTape() as tape:  # records through the weights, so dy/dA exists
-            activations, scores = self.head.forward(images)  # (B, h, w, K), (B, classes)
+            outputs, scores = self.head.forward(images, as_grid=False)  # the layer's output, (B, classes)
             targets = resolve_targets(targets, scores)
             score = tf.gather(scores, targets, batch_dims=1)  # (B,) y^c of each image's own target
-        grads = tape.gradient(score, activations) if self.needs_gradients else None
-        activations, grads = as_float32(activations), None if grads is None else as_float32(grads)  # mixed precision
+        grads = tape.gradient(score, outputs) if self.needs_gradients else None
+        activations = as_float32(self.grid.to_grid(outputs))  # (B, h, w, K) in float32 (mixed precision)
+        grads = None if grads is None else as_float32(self.grid.to_grid(grads))
         weights = self.channel_weights(images, activations, grads, targets)
         if weights.shape.rank == 2:
             weights = weights[:, None, None, :]
@@ -180,11 +184,11 @@ class BaseCAM:
         else:
             raw, targets = self.raw_maps(images, targets)
             before = self.signed_maps(images, targets)[0] if signed else None
-        maps = upsample(raw, self.input_shape[:2])
+        maps = self.grid.upsample(raw, self.input_shape[:2])
         if self.smooth:
             maps = self._smoothed(images, targets, maps)
         outputs = (normalise(maps), raw, targets)
-        return (*outputs, upsample(before, self.input_shape[:2])) if signed else outputs
+        return (*outputs, self.grid.upsample(before, self.input_shape[:2])) if signed else outputs
 
     def _smoothed(self, images, targets, maps):
         """``smooth``: test-time augmentation that maps back exactly (as pytorch-grad-cam's ``aug_smooth`` does with
@@ -194,7 +198,7 @@ class BaseCAM:
         s = self.smooth
         for dy, dx in ((s, 0), (-s, 0), (0, s), (0, -s)):
             shifted, _ = self.raw_maps(shift(images, dy, dx), targets)
-            total += shift(upsample(shifted, self.input_shape[:2]), -dy, -dx)
+            total += shift(self.grid.upsample(shifted, self.input_shape[:2]), -dy, -dx)
             cover += shift(tf.ones_like(maps), -dy, -dx)
         return total / cover
 
@@ -225,10 +229,14 @@ class BaseCAM:
                 outs = [np.empty((len(images), *v.shape[1:]), v.dtype) for v in values]
             for out, value in zip(outs, values, strict=True):
                 out[lo : lo + n] = value[:n]
-        return Explanation(*outs) if signed else Explanation(*outs, None)
+        maps, raw, explained, *signed_maps = outs
+        signed_maps = [self.view.to_input(m) for m in signed_maps] or [None]
+        return Explanation(self.view.to_input(maps), raw, explained, *signed_maps)
 
     def _check_images(self, images) -> np.ndarray:
         images = np.asarray(images, np.float32)
+        if not self.view.is_image and images.shape[1:] == self.view.shape:
+            images = self.view.to_view(images)  # (N, T, C) or (N, D, H, W, C) as the view (N, H, W, C)
         if images.ndim == 3 and self.input_shape[-1] == 1 and images.shape[1:] == self.input_shape[:2]:
             images = images[..., None]  # (N, H, W) grey images are accepted for 1-channel models
         if images.ndim != 4:

@@ -69,10 +69,13 @@ def explain(
 
     Args:
         method: a name of the registry (``python -m cam_mnist methods`` lists them with their papers).
-        targets: "predicted", one class index for every image, or an array of N class indices.
-        layer: the 4-D layer to explain: a name, a nested layer's path (``"resnet50/conv5_block3_out"``) or the
-            layer object; default: the last 4-D layer, searched through nested models (:func:`candidate_layers`
-            lists them).
+        targets: "predicted", one class index for every image, an array of N class indices, or a function of the
+            model's output giving one score per image (:mod:`cam_mnist.maps.targets`: a segmentation's region, a
+            regression value, a detector's box, ...).
+        layer: the layer to explain: a name, a nested layer's path (``"resnet50/conv5_block3_out"``), a path into
+            a composite layer (``"vit_encoder/transformer_block_2/ln_1"``) or the layer object; default: the last
+            conv layer whose map has more than one cell, or, for a vision transformer, the input of its last
+            attention (:func:`candidate_layers` lists them).
         top_k: instead of ``targets``, explain each image's k most probable classes: maps (N, k, H, W), and the
             targets (with ``return_targets``) are (N, k), most probable first.
         raw: also return the un-normalised maps at the layer's resolution.
@@ -80,7 +83,9 @@ def explain(
         options: ``use_softmax`` (explain probabilities, not logits), ``batch_size``, ``smooth`` (the mean map
             over the image shifted by this many pixels each way, shifted back), occlusion's ``patch`` / ``stride``
             / ``baseline``, smoothgrad's ``samples`` / ``sigma`` / ``seed``, integrated-gradients' ``steps`` /
-            ``baseline``, rise's ``masks`` / ``cells`` / ``keep`` / ``seed``.
+            ``baseline``, rise's ``masks`` / ``cells`` / ``keep`` / ``seed``; ``output`` (the output of a model
+            with several, by name or index), ``reshape`` (a layer's output to a (B, h, w, K) grid, where the layout
+            of a transformer's tokens cannot be inferred).
 
     Returns:
         ``maps``; with ``raw`` and/or ``return_targets``, the tuple ``(maps[, raw_maps][, targets])``.
@@ -90,6 +95,8 @@ def explain(
     """
     if "input_shape" not in options and _takes_any_size(model):  # bind the explainer to these images' size
         options["input_shape"] = (*np.shape(images)[1:3], model.inputs[0].shape[-1])
+    if callable(targets):  # a function of the output: the explainer's one score, for every image
+        options["target"], targets = targets, 0
     explainer = get_method(model, method, layer, **options)
     if top_k is None:
         result = explainer.explain(images, targets)

@@ -7,51 +7,114 @@ import keras
 import tensorflow as tf
 
 from cam_mnist.core.errors import UserError
-from cam_mnist.maps.graph import Call, FlatGraph
+from cam_mnist.maps.graph import Call, FlatGraph, InnerCall
+from cam_mnist.maps.grids import GRID, Grid
+from cam_mnist.maps.targets import reads_all_outputs
 
 
 def _softmax_activation(layer) -> bool:
     return getattr(layer, "activation", None) is keras.activations.softmax
 
 
-class Head:
-    """Runs the model once to give the target layer's activations and the class scores (logits by default).
+def _logits(graph: FlatGraph, out) -> tuple:
+    """(the tensor the class scores come from, the final Dense to re-apply without its activation or None,
+    whether the model is a binary classifier with one sigmoid unit) for the output ``out``."""
+    last = graph.producer(out)
+    named = [c for c in graph.calls if c.layer.name == "logits"]
+    if named and len(graph.outputs) == 1:
+        return named[0].output, None, False
+    if last is None:
+        return out, None, False
+    activation = getattr(last.layer, "activation", None)
+    if isinstance(last.layer, keras.layers.Softmax) or (
+        isinstance(last.layer, keras.layers.Activation) and _softmax_activation(last.layer)
+    ):
+        return last.inputs[0], None, False
+    if isinstance(last.layer, keras.layers.Dense) and activation in (
+        keras.activations.softmax,
+        keras.activations.sigmoid,
+    ):
+        binary = activation is keras.activations.sigmoid and out.shape[-1] == 1
+        return last.inputs[0], last.layer, binary  # logits = input @ kernel + bias, in Head._finish
+    if (
+        isinstance(last.layer, keras.layers.Activation)
+        and activation is keras.activations.sigmoid
+        and out.shape[-1] == 1
+    ):
+        return last.inputs[0], None, True
+    return out, None, False
 
-    The logits are found as: a layer named ``logits``; else the input of a final Softmax layer (or
-    ``Activation("softmax")``); else a final Dense with softmax activation (keras.applications' top), re-applied
-    without it; else the model's output, taken to be logits already.
+
+class Head:
+    """Runs the model once to give the target layer's activations and the scores to explain.
+
+    The scores are the class logits of the model's output: a layer named ``logits``; else the input of a final
+    Softmax layer (or ``Activation("softmax")``); else a final Dense with softmax activation (keras.applications'
+    top), re-applied without it; else the model's output, taken to be logits already. A final Dense(1) with a
+    sigmoid is a binary classifier of two classes, its logit z read as the scores (-z/2, z/2), whose softmax is the
+    sigmoid's probabilities. ``target`` (:mod:`cam_mnist.maps.targets`): instead, one score per image computed from
+    the output (pre-activation where the last layer is a softmax or sigmoid Dense). ``output``: the output to read,
+    by name or index, which a model with several must be told.
     """
 
-    def __init__(self, graph: FlatGraph, layer: Call, use_softmax: bool, guided: bool = False):
-        last = graph.producer(graph.output)
-        named = [c for c in graph.calls if c.layer.name == "logits"]
-        self._dense = None
-        if named:
-            scores = named[0].output
-        elif isinstance(last.layer, keras.layers.Softmax) or (
-            isinstance(last.layer, keras.layers.Activation) and _softmax_activation(last.layer)
-        ):
-            scores = last.inputs[0]
-        elif isinstance(last.layer, keras.layers.Dense) and _softmax_activation(last.layer):
-            scores, self._dense = last.inputs[0], last.layer  # logits = input @ kernel + bias, in forward()
+    def __init__(
+        self, graph: FlatGraph, layer: Call, use_softmax: bool, guided: bool = False, grid: Grid = GRID, **chosen
+    ):
+        self.graph, self.layer, self.guided, self.grid = graph, layer, guided, grid
+        self.view = chosen.pop("view", None)  # a signal's or volume's view as images (grids.InputView)
+        self.target, output = chosen.get("target"), chosen.get("output")
+        if output is None and self.target is not None:
+            output = getattr(self.target, "output", None)
+        self._dense, self.binary = None, False
+        if self.target is not None and reads_all_outputs(self.target):
+            self._outputs = list(graph.outputs)
         else:
-            scores = graph.output
-        self.graph, self.layer, self.scores, self.guided = graph, layer, scores, guided
+            out = graph.output_named(output)
+            scores, self._dense, self.binary = _logits(graph, out)
+            self._outputs = [scores]
+            if self.target is None and len(out.shape) != 2:
+                raise UserError(
+                    f"model {graph.source.name!r} gives {tuple(out.shape)}, not class scores (B, classes): say what "
+                    "to explain with targets= (cam_mnist.maps.targets: RegionTarget for a segmentation, "
+                    "RegressionTarget, BoxTarget, or any function of the output giving one score per image)"
+                )
         self.use_softmax = use_softmax
-        self.num_classes = int(graph.output.shape[-1])
+        self.num_classes = 1 if self.target is not None else 2 if self.binary else int(out.shape[-1])
 
-    def forward(self, images):
-        """The target layer's activations, in the layer's own dtype (a mixed-precision model's are bfloat16 or
-        float16: differentiate with respect to these, then cast), and the class scores in float32. ``guided``: the
+    @property
+    def scores(self):
+        """The symbolic tensor the scores are computed from (the first, where a target reads several)."""
+        return self._outputs[0]
+
+    def probabilities(self, scores):
+        """What the methods that weigh by confidence read (Score-CAM, RISE): the softmax of the class scores, or
+        the scores as they are where they are probabilities already (``use_softmax``) or a target's own."""
+        return scores if self.use_softmax or self.target is not None else tf.nn.softmax(scores)
+
+    def forward(self, images, as_grid: bool = True):
+        """The target layer's activations as a grid (B, h, w, K) (:mod:`cam_mnist.maps.grids`), in the layer's own
+        dtype (a mixed-precision model's are bfloat16 or float16: differentiate with respect to these, then cast),
+        and the class scores in float32. ``as_grid=False``: the layer's output as it is, the tensor the scores
+        depend on, to differentiate with respect to (then :meth:`Grid.to_grid` the gradient too). ``guided``: the
         backward pass of every ReLU follows guided backpropagation's rule."""
-        activations, scores = self.graph.run(
-            self.graph.input, images, [self.layer.output, self.scores], guided=self.guided
+        activations, *outputs = self.graph.run(
+            self.graph.input, self._to_model(images), [self.layer.output, *self._outputs], guided=self.guided
         )
-        return activations, self._finish(tf.cast(scores, tf.float32))
+        activations = self.grid.to_grid(activations) if as_grid else activations
+        return activations, self._finish(outputs)
+
+    @property
+    def tail_alone(self) -> bool:
+        """Whether the scores can be computed from the activations by the layers after the target alone: a layer of
+        the flat graph, whose output is its grid. Otherwise (tokens, a layer inside a composite one) the model runs
+        from the image with the layer's output replaced."""
+        return self.grid.identity and not isinstance(self.layer, InnerCall)
 
     def build_tail(self) -> None:
         """Check that :meth:`scores_from` can work: the scores must depend on the image through the target layer
         alone, not also around it (a skip connection)."""
+        if not self.tail_alone:
+            return  # the whole model runs, with the layer's output replaced
         try:
             self.graph.between(self.layer.output, [self.scores])
         except ValueError as e:
@@ -60,22 +123,42 @@ class Head:
                 f"channels cannot be ablated alone: choose a later layer"
             ) from None
 
-    def scores_from(self, activations):
-        """The class scores computed from the target layer's activations (B, h, w, K) alone."""
-        (scores,) = self.graph.run(self.layer.output, activations, [self.scores])
-        return self._finish(tf.cast(scores, tf.float32))
+    def scores_from(self, activations, images):
+        """The class scores of ``images`` with the target layer's activations (as a grid, B, h, w, K) replaced by
+        ``activations``: computed by the layers after it alone where they can be (:attr:`tail_alone`)."""
+        if self.tail_alone:
+            outputs = self.graph.run(self.layer.output, activations, self._outputs)
+        else:
+            replace = {id(self.layer.output): lambda original: self.grid.from_grid(activations, original)}
+            outputs = self.graph.run(self.graph.input, self._to_model(images), self._outputs, replace=replace)
+        return self._finish(outputs)
 
-    def _finish(self, scores):
+    def _to_model(self, images):
+        return images if self.view is None else self.view.to_model(images)
+
+    def _finish(self, outputs: list):
+        """(B, classes) float32 scores from the values of the output tensors."""
+        if self.target is not None and reads_all_outputs(self.target):
+            named = dict(zip(self.graph.output_names, outputs, strict=True))
+            return tf.cast(self.target(named), tf.float32)[:, None]  # (B, 1): the target's score
+        scores = tf.cast(outputs[0], tf.float32)
         if self._dense is not None:
             scores = tf.matmul(scores, tf.cast(self._dense.kernel, scores.dtype))
             if self._dense.use_bias:
                 scores += tf.cast(self._dense.bias, scores.dtype)
-        if self.use_softmax:
-            scores = tf.nn.softmax(scores)
-        return scores
+        if self.target is not None:
+            return tf.cast(self.target(scores), tf.float32)[:, None]
+        if self.binary:
+            scores = tf.concat([-scores / 2, scores / 2], -1)  # (B, 2): class 0, class 1
+        return tf.nn.softmax(scores) if self.use_softmax else scores
 
 
 # ------------------------------------------------------------------------------------------------ CAM's weights
+GLOBAL_AVERAGE_POOLING = (
+    keras.layers.GlobalAveragePooling1D,  # over time: a signal's CAM
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,  # over a volume
+)
 # Layers that are the identity at inference: between the layer and GAP, or between GAP and the linear head.
 IDENTITY_AT_INFERENCE = (
     keras.layers.Dropout,
@@ -125,13 +208,13 @@ def cam_weights(head: Head):
     tensor, gap = layer.output, None
     while gap is None:
         users = graph.consumers(tensor)
-        if len(users) == 1 and isinstance(users[0].layer, keras.layers.GlobalAveragePooling2D):
+        if len(users) == 1 and isinstance(users[0].layer, GLOBAL_AVERAGE_POOLING):
             gap = users[0]
         elif len(users) == 1 and isinstance(users[0].layer, IDENTITY_AT_INFERENCE):
             tensor = users[0].output
         else:
             raise UserError(
-                f"CAM needs the layer {layer.path!r} to feed GlobalAveragePooling2D -> Dense directly (the CAM "
+                f"CAM needs the layer {layer.path!r} to feed GlobalAveragePooling -> Dense directly (the CAM "
                 f"paper's architecture); model {graph.source.name!r} has no such head: use gradcam instead"
             )
     try:
@@ -164,6 +247,8 @@ def cam_weights(head: Head):
                 w = p if w is None else tf.matmul(w, p)
         if w is None:
             raise UserError(f"CAM found no linear layer after the global average pool of {layer.path!r}")
+        if head.binary:  # one sigmoid unit: the classes' scores are -z/2 and z/2 (Head)
+            w = tf.concat([-w / 2, w / 2], 1)
         return w  # (K, classes)
 
     return weights

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cam_mnist.maps.base import BaseCAM, as_float32, normalise, over_pairs, resolve_targets, upsample
+from cam_mnist.maps.base import BaseCAM, as_float32, normalise, over_pairs, resolve_targets
+from cam_mnist.maps.grids import upsample
 from cam_mnist.maps.layers import cam_weights
 
 
@@ -72,6 +73,7 @@ class ScoreCAM(BaseCAM):
     """
 
     needs_gradients = False
+    inputs = ("image", "signal")  # each channel upsampled into a mask of the input
     default_batch_size = 8
 
     def channel_weights(self, images, activations, grads, targets):
@@ -82,8 +84,7 @@ class ScoreCAM(BaseCAM):
             maps = tf.gather(channels, image)  # (n, K, h, w)
             masks = normalise(upsample(tf.gather(maps, channel, batch_dims=1), self.input_shape[:2]))  # (n, H, W)
             _, scores = self.head.forward(tf.gather(images, image) * masks[..., None])  # (n, classes)
-            probs = scores if self.head.use_softmax else tf.nn.softmax(scores)
-            return tf.gather(probs, tf.gather(targets, image), batch_dims=1)
+            return tf.gather(self.head.probabilities(scores), tf.gather(targets, image), batch_dims=1)
 
         return over_pairs(target_probability, b, k, self.pass_batch)  # (B, K)
 
@@ -123,11 +124,12 @@ class AblationCAM(BaseCAM):
 
     def channel_weights(self, images, activations, grads, targets):
         b, k = tf.shape(activations)[0], activations.shape[3]
-        y = tf.gather(self.head.scores_from(activations), targets, batch_dims=1)[:, None]  # (B, 1)
+        y = tf.gather(self.head.scores_from(activations, images), targets, batch_dims=1)[:, None]  # (B, 1)
 
         def ablated_score(image, channel):  # y^c_k of (n,) (image, channel) pairs: the score with channel k zeroed
             keep = 1.0 - tf.one_hot(channel, k, dtype=activations.dtype)  # (n, K)
-            scores = self.head.scores_from(tf.gather(activations, image) * keep[:, None, None, :])  # (n, classes)
+            ablated = tf.gather(activations, image) * keep[:, None, None, :]
+            scores = self.head.scores_from(ablated, tf.gather(images, image))  # (n, classes)
             return tf.gather(scores, tf.gather(targets, image), batch_dims=1)
 
         y_k = over_pairs(ablated_score, b, k, self.pass_batch)  # (B, K)

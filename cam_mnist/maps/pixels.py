@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from cam_mnist.core.errors import UserError
 from cam_mnist.core.resize import bilinear_resize
-from cam_mnist.maps.base import BaseCAM, over_pairs, resolve_targets, upsample
+from cam_mnist.maps.base import BaseCAM, over_pairs, resolve_targets
+from cam_mnist.maps.grids import upsample
 from cam_mnist.maps.layers import Head
 from cam_mnist.maps.methods import GradCAM
 
@@ -23,7 +24,10 @@ class GuidedBackprop(BaseCAM):
 
     def __init__(self, model, layer=None, **kw):
         super().__init__(model, layer, **kw)
-        self.guided_head = Head(self.flat, self.layer, self.head.use_softmax, guided=True)
+        use_softmax = self.head.use_softmax
+        self.guided_head = Head(
+            self.flat, self.layer, use_softmax, guided=True, grid=self.grid, view=self.view, **self.chosen
+        )
 
     def signed_maps(self, images, targets):
         with tf.GradientTape() as tape:
@@ -39,7 +43,8 @@ class GuidedGradCAM(GuidedBackprop):
 
     def __init__(self, model, layer=None, **kw):
         super().__init__(model, layer, **kw)
-        self.gradcam = GradCAM(model, self.layer.path, use_softmax=self.head.use_softmax, input_shape=self.input_shape)
+        same = {key: kw[key] for key in ("use_softmax", "reshape", "output", "target") if key in kw}
+        self.gradcam = GradCAM(model, self.layer.path, input_shape=self.view.shape, **same)
 
     def signed_maps(self, images, targets):
         guided, targets = super().signed_maps(images, targets)  # targets now resolved: both explain the same class
@@ -51,6 +56,8 @@ class Occlusion(BaseCAM):
     """Occlusion sensitivity. Zeiler & Fergus 2014, arXiv 1311.2901, §4.2: slide a ``patch`` x ``patch`` square of
     ``baseline`` over the image with ``stride``; each pixel's value is the mean drop of the target's score over
     the placements that cover it. Needs one forward pass per placement and no gradients."""
+
+    inputs = ("image",)  # square patches / cells of an image
 
     needs_gradients = False
     default_batch_size = 8
@@ -187,6 +194,8 @@ class RISE(BaseCAM):
     shifted at random by up to one cell (their §3.2). The masks are drawn once from ``seed``. ``masks`` forward
     passes per image, no gradients."""
 
+    inputs = ("image",)  # square patches / cells of an image
+
     needs_gradients = False
     default_batch_size = 2
 
@@ -202,8 +211,7 @@ class RISE(BaseCAM):
 
         def masked_probability(image, mask):  # p^c(x (.) M_i) of (n,) (image, mask) pairs
             _, scores = self.head.forward(tf.gather(images, image) * tf.gather(self.masks, mask)[..., None])
-            probs = scores if self.head.use_softmax else tf.nn.softmax(scores)
-            return tf.gather(probs, tf.gather(targets, image), batch_dims=1)
+            return tf.gather(self.head.probabilities(scores), tf.gather(targets, image), batch_dims=1)
 
         n = self.masks.shape[0]
         p = over_pairs(masked_probability, tf.shape(images)[0], n, self.pass_batch)  # (B, N)
