@@ -363,3 +363,42 @@ def test_a_volume_classifier_gets_its_map_over_the_volume_computed_by_hand():
     assert cam_mnist.explain(model, x, "gradcam").shape == (2, 8, 12, 12)
     with pytest.raises(UserError, match="ScoreCAM is made for image and signal inputs"):
         cam_mnist.explain(model, x, "scorecam")
+
+
+def test_the_command_line_explains_a_region_and_a_chosen_output(tmp_path, run_cli):
+    from PIL import Image
+
+    images = keras.Input((32, 32, 3))
+    features = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv")(images)
+    keras.Model(images, keras.layers.Conv2D(3, 1, activation="softmax", name="seg")(features)).save(
+        tmp_path / "seg.keras"
+    )
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    heads = {"cls": keras.layers.Dense(4, activation="softmax")(pooled), "val": keras.layers.Dense(1)(pooled)}
+    keras.Model(images, heads).save(tmp_path / "two.keras")
+    picture = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / "pic.png")
+    x = picture[None].astype(np.float32) / 255
+    common = ["--invert", "no", "--no-pictures"]
+
+    result = run_cli("explain", tmp_path / "pic.png", "--model", tmp_path / "seg.keras", *common)
+    assert result.returncode == 2 and "--class C --region Y0 X0 Y1 X1" in result.stderr, result.stderr
+    out = tmp_path / "region"
+    region = ["--class", "1", "--region", "4", "6", "20", "24", "--method", "gradcam", "--out", out]
+    result = run_cli("explain", tmp_path / "pic.png", "--model", tmp_path / "seg.keras", *region, *common)
+    assert result.returncode == 0, result.stderr
+    mask = np.zeros((32, 32), np.float32)
+    mask[4:20, 6:24] = 1
+    segmentation = keras.models.load_model(tmp_path / "seg.keras")
+    expected = cam_mnist.explain(segmentation, x, "gradcam", targets=RegionTarget(1, mask))
+    np.testing.assert_allclose(np.load(out / "maps_gradcam.npy")[:, 0], expected, atol=1e-3)  # stored in float16
+
+    result = run_cli("explain", tmp_path / "pic.png", "--model", tmp_path / "two.keras", *common)
+    assert result.returncode == 2 and "--output NAME" in result.stderr, result.stderr
+    out = tmp_path / "output"
+    chosen = ["--output", "cls", "--method", "cam", "--out", out]
+    result = run_cli("explain", tmp_path / "pic.png", "--model", tmp_path / "two.keras", *chosen, *common)
+    assert result.returncode == 0, result.stderr
+    two = keras.models.load_model(tmp_path / "two.keras")
+    expected = cam_mnist.explain(two, x, "cam", output="cls")
+    np.testing.assert_allclose(np.load(out / "maps_cam.npy")[:, 0], expected, atol=1e-3)

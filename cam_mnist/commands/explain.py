@@ -99,21 +99,29 @@ class Request:
     segment: bool
     pictures: bool
     out: Path
+    output: str | None = None  # which output of a model with several
+    region: tuple | None = None  # (y0, x0, y1, x1) in the image's pixels: a segmentation's class summed there
 
 
 def run(args) -> int:
     model, model_path = load_model(args.model, args.run_dir)
     shape, sized = _input_shape(model, model_path, args.size)
     h, w, _ = shape
-    methods = _methods(model, model_path, args.method, args.layer, sized)
+    chosen = {"output": args.output}  # what the maps explain, checked once here: a region's target is made per chunk
+    if args.region:
+        chosen = {"target": lambda outputs: outputs[..., 0]}
+    methods = _methods(model, model_path, args.method, args.layer, {**sized, **chosen})
     paths = expand(args.images)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)}")
     k = 1 if args.class_index is not None else args.top_k
     pictures = args.pictures if args.pictures is not None else len(paths) <= PICTURES_AUTO
+    if args.region and args.class_index is None:
+        raise UserError("--region explains one class of a segmentation model: give --class")
     request = Request(
-        methods, args.layer, args.class_index, k, args.fit, args.invert, args.segment, pictures, Path(args.out)
-    )
+        methods, args.layer, args.class_index, k, args.fit, args.invert, args.segment, pictures, Path(args.out),
+        args.output, tuple(args.region) if args.region else None,
+    )  # fmt: skip
     settings = {
         "segment": args.segment,
         "model": str(model_path.resolve()),
@@ -161,7 +169,12 @@ def _methods(model, model_path: Path, method: str, layer, sized: dict) -> list[s
     try:
         maps.get_method(model, methods[0] if method != "all" else "gradcam", layer, **sized)
     except UserError as e:
-        raise UserError(f"{model_path}: {e}") from None
+        hint = {
+            "output=": " (on the command line: --output NAME)",
+            "targets=": " (here: --class C --region Y0 X0 Y1 X1)",
+        }
+        said = next((h for key, h in hint.items() if key in str(e)), "")
+        raise UserError(f"{model_path}: {e}{said}") from None
     if method == "all":
         try:
             maps.get_method(model, "cam", layer, **sized)
@@ -199,7 +212,7 @@ def _explain_chunk(model, model_path: Path, chunk: list[tuple[int, Path]], shape
     images, ok, records = _read_chunk(chunk, shape, request, notes)
     if images is None:
         return records, {m: np.zeros((0, 1, h, w)) for m in request.methods}
-    probs = np.asarray(model.predict(images, verbose=0, batch_size=64))
+    probs, target = _scores(model, model_path, images, request)
     if request.class_index is None:
         classes = np.argsort(-probs, 1)[:, : request.top_k]  # (n, k), most probable first
     elif 0 <= request.class_index < probs.shape[1]:
@@ -209,7 +222,9 @@ def _explain_chunk(model, model_path: Path, chunk: list[tuple[int, Path]], shape
     k, by_method = classes.shape[1], {}
     for method in request.methods:
         try:
-            flat = maps.explain(model, np.repeat(images, k, 0), method, classes.reshape(-1), layer=request.layer)
+            targets = classes.reshape(-1) if target is None else target
+            chosen = {"layer": request.layer, "output": None if target is not None else request.output}
+            flat = maps.explain(model, np.repeat(images, k, 0), method, targets, **chosen)
         except UserError as e:
             raise UserError(f"{model_path}: {method}: {e}") from None
         by_method[method] = flat.reshape(len(images), k, h, w)
@@ -221,6 +236,35 @@ def _explain_chunk(model, model_path: Path, chunk: list[tuple[int, Path]], shape
         one = Explained(images[j], {m: by_method[m][j] for m in by_method}, probs[j], classes[j], mask)
         records.append(_record(i, path, one, request))
     return records, by_method
+
+
+def _scores(model, model_path: Path, images, request: Request):
+    """The (n, classes) probabilities the records report, from the output ``--output`` names, and the target of a
+    ``--region``: the segmentation's class summed over the region (:class:`cam_mnist.maps.targets.RegionTarget`),
+    whose mean probability there is reported."""
+    from cam_mnist.maps.targets import RegionTarget
+
+    outputs = model.predict(images, verbose=0, batch_size=64)
+    if isinstance(outputs, (list, dict)):
+        names = list(outputs) if isinstance(outputs, dict) else [str(n) for n in model.output_names]
+        if request.output not in names:
+            raise UserError(f"{model_path}: has outputs {', '.join(names)}: choose one with --output")
+        outputs = outputs[request.output] if isinstance(outputs, dict) else outputs[names.index(request.output)]
+    outputs = np.asarray(outputs)
+    if request.region is None:
+        if outputs.ndim != 2:
+            raise UserError(f"{model_path}: gives {outputs.shape[1:]} per image, not class scores: give --region")
+        return outputs, None
+    if outputs.ndim != 4:
+        raise UserError(f"{model_path}: --region needs a segmentation output (H, W, classes), got {outputs.shape[1:]}")
+    h, w = outputs.shape[1:3]
+    y0, x0, y1, x1 = request.region
+    mask = np.zeros((h, w), np.float32)  # the region in the input's pixels, on the output's grid
+    scale_y, scale_x = h / images.shape[1], w / images.shape[2]
+    mask[int(y0 * scale_y) : max(int(y0 * scale_y) + 1, int(y1 * scale_y)), int(x0 * scale_x) : max(
+        int(x0 * scale_x) + 1, int(x1 * scale_x))] = 1.0  # fmt: skip
+    target = RegionTarget(request.class_index, mask, output=request.output)
+    return (outputs * mask[None, :, :, None]).sum((1, 2)) / mask.sum(), target
 
 
 @dataclass(frozen=True)
@@ -368,6 +412,14 @@ def add_parser(commands) -> None:
         help=f"draw a PNG per image (default: for up to {PICTURES_AUTO} images)",
     )
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image size, for a model that takes any")
+    p.add_argument("--output", help="which output to explain, for a model with several (by name)")
+    p.add_argument(
+        "--region",
+        type=int,
+        nargs=4,
+        metavar=("Y0", "X0", "Y1", "X1"),
+        help="a segmentation model: explain --class summed over this box of the image (pixels, end exclusive)",
+    )
     p.add_argument(
         "--segment",
         action="store_true",

@@ -124,7 +124,7 @@ class BaseCAM:
         several to explain (name or index). ``target``: a function of the output giving one score per image to
         explain instead of a class (:mod:`cam_mnist.maps.targets`)."""
         self.model = model
-        self.flat = FlatGraph.of(model)
+        self.flat = FlatGraph.of(model, input_shape)
         shape = tuple(input_shape or self.flat.input.shape[1:])  # the model's input, without the batch axis
         if None in shape:
             raise UserError(f"model {model.name!r} takes inputs of any size {shape}: give input_shape=(H, W, C)")

@@ -86,11 +86,11 @@ class FlatGraph:
             ``"resnet50/conv5_block3_out"``.
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, source: keras.Model | None = None):
         _check_functional(model)
         if len(model.inputs) != 1:
             raise UserError(f"model {model.name!r} has {len(model.inputs)} inputs; explanations need one image input")
-        self.source = model
+        self.source = source or model  # the user's model (a subclassed one is read through a functional wrapper)
         self.input = model.inputs[0]
         self.calls: list[Call] = []
         self._alias: dict[int, keras.KerasTensor] = {}  # a nested model's input or output -> the flat graph's tensor
@@ -121,8 +121,17 @@ class FlatGraph:
         raise UserError(f"model {self.source.name!r} has no output {output!r}; its outputs: {self.output_names}")
 
     @classmethod
-    def of(cls, model: keras.Model) -> FlatGraph:
-        """The flat graph of ``model``, read once per model (again when a Sequential's layers have changed)."""
+    def of(cls, model: keras.Model, input_shape: tuple | None = None) -> FlatGraph:
+        """The flat graph of ``model``, read once per model (again when a Sequential's layers have changed). A
+        subclassed model is read as one layer of a functional wrapper, called on ``input_shape`` (default: the
+        shape it was built with), its own layers reached inside it (:meth:`inner_calls`)."""
+        if not isinstance(model, keras.Model):
+            raise UserError(f"expected a keras.Model, got {type(model).__name__}")
+        if not _is_graph_model(model) and not isinstance(model, keras.Sequential):
+            cached = _CACHE.get(model)
+            if cached is None:
+                cached = _CACHE[model] = (None, cls(_wrapped(model, input_shape), source=model))
+            return cached[1]
         _check_functional(model)
         graph, cached = _graph_of(model), _CACHE.get(model)
         if cached is None or cached[0] is not graph:
@@ -175,8 +184,12 @@ class FlatGraph:
             )
             if "training" in getattr(call.layer, "_call_context_args", ()):  # Keras' own call-context arguments
                 kwargs = {**kwargs, "training": False}
-            hooked = [c for c in inner if c.host is call]
-            with _hooks({c.layer: _capture(values, c.output, replace.get(id(c.output))) for c in hooked}):
+            wrappers = {sub: _guide for sub in _sublayers(call.layer) if relu_kind(sub)} if guided else {}
+            for c in (c for c in inner if c.host is call):  # captured after the guided rule, as a graph layer's
+                capture = _capture(values, c.output, replace.get(id(c.output)))
+                guide = wrappers.get(c.layer)
+                wrappers[c.layer] = capture if guide is None else lambda f, g=guide, k=capture: k(g(f))
+            with _hooks(wrappers):
                 out = call.layer(*args, **kwargs)
             if guided and relu_kind(call.layer):
                 out = positive_gradient(out)
@@ -358,6 +371,15 @@ def _hooks(wrappers: dict):
                 object.__setattr__(layer, "call", previous)
 
 
+def _guide(original):
+    """A ReLU layer inside a composite one, with guided backpropagation's rule after it."""
+
+    def call(*args, **kwargs):
+        return positive_gradient(original(*args, **kwargs))
+
+    return call
+
+
 def _capture(values: dict, marker, replace=None):
     """A wrapper that puts a layer's first output of the run into ``values`` under ``marker`` (``replace`` of it
     where given, which is then what the layer returns)."""
@@ -394,6 +416,26 @@ def _graph_of(model):
 def _is_graph_model(op) -> bool:
     """A model whose layers form a graph we can step into: functional, or a built Sequential."""
     return isinstance(op, keras.Model) and hasattr(_graph_of(op), "_nodes_by_depth")
+
+
+def _wrapped(model: keras.Model, input_shape: tuple | None) -> keras.Model:
+    """A subclassed model as the one layer of a functional model, so that its layers are reached by hooks."""
+    built = (getattr(model, "_build_shapes_dict", None) or {}).values()
+    shape = tuple(input_shape) if input_shape else next((tuple(s)[1:] for s in built if s is not None), None)
+    if shape is None:
+        raise UserError(
+            f"model {model.name!r} is a subclassed keras.Model that has not been called yet: call it on a batch "
+            "once, or give input_shape=(H, W, C)"
+        )
+    inputs = keras.Input(shape)
+    try:
+        outputs = model(inputs)
+    except Exception as e:  # its call may not run on a symbolic tensor (python control flow on values, numpy)
+        raise UserError(
+            f"model {model.name!r} (subclassed) cannot be called on a symbolic input ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}): build the same layers as a functional model"
+        ) from None
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def _check_functional(model) -> None:
