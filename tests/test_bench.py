@@ -71,3 +71,23 @@ def test_a_nested_application_row_per_method():
     rows = {r["method"]: r for r in result["methods"]}
     assert list(rows) == ["cam", "gradcam", "scorecam"] and rows["cam"]["layer"] == "mobilenetv2_1.00_64/out_relu"
     assert 0 < rows["cam"]["share_of_forward"] < 2 and rows["scorecam"]["channels"] == 1280
+
+
+def test_the_vision_transformer_row_times_every_fast_method_at_the_last_blocks_norm():
+    pytest.importorskip("keras_hub")
+    result = bench.vision_transformer(size=32, batch=2, batches=1)  # patch 16: a 2 x 2 grid
+    assert [r["method"] for r in result["methods"]] == list(bench.FAST_ON_TOKENS)
+    for row in result["methods"]:
+        assert row["layer"] == "vi_t_backbone/vit_encoder/transformer_block_4/ln_1", row
+        assert row["maps_per_s"] > 0 and row["share_of_forward"] == pytest.approx(
+            row["maps_per_s"] / row["forward_beside"], rel=0.01
+        )
+    assert "patch 16, 4 blocks" in bench.to_markdown(
+        {
+            "machine": {"cpus": 2, "tensorflow": "x", "keras": "y"},
+            "date": "d",
+            "matmul_peak_gflops": 1,
+            "training": [],
+            "transformer": result,
+        }
+    )

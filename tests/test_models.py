@@ -402,3 +402,13 @@ def test_the_command_line_explains_a_region_and_a_chosen_output(tmp_path, run_cl
     two = keras.models.load_model(tmp_path / "two.keras")
     expected = cam_mnist.explain(two, x, "cam", output="cls")
     np.testing.assert_allclose(np.load(out / "maps_cam.npy")[:, 0], expected, atol=1e-3)
+
+
+def test_the_examples_of_docs_keras_md_run(repo_root):
+    # Every Python block of docs/keras.md's section on today's models runs as written (its asserts included).
+    text = (repo_root / "docs" / "keras.md").read_text()
+    section = text[text.index("## The models Keras users bring today") :]
+    blocks = section.split("```python\n")[1:]
+    assert len(blocks) == 5
+    for block in blocks:
+        exec(compile(block[: block.index("```")], "docs/keras.md", "exec"), {})

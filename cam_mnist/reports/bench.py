@@ -245,6 +245,42 @@ def nested_application(size: int = 224, batch: int = 32, batches: int = 3, score
     return {**result, "methods": rows}
 
 
+FAST_ON_TOKENS = ("gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam")
+
+
+def vision_transformer(size: int = 224, batch: int = 16, batches: int = 3) -> dict:
+    """A keras_hub ViT image classifier (patch 16, 4 blocks, width 192; random weights) on ``size`` x ``size`` x 3
+    images: the fast methods at its default layer (the last block's first norm, inside keras_hub's one-layer
+    encoder, on the 14 x 14 patch grid) timed in turn with the model's own forward pass, batch by batch."""
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(size, size, 3), patch_size=16, num_layers=4, num_heads=3, hidden_dim=192, mlp_dim=768
+    )
+    model = keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=10)
+    images = np.random.default_rng(0).random((batch * batches, size, size, 3)).astype(np.float32)
+    one_pass, rows = _forward(model), []
+    for name in FAST_ON_TOKENS:
+        explainer = get_method(model, name, batch_size=batch)
+        beside, rate = paired_rates(
+            one_pass, explainer, [images[lo : lo + batch] for lo in range(0, len(images), batch)]
+        )
+        rows.append(
+            {
+                "method": name,
+                "layer": explainer.layer.path,
+                "images": len(images),
+                "maps_per_s": round(rate, 1),
+                "forward_beside": round(beside, 1),
+                "share_of_forward": round(rate / beside, 3),
+            }
+        )
+        print(f"  keras_hub ViT {name:10s} {rate:8.1f} maps/s, {rate / beside:.0%} of its forward pass", flush=True)
+    title = f"keras_hub ViTImageClassifier (patch 16, 4 blocks, width 192), random weights, {size}x{size}x3"
+    return {"model": title, "batch": batch, "methods": rows}
+
+
 def tf_keras_vis(model, images, n: int, batch: int = 128) -> list[dict]:
     """tf-keras-vis 0.8.7 on the same model (on its logits, so no model modifier) and the same images, beside ours
     timed on that model too."""
@@ -337,6 +373,8 @@ def main(
     if application:
         print("a keras.applications network, nested as users nest it:", flush=True)
         results["application"] = nested_application()
+        print("a keras_hub vision transformer, its maps on the patch grid:", flush=True)
+        results["transformer"] = vision_transformer()
     if memory and model_path.exists():
         print("peak memory and wall time at two sizes of each command's work:", flush=True)
         results["memory"] = bench_memory.rows(model_path.parent)
@@ -392,6 +430,8 @@ def to_markdown(r: dict) -> str:
         parts.append(memory_markdown(r["memory"]))
     if "application" in r:
         parts.append(_application_markdown(r["application"]))
+    if "transformer" in r:
+        parts.append(_application_markdown(r["transformer"]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -433,9 +473,11 @@ def _application_markdown(a: dict) -> str:
         + [f"{m['share_of_forward']:.0%}" if "share_of_forward" in m else "–"]
         for m in a["methods"]
     ]
+    scored = ""
+    if score["method"] == "scorecam":
+        scored = f" (Score-CAM: {score['channels']} channel passes per map, {score['pass_batch']} at a time)"
     return (
-        f"{a['model']}, batch {a['batch']}: maps per second beside that model's own forward pass "
-        f"(Score-CAM: {score['channels']} channel passes per map, {score['pass_batch']} at a time):\n\n"
+        f"{a['model']}, batch {a['batch']}: maps per second beside that model's own forward pass{scored}:\n\n"
         + markdown_table(
             ["method", "layer", "images", "maps/s", "forward pass beside it", "share of the forward rate"], rows
         )
