@@ -207,27 +207,8 @@ def nested_application(size: int = 224, batch: int = 32, batches: int = 3, score
         ]
     )
     images = np.random.default_rng(0).uniform(0, 255, (batch * batches, size, size, 3)).astype(np.float32)
-    one_pass = _forward(model)
     result = {"model": f"MobileNetV2 nested in a Sequential, random weights, {size}x{size}x3", "batch": batch}
-    rows = []
-    for name in ("cam", "gradcam"):
-        explainer = get_method(model, name, batch_size=batch)
-        beside, rate = paired_rates(
-            one_pass, explainer, [images[lo : lo + batch] for lo in range(0, len(images), batch)]
-        )
-        rows.append(
-            {
-                "method": name,
-                "layer": explainer.layer.path,
-                "images": len(images),
-                "maps_per_s": round(rate, 1),
-                "forward_beside": round(beside, 1),
-                "share_of_forward": round(rate / beside, 3),
-            }
-        )
-        print(
-            f"  nested MobileNetV2 {name:10s} {rate:8.1f} maps/s, {rate / beside:.0%} of its forward pass", flush=True
-        )
+    rows = beside_the_forward_pass(model, ("cam", "gradcam"), images, batch, "nested MobileNetV2")
     score = get_method(model, "scorecam", batch_size=1)
     score(images[:1])  # trace once
     seconds = best_of(lambda: score(images[:score_images]), repeats=1)
@@ -245,6 +226,29 @@ def nested_application(size: int = 224, batch: int = 32, batches: int = 3, score
     return {**result, "methods": rows}
 
 
+def beside_the_forward_pass(model, methods, images, batch: int, label: str) -> list[dict]:
+    """Each method's maps/s timed in turn with ``model``'s own forward pass, batch by batch (:func:`paired_rates`),
+    at its default layer: a row each."""
+    one_pass, rows = _forward(model), []
+    for name in methods:
+        explainer = get_method(model, name, batch_size=batch)
+        beside, rate = paired_rates(
+            one_pass, explainer, [images[lo : lo + batch] for lo in range(0, len(images), batch)]
+        )
+        rows.append(
+            {
+                "method": name,
+                "layer": explainer.layer.path,
+                "images": len(images),
+                "maps_per_s": round(rate, 1),
+                "forward_beside": round(beside, 1),
+                "share_of_forward": round(rate / beside, 3),
+            }
+        )
+        print(f"  {label} {name:10s} {rate:8.1f} maps/s, {rate / beside:.0%} of its forward pass", flush=True)
+    return rows
+
+
 FAST_ON_TOKENS = ("gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam")
 
 
@@ -260,23 +264,7 @@ def vision_transformer(size: int = 224, batch: int = 16, batches: int = 3) -> di
     )
     model = keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=10)
     images = np.random.default_rng(0).random((batch * batches, size, size, 3)).astype(np.float32)
-    one_pass, rows = _forward(model), []
-    for name in FAST_ON_TOKENS:
-        explainer = get_method(model, name, batch_size=batch)
-        beside, rate = paired_rates(
-            one_pass, explainer, [images[lo : lo + batch] for lo in range(0, len(images), batch)]
-        )
-        rows.append(
-            {
-                "method": name,
-                "layer": explainer.layer.path,
-                "images": len(images),
-                "maps_per_s": round(rate, 1),
-                "forward_beside": round(beside, 1),
-                "share_of_forward": round(rate / beside, 3),
-            }
-        )
-        print(f"  keras_hub ViT {name:10s} {rate:8.1f} maps/s, {rate / beside:.0%} of its forward pass", flush=True)
+    rows = beside_the_forward_pass(model, FAST_ON_TOKENS, images, batch, "keras_hub ViT")
     title = f"keras_hub ViTImageClassifier (patch 16, 4 blocks, width 192), random weights, {size}x{size}x3"
     return {"model": title, "batch": batch, "methods": rows}
 
