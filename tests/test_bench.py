@@ -78,7 +78,7 @@ def test_the_vision_transformer_row_times_every_fast_method_at_the_last_blocks_n
     result = bench.vision_transformer(size=32, batch=2, batches=1)  # patch 16: a 2 x 2 grid
     assert [r["method"] for r in result["methods"]] == list(bench.FAST_ON_TOKENS)
     for row in result["methods"]:
-        assert row["layer"] == "vi_t_backbone/vit_encoder/transformer_block_4/ln_1", row
+        assert row["layer"].endswith("/vit_encoder/transformer_block_4/ln_1"), row
         assert row["maps_per_s"] > 0 and row["share_of_forward"] == pytest.approx(
             row["maps_per_s"] / row["forward_beside"], rel=0.01
         )

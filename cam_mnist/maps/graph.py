@@ -225,7 +225,7 @@ class FlatGraph:
 
         hooks = {sub: tracer(c, sub) for c in reversed(self.calls) for sub in _sublayers(c.layer)}
         with _hooks(hooks):
-            self.run(self.input, tf.zeros((1, *input_shape), self.input.dtype), [self.output])
+            self.run(self.input, tf.zeros((1, *input_shape), self.input.dtype), list(self.outputs))
         self._inner, self._inner_shape = [], input_shape
         for layer, (host, path, out) in found.items():
             marker = keras.KerasTensor((None, *out.shape[1:]), dtype=out.dtype.name, name=path)
