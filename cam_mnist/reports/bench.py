@@ -252,20 +252,20 @@ def beside_the_forward_pass(model, methods, images, batch: int, label: str) -> l
 FAST_ON_TOKENS = ("gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam")
 
 
-def vision_transformer(size: int = 224, batch: int = 16, batches: int = 3) -> dict:
-    """A keras_hub ViT image classifier (patch 16, 4 blocks, width 192; random weights) on ``size`` x ``size`` x 3
-    images: the fast methods at its default layer (the last block's first norm, inside keras_hub's one-layer
-    encoder, on the 14 x 14 patch grid) timed in turn with the model's own forward pass, batch by batch."""
+def vision_transformer(size: int = 224, batch: int = 16, batches: int = 3, blocks: int = 4) -> dict:
+    """A keras_hub ViT image classifier (patch 16, ``blocks`` blocks, width 192; random weights) on ``size`` x
+    ``size`` x 3 images: the fast methods at its default layer (the last block's first norm, inside keras_hub's
+    one-layer encoder, on the 14 x 14 patch grid) timed in turn with the model's own forward pass, batch by batch."""
     import keras_hub
 
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.ViTBackbone(
-        image_shape=(size, size, 3), patch_size=16, num_layers=4, num_heads=3, hidden_dim=192, mlp_dim=768
+        image_shape=(size, size, 3), patch_size=16, num_layers=blocks, num_heads=3, hidden_dim=192, mlp_dim=768
     )
     model = keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=10)
     images = np.random.default_rng(0).random((batch * batches, size, size, 3)).astype(np.float32)
     rows = beside_the_forward_pass(model, FAST_ON_TOKENS, images, batch, "keras_hub ViT")
-    title = f"keras_hub ViTImageClassifier (patch 16, 4 blocks, width 192), random weights, {size}x{size}x3"
+    title = f"keras_hub ViTImageClassifier (patch 16, {blocks} blocks, width 192), random weights, {size}x{size}x3"
     return {"model": title, "batch": batch, "methods": rows}
 
 
