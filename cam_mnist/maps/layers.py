@@ -58,10 +58,18 @@ class Head:
     """
 
     def __init__(
-        self, graph: FlatGraph, layer: Call, use_softmax: bool, guided: bool = False, grid: Grid = GRID, **chosen
+        self,
+        graph: FlatGraph,
+        layer: Call,
+        use_softmax: bool,
+        *,
+        guided: bool = False,
+        grid: Grid = GRID,
+        view=None,
+        **chosen,
     ):
         self.graph, self.layer, self.guided, self.grid = graph, layer, guided, grid
-        self.view = chosen.pop("view", None)  # a signal's or volume's view as images (grids.InputView)
+        self.view = view  # a signal's or a volume's inputs seen as images (grids.InputView); None: images
         self.target, output = chosen.get("target"), chosen.get("output")
         if output is None and self.target is not None:
             output = getattr(self.target, "output", None)
