@@ -12,13 +12,20 @@ import pytest
 import tensorflow as tf
 
 import cam_mnist
-from cam_mnist.core.errors import UserError
+from cam_mnist.core.errors import NotClassScores, OutputNotChosen, UserError
 from cam_mnist.maps import METHODS
 from cam_mnist.maps.grids import token_layout
 from cam_mnist.maps.targets import BoxTarget, RegionTarget, RegressionTarget
 
 keras_hub = pytest.importorskip("keras_hub")  # in requirements.txt: skipped only outside `make test`
 FEW = {"smoothgrad": {"samples": 4}, "integrated-gradients": {"steps": 4}, "rise": {"masks": 32}}
+
+
+@pytest.fixture(autouse=True)
+def same_weights():
+    """Every test builds its models from seed 0, so their random weights are the same whatever ran before in this
+    process (a map compared at 1e-5 must not rest on the draw: a nearly flat map's normalisation magnifies rounding)."""
+    keras.utils.set_random_seed(0)
 
 
 @contextlib.contextmanager
@@ -130,6 +137,7 @@ def test_keras_hub_mobilenet_default_layer_is_one_whose_map_has_cells():
         explainer = cam_mnist.maps.get_method(model, "gradcam")
         maps = cam_mnist.explain(model, _images((32, 32, 3)), "gradcam")
     assert np.prod(explainer.layer.shape[1:3]) > 1, explainer.layer.path
+    assert cam_mnist.maps.default_layer(model) == explainer.layer.path != cam_mnist.maps.candidate_layers(model)[-1][0]
     assert maps.std() > 0
 
 
@@ -141,6 +149,8 @@ def test_keras_hub_vit_gradcam_at_the_last_blocks_first_norm_equals_the_computat
         explainer = cam_mnist.maps.get_method(model, "gradcam")
         maps, classes = cam_mnist.explain(model, x, "gradcam", return_targets=True)
     assert explainer.layer.path == f"{model.backbone.name}/vit_encoder/transformer_block_2/ln_1"
+    listed = [path for path, _, _ in cam_mnist.maps.candidate_layers(model)]  # what `layers` prints
+    assert explainer.layer.path in listed and cam_mnist.maps.default_layer(model) == explainer.layer.path
     backbone = model.backbone
     encoder = backbone.get_layer("vit_encoder")
     h = encoder.encoder_layers[0](encoder.dropout(backbone.get_layer("vit_patching_and_embedding")(x)))
@@ -265,7 +275,7 @@ def test_a_segmentation_region_equals_a_model_whose_output_is_that_sum():
     pixel_logits = keras.layers.Conv2D(4, 1, kernel_initializer=positive, name="pixel_logits")
     segmentation = keras.Model(images, pixel_logits(_conv(images)))
     x = _images((16, 16, 3), 3)
-    with pytest.raises(UserError, match=r"gives \(None, 16, 16, 4\), not class scores.*RegionTarget"):
+    with pytest.raises(NotClassScores, match=r"gives \(None, 16, 16, 4\), not class scores.*RegionTarget"):
         cam_mnist.explain(segmentation, x, "gradcam")
     mask = np.zeros((16, 16), bool)
     mask[4:9, 5:12] = True
@@ -283,7 +293,7 @@ def test_a_model_with_two_outputs_must_be_told_which():
     cls, value = keras.layers.Dense(3, name="cls")(pooled), keras.layers.Dense(1, name="value")(pooled)
     two = keras.Model(images, {"class": cls, "value": value})
     x = _images((16, 16, 3), 3)
-    with pytest.raises(UserError, match=r"has 2 outputs \(class, value\): say which"):
+    with pytest.raises(OutputNotChosen, match=r"has 2 outputs \(class, value\): say which"):
         cam_mnist.explain(two, x, "gradcam")
     with pytest.raises(UserError, match="has no output 'nope'"):
         cam_mnist.explain(two, x, "gradcam", output="nope")

@@ -17,7 +17,7 @@ from cam_mnist import maps
 from cam_mnist.commands.common import command_parser
 from cam_mnist.commands.explain_store import Store
 from cam_mnist.core.boxes import boxes_from_maps, tight_boxes
-from cam_mnist.core.errors import UserError
+from cam_mnist.core.errors import NotClassScores, OutputNotChosen, UserError
 from cam_mnist.core.runs import RunFolder, run_dir_or_latest
 from cam_mnist.core.tables import markdown_table
 from cam_mnist.data.images import to_model_input
@@ -168,13 +168,9 @@ def _methods(model, model_path: Path, method: str, layer, sized: dict) -> list[s
     methods = list(METHODS) if method == "all" else [method]
     try:
         maps.get_method(model, methods[0] if method != "all" else "gradcam", layer, **sized)
-    except UserError as e:
-        hint = {
-            "output=": " (on the command line: --output NAME)",
-            "targets=": " (here: --class C --region Y0 X0 Y1 X1)",
-        }
-        said = next((h for key, h in hint.items() if key in str(e)), "")
-        raise UserError(f"{model_path}: {e}{said}") from None
+    except UserError as e:  # what the library names in Python, said as the command line says it
+        said = {OutputNotChosen: " (--output NAME)", NotClassScores: " (--class C --region Y0 X0 Y1 X1)"}
+        raise UserError(f"{model_path}: {e}{said.get(type(e), '')}") from None
     if method == "all":
         try:
             maps.get_method(model, "cam", layer, **sized)
@@ -348,13 +344,12 @@ def list_layers(args) -> None:
 
     model, model_path = load_model(args.model, args.run_dir)
     try:
-        rows = maps.candidate_layers(model)
+        rows, default = maps.candidate_layers(model), maps.default_layer(model)
     except UserError as e:
         raise UserError(f"{model_path}: {e}") from None
-    if not rows:
-        raise UserError(f"{model_path}: no layer with a 4-D (B, h, w, K) output to explain")
-    table = [[path, kind, "x".join(map(str, shape[1:]))] for path, kind, shape in rows]
-    table[-1][0] += " (default)"
+    table = [
+        [path + " (default)" * (path == default), kind, "x".join(map(str, shape[1:]))] for path, kind, shape in rows
+    ]
     print(markdown_table(["layer (--layer)", "type", "output (h x w x K)"], table))
 
 

@@ -21,6 +21,15 @@ class CheckpointError(UserError):
     """A checkpoint cannot be used: unreadable, or not this run's."""
 
 
+class OutputNotChosen(UserError):
+    """A model with several outputs, asked to explain one without being told which."""
+
+
+class NotClassScores(UserError):
+    """A model whose output is not class scores (a segmentation's per-pixel logits...), asked for a class's map
+    without a target saying what to explain."""
+
+
 class ArchitectureMismatch(CheckpointError):
     """A readable checkpoint written by another network than the run's config builds: not a damaged file to skip,
     but a run folder whose config.json and checkpoints disagree."""

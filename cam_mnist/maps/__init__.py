@@ -4,7 +4,7 @@ and the segmentation a map seeds. :func:`explain` is the entry point (loaded on 
 import importlib
 
 _EXPLAIN = (
-    *("explain", "get_method", "forget", "candidate_layers", "METHODS", "Explanation", "BaseCAM"),
+    *("explain", "get_method", "forget", "candidate_layers", "default_layer", "METHODS", "Explanation", "BaseCAM"),
     *("CAM", "GradCAM", "GradCAMPlusPlus", "LayerCAM", "HiResCAM", "XGradCAM", "EigenCAM", "AblationCAM"),
     *("ScoreCAM", "GuidedBackprop", "GuidedGradCAM", "Occlusion", "SmoothGrad", "IntegratedGradients", "RISE"),
 )

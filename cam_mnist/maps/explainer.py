@@ -117,10 +117,24 @@ def _takes_any_size(model) -> bool:
     return bool(inputs) and None in tuple(inputs[0].shape[1:3])
 
 
-def candidate_layers(model) -> list[tuple[str, str, tuple]]:
-    """(path, layer type, output shape) of every layer a map can be made at (4-D output), nested models searched,
-    in the order the model runs them; the last one is the default."""
-    return [(c.path, type(c.layer).__name__, c.shape) for c in FlatGraph.of(model).candidates()]
+def candidate_layers(model, input_shape: tuple | None = None) -> list[tuple[str, str, tuple]]:
+    """(path, layer type, output shape) of every layer a map can be made at (a conv layer's 4-D output, or a
+    transformer's tokens), nested models and composite layers searched, in the order the model runs them.
+    ``input_shape``: for a model that takes any size (needed to look inside composite layers)."""
+    graph = FlatGraph.of(model, input_shape)
+    shape = _known_shape(graph, input_shape)
+    return [(c.path, type(c.layer).__name__, c.shape) for c in graph.candidates(shape)]
+
+
+def default_layer(model, input_shape: tuple | None = None) -> str:
+    """The path of the layer a map is made at when none is named (:meth:`FlatGraph.default_layer`)."""
+    graph = FlatGraph.of(model, input_shape)
+    return graph.default_layer(_known_shape(graph, input_shape)).path
+
+
+def _known_shape(graph: FlatGraph, input_shape: tuple | None) -> tuple | None:
+    shape = tuple(input_shape or graph.input.shape[1:])
+    return None if None in shape else shape
 
 
 __all__ = [
@@ -143,6 +157,7 @@ __all__ = [
     "METHODS",
     "Explanation",
     "candidate_layers",
+    "default_layer",
     "explain",
     "forget",
     "get_method",

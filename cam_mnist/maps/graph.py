@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from cam_mnist.core.errors import UserError
+from cam_mnist.core.errors import OutputNotChosen, UserError
 
 SEPARATOR = "/"  # a nested layer's path: "<model>/<layer>", one name per level
 
@@ -109,7 +109,7 @@ class FlatGraph:
         """The output tensor ``output`` names (its name, or its index); a model with several must say which."""
         if output is None:
             if len(self.outputs) > 1:
-                raise UserError(
+                raise OutputNotChosen(
                     f"model {self.source.name!r} has {len(self.outputs)} outputs ({', '.join(self.output_names)}): "
                     "say which to explain with output= (or a target that reads it)"
                 )

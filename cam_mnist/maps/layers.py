@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from cam_mnist.core.errors import UserError
+from cam_mnist.core.errors import NotClassScores, UserError
 from cam_mnist.maps.graph import Call, FlatGraph, InnerCall
 from cam_mnist.maps.grids import GRID, Grid
 from cam_mnist.maps.targets import reads_all_outputs
@@ -81,7 +81,7 @@ class Head:
             scores, self._dense, self.binary = _logits(graph, out)
             self._outputs = [scores]
             if self.target is None and len(out.shape) != 2:
-                raise UserError(
+                raise NotClassScores(
                     f"model {graph.source.name!r} gives {tuple(out.shape)}, not class scores (B, classes): say what "
                     "to explain with targets= (cam_mnist.maps.targets: RegionTarget for a segmentation, "
                     "RegressionTarget, BoxTarget, or any function of the output giving one score per image)"
