@@ -107,7 +107,7 @@ def _compare(run_dirs: list[Path], args) -> None:
     plotting.line_plot(
         path,
         series,
-        "training wall time (minutes, 2-core CPU)",
+        "training wall time (minutes)",
         "held-out test accuracy",
         "accuracy per wall time",
         hlines={"TF1 reference, reported (leaky test)": evaluate.REFERENCE_ACCURACY, "chance": 0.1},
