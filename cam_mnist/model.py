@@ -106,15 +106,17 @@ PREDICT_BATCH = 128  # images per forward pass of a run's model: TensorFlow keep
 def build_for(config: RunConfig, canvas: int | None = None):
     """The run's model and a compiled ``predict`` (float images -> probabilities). The network is fully
     convolutional up to GAP, so the same weights serve any canvas size."""
-    import tensorflow as tf
+    from cam_mnist.core import backend
 
     model = build_model(config.model, canvas or config.data.canvas)
-    return model, batched(tf.function(lambda x: model(x, training=False), reduce_retracing=True))
+    return model, batched(backend.compiled(lambda x: model(x, training=False), model.variables))
 
 
 def batched(forward):
-    """``forward`` (a compiled model call) as a numpy function of any number of images, at most PREDICT_BATCH a
-    pass: TensorFlow keeps the memory of its largest pass."""
+    """``forward`` (a compiled model call, :func:`cam_mnist.core.backend.compiled`) as a numpy function of any
+    number of images, at most PREDICT_BATCH a pass: TensorFlow keeps the memory of its largest pass."""
+    from cam_mnist.core import backend
+
     return lambda x: np.concatenate(
-        [forward(x[lo : lo + PREDICT_BATCH]).numpy() for lo in range(0, len(x), PREDICT_BATCH)]
+        [backend.to_numpy(forward(x[lo : lo + PREDICT_BATCH])) for lo in range(0, len(x), PREDICT_BATCH)]
     )

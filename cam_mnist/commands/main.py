@@ -15,7 +15,10 @@ from cam_mnist.commands import data, evaluate, explain, frontier, localize, tool
 from cam_mnist.commands.common import EXIT_BAD_INPUT, PROG, STORAGE_ERRORS
 from cam_mnist.core.errors import UserError
 
-NEEDS_TENSORFLOW = {"train", "eval", "localize", "explain", "layers", "bench"}
+NEEDS_KERAS = {"train", "eval", "localize", "explain", "layers", "bench"}
+# The reproduction's training is TensorFlow's (tf.data, tf.distribute, its bfloat16 policy); maps and evaluation
+# run on every Keras 3 backend (KERAS_BACKEND=tensorflow, jax or torch).
+TENSORFLOW_ONLY = {"train"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,15 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def import_tensorflow(verbose: bool) -> None:
-    """Import TensorFlow for a command that needs it, keeping its start-up chatter (oneDNN notices, CUDA probing on
-    a machine without a GPU, absl's preamble) out of the user's terminal unless ``--verbose``. TensorFlow 2.21
-    writes these from C++ before its log level is read, so stderr's file descriptor is parked in a temporary file
-    during the import; if the import fails, what it wrote is shown."""
+def import_keras(verbose: bool) -> str:
+    """Import Keras and its backend for a command that needs them, keeping their start-up chatter (TensorFlow's
+    oneDNN notices, CUDA probing on a machine without a GPU, absl's preamble) out of the user's terminal unless
+    ``--verbose``. TensorFlow 2.21 writes these from C++ before its log level is read, so stderr's file descriptor
+    is parked in a temporary file during the import; if the import fails, what it wrote is shown. Returns the
+    backend's name."""
     if verbose:
-        import tensorflow  # noqa: F401
+        import keras
 
-        return
+        return keras.backend.backend()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # later C++ messages: errors only
     sys.stderr.flush()
@@ -58,10 +62,12 @@ def import_tensorflow(verbose: bool) -> None:
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401
-            import tensorflow
+            import keras
 
-            tensorflow.config.list_physical_devices("GPU")  # probes CUDA now, where its "no GPU" error is parked
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow
+
+                tensorflow.config.list_physical_devices("GPU")  # probes CUDA now, where its "no GPU" error is parked
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -72,6 +78,7 @@ def import_tensorflow(verbose: bool) -> None:
             os.close(saved)
     logging.getLogger("absl").setLevel(logging.ERROR)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    return keras.backend.backend()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "check", None):
             args.check(args)
-        if args.command in NEEDS_TENSORFLOW:
-            import_tensorflow(getattr(args, "verbose", False))
+        if args.command in NEEDS_KERAS:
+            name = import_keras(getattr(args, "verbose", False))
+            if args.command in TENSORFLOW_ONLY and name != "tensorflow":
+                raise UserError(
+                    f"`{args.command}` trains with TensorFlow (tf.data, tf.distribute); KERAS_BACKEND is {name!r}: "
+                    "run it with KERAS_BACKEND=tensorflow (maps, eval and localize run on every backend)"
+                )
         return args.func(args) or 0
     except UserError as e:  # the user's mistake: one line, exit status 2; anything else is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)

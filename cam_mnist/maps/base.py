@@ -2,13 +2,14 @@
 
 For images x (B, H, W, C), a target layer with activations A (B, h, w, K) and target classes c (B,):
   1. one forward pass gives A and the logits y (B, classes); the score is y^c, never the softmax (unless asked);
-  2. gradients dy^c/dA, for methods that need them (one tape, whole batch);
+  2. gradients dy^c/dA, for methods that need them (one backward pass, whole batch);
   3. ``channel_weights`` -- the method: (B, K) weights per channel or (B, h, w, K) weights per cell;
   4. signed map = sum_k weights_k * A^k (B, h, w); map = its ReLU, the "raw" map;
   5. bilinear upsampling to (H, W) and min-max normalisation per image to [0, 1].
-Steps 1-5 run in one ``tf.function`` over fixed-size batches (the last batch is padded), so only the first call
-traces and every later call is graph speed. The model may be nested in others: :mod:`cam_mnist.maps.graph` runs
-its layers as one flat graph, reading its variables at every call.
+Steps 1-5 are written in ``keras.ops`` and run in the backend's compiled form (:mod:`cam_mnist.core.backend`:
+``tf.function``, ``jax.jit``; eager on PyTorch) over fixed-size batches (the last batch is padded), so only the
+first call traces. The model may be nested in others: :mod:`cam_mnist.maps.graph` runs its layers as one flat
+graph, reading its variables at every call.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import logging
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from cam_mnist.core.errors import UserError
+from cam_mnist.core import backend
 from cam_mnist.maps.graph import FlatGraph
 from cam_mnist.maps.grids import InputView, grid_for
 from cam_mnist.maps.layers import Head
@@ -31,23 +33,29 @@ PREDICTED = -1  # target sentinel: explain the class the model predicts
 PASS_PIXELS = 2**20
 
 
-def resolve_targets(targets: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+def resolve_targets(targets, scores):
     """(B,) targets with each PREDICTED replaced by the class of the image's highest score."""
-    return tf.where(targets == PREDICTED, tf.argmax(scores, -1, output_type=tf.int32), targets)
+    return ops.where(targets == PREDICTED, ops.cast(ops.argmax(scores, -1), "int32"), targets)
 
 
-def over_pairs(fn, b, v: int, chunk: int) -> tf.Tensor:
+def pick(values, index):
+    """values[b, index[b]] for every b: (B, N, ...) and (B,) -> (B, ...)."""
+    index = ops.reshape(ops.cast(index, "int32"), (-1, *[1] * (len(values.shape) - 1)))
+    return ops.squeeze(ops.take_along_axis(values, index, axis=1), 1)
+
+
+def over_pairs(fn, b, v: int, chunk: int):
     """``fn(image, variant)`` for every pair of B images and V variants (masks, channels, noise samples...), at most
-    ``chunk`` pairs per call and one call at a time (``tf.map_fn`` traces ``fn`` once): how the many-pass methods
+    ``chunk`` pairs per call and one call at a time (:func:`backend.sequential_map`): how the many-pass methods
     keep their memory flat in the number of passes. The chunks are balanced, the last one padded by repeating the
     last pair. fn: ((n,) image indices, (n,) variant indices) int32 -> (n, ...) float32; returns (B, V, ...)."""
     n = b * v
     count = (n + chunk - 1) // chunk
     size = (n + count - 1) // count  # balanced: 512 pairs at most 104 a chunk are 5 chunks of 103, not 4 x 104 + 96
-    rows = tf.reshape(tf.minimum(tf.range(count * size), n - 1), (count, size))
-    out = tf.map_fn(lambda r: fn(r // v, r % v), rows, fn_output_signature=tf.float32, parallel_iterations=1)
-    rest = tf.shape(out)[2:]  # what fn returns per pair
-    return tf.reshape(tf.reshape(out, tf.concat([[-1], rest], 0))[:n], tf.concat([[b, v], rest], 0))
+    rows = ops.reshape(ops.minimum(ops.arange(count * size, dtype="int32"), n - 1), (count, size))
+    out = backend.sequential_map(lambda r: fn(r // v, r % v), rows)
+    rest = tuple(out.shape[2:])  # what fn returns per pair
+    return ops.reshape(ops.reshape(out, (-1, *rest))[:n], (b, v, *rest))
 
 
 class _FirstTraceIsNotRetrace(logging.Filter):
@@ -58,28 +66,31 @@ class _FirstTraceIsNotRetrace(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-tf.get_logger().addFilter(_FirstTraceIsNotRetrace())
+if backend.NAME == "tensorflow":
+    import tensorflow as tf
+
+    tf.get_logger().addFilter(_FirstTraceIsNotRetrace())
 
 
-def as_float32(x: tf.Tensor) -> tf.Tensor:
+def as_float32(x):
     """A mixed-precision model's bfloat16 / float16 tensor in float32, in which every map is made."""
-    return tf.cast(x, tf.float32)
+    return ops.cast(x, "float32")
 
 
-def normalise(maps: tf.Tensor) -> tf.Tensor:
+def normalise(maps):
     """Min-max per map to [0, 1]; a constant map (e.g. all zeros) becomes all zeros, never NaN. (B, H, W)."""
-    lo = tf.reduce_min(maps, axis=(1, 2), keepdims=True)
-    span = tf.reduce_max(maps, axis=(1, 2), keepdims=True) - lo
-    return tf.math.divide_no_nan(maps - lo, span)
+    lo = ops.min(maps, axis=(1, 2), keepdims=True)
+    span = ops.max(maps, axis=(1, 2), keepdims=True) - lo
+    return ops.divide_no_nan(maps - lo, span)
 
 
-def shift(x: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
+def shift(x, dy: int, dx: int):
     """(B, H, W[, C]) moved ``dy`` pixels down and ``dx`` right; what moves in from outside is zero."""
     h, w = x.shape[1], x.shape[2]
-    rows, cols = tf.range(h), tf.range(w)
+    rows, cols = np.arange(h), np.arange(w)
     inside = ((rows >= dy) & (rows < h + dy))[:, None] & ((cols >= dx) & (cols < w + dx))[None, :]  # (H, W)
-    inside = tf.cast(inside, x.dtype)
-    return tf.roll(x, (dy, dx), axis=(1, 2)) * (inside[None] if x.shape.rank == 3 else inside[None, ..., None])
+    inside = inside.astype(np.float32)[None] if len(x.shape) == 3 else inside.astype(np.float32)[None, ..., None]
+    return ops.roll(ops.roll(x, dy, axis=1), dx, axis=2) * ops.cast(inside, x.dtype)
 
 
 class Explanation(NamedTuple):
@@ -147,8 +158,9 @@ class BaseCAM:
         self.pass_batch = pass_batch or max(1, PASS_PIXELS // (self.input_shape[0] * self.input_shape[1]))
         if self.pass_batch < 1:
             raise UserError(f"pass_batch must be at least 1, got {pass_batch}")
-        self._graph = tf.function(self._batch, reduce_retracing=True)
-        self._signed_graph = tf.function(lambda x, t: self._batch(x, t, signed=True), reduce_retracing=True)
+        variables = model.variables  # on JAX, arguments of the compiled maps (backend.compiled)
+        self._graph = backend.compiled(self._batch, variables)
+        self._signed_graph = backend.compiled(lambda x, t: self._batch(x, t, signed=True), variables)
 
     # --------------------------------------------------------------------------------------- what methods override
     def channel_weights(self, images, activations, grads, targets):
@@ -158,29 +170,33 @@ class BaseCAM:
     def signed_maps(self, images, targets):
         """The maps before the method's final ReLU (B, h, w) at the layer's resolution, and the (B,) targets
         actually explained. Channel-weighted methods: sum_k weights_k * A^k."""
-        with tf.GradientTape() as tape:  # records through the weights, so dy/dA exists
-            outputs, scores = self.head.forward(images, as_grid=False)  # the layer's output, (B, classes)
-            targets = resolve_targets(targets, scores)
-            score = tf.gather(scores, targets, batch_dims=1)  # (B,) y^c of each image's own target
-        grads = tape.gradient(score, outputs) if self.needs_gradients else None
+        def score(x, probe=None):  # the sum of each image's own y^c, and the layer's output (probed) it comes from
+            outputs, scores = self.head.forward(x, as_grid=False, probe=probe)  # the layer's output, (B, classes)
+            explained = resolve_targets(targets, scores)
+            return ops.sum(pick(scores, explained)), (outputs, explained)
+
+        if self.needs_gradients:  # dy^c/dA: images are independent, so the sum's gradient is each image's own
+            grads, (outputs, targets) = backend.gradient_inside(score, images)
+            grads = as_float32(self.grid.to_grid(grads))
+        else:
+            grads, (outputs, targets) = None, score(images)[1]
         activations = as_float32(self.grid.to_grid(outputs))  # (B, h, w, K) in float32 (mixed precision)
-        grads = None if grads is None else as_float32(self.grid.to_grid(grads))
         weights = self.channel_weights(images, activations, grads, targets)
-        if weights.shape.rank == 2:
+        if len(weights.shape) == 2:
             weights = weights[:, None, None, :]
-        return tf.reduce_sum(weights * activations, -1), targets
+        return ops.sum(weights * activations, -1), targets
 
     def raw_maps(self, images, targets):
         """The un-normalised maps (B, h, w) >= 0 at the layer's resolution, and the (B,) targets actually explained:
         the signed maps' positive part, as every method in the family defines its map."""
         signed, targets = self.signed_maps(images, targets)
-        return tf.nn.relu(signed), targets
+        return ops.relu(signed), targets
 
     # ------------------------------------------------------------------------------------------------ the pipeline
     def _batch(self, images, targets, signed: bool = False):
         if signed and type(self).raw_maps is BaseCAM.raw_maps:  # one pass gives both
             before, targets = self.signed_maps(images, targets)
-            raw = tf.nn.relu(before)
+            raw = ops.relu(before)
         else:
             raw, targets = self.raw_maps(images, targets)
             before = self.signed_maps(images, targets)[0] if signed else None
@@ -194,12 +210,12 @@ class BaseCAM:
         """``smooth``: test-time augmentation that maps back exactly (as pytorch-grad-cam's ``aug_smooth`` does with
         flips). The image is shifted by ``smooth`` pixels up, down, left and right, each map is shifted back, and
         every pixel is the mean of the maps that cover it. The classes stay those of the unshifted image."""
-        total, cover = maps, tf.ones_like(maps)
+        total, cover = maps, ops.ones_like(maps)
         s = self.smooth
         for dy, dx in ((s, 0), (-s, 0), (0, s), (0, -s)):
             shifted, _ = self.raw_maps(shift(images, dy, dx), targets)
             total += shift(self.grid.upsample(shifted, self.input_shape[:2]), -dy, -dx)
-            cover += shift(tf.ones_like(maps), -dy, -dx)
+            cover += shift(ops.ones_like(maps), -dy, -dx)
         return total / cover
 
     def __call__(self, images, targets="predicted", raw: bool = False):
@@ -224,7 +240,7 @@ class BaseCAM:
                 x = np.concatenate([x, np.repeat(x[-1:], b - n, 0)])
                 t = np.concatenate([t, np.repeat(t[-1:], b - n, 0)])
             graph = self._signed_graph if signed else self._graph
-            values = [v.numpy() for v in graph(tf.constant(x), tf.constant(t))]
+            values = [backend.to_numpy(v) for v in graph(x, t)]
             if outs is None:
                 outs = [np.empty((len(images), *v.shape[1:]), v.dtype) for v in values]
             for out, value in zip(outs, values, strict=True):

@@ -22,9 +22,10 @@ import weakref
 from dataclasses import dataclass
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from cam_mnist.core.errors import OutputNotChosen, UserError
+from cam_mnist.core.backend import positive_gradient
 
 SEPARATOR = "/"  # a nested layer's path: "<model>/<layer>", one name per level
 
@@ -68,13 +69,6 @@ def relu_kind(layer) -> bool:
     if isinstance(layer, keras.layers.ReLU):
         return not layer.negative_slope and not layer.threshold
     return getattr(layer, "activation", None) in (keras.activations.relu, keras.activations.relu6)
-
-
-@tf.custom_gradient
-def positive_gradient(x):
-    """Identity whose backward pass lets only positive gradients through. After a ReLU, whose own backward pass
-    keeps the gradient where its input is positive, this is guided backpropagation's rule (Springenberg et al.)."""
-    return tf.identity(x), lambda dy: dy * tf.cast(dy > 0, dy.dtype)
 
 
 class FlatGraph:
@@ -215,7 +209,7 @@ class FlatGraph:
                     finally:
                         path = SEPARATOR.join(stack)
                         stack.pop()
-                    if layer not in found and isinstance(out, tf.Tensor):  # a shared layer: its first call
+                    if layer not in found and ops.is_tensor(out):  # a shared layer: its first call
                         found[layer] = (host, path, out)
                     return out
 
@@ -225,10 +219,11 @@ class FlatGraph:
 
         hooks = {sub: tracer(c, sub) for c in reversed(self.calls) for sub in _sublayers(c.layer)}
         with _hooks(hooks):
-            self.run(self.input, tf.zeros((1, *input_shape), self.input.dtype), list(self.outputs))
+            self.run(self.input, ops.zeros((1, *input_shape), self.input.dtype), list(self.outputs))
         self._inner, self._inner_shape = [], input_shape
         for layer, (host, path, out) in found.items():
-            marker = keras.KerasTensor((None, *out.shape[1:]), dtype=out.dtype.name, name=path)
+            dtype = keras.backend.standardize_dtype(out.dtype)
+            marker = keras.KerasTensor((None, *out.shape[1:]), dtype=dtype, name=path)
             self._inner.append(InnerCall(f"{host.path}{SEPARATOR}{path}", layer, (), {}, (marker,), host))
         for call in self._inner:
             self._producer[id(call.output)] = call

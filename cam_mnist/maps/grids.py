@@ -16,22 +16,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import tensorflow as tf
+from keras import ops
 
 from cam_mnist.core.errors import UserError
 from cam_mnist.core.resize import bilinear_weights
 
 
-def upsample(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+def upsample(maps, size: tuple[int, int]):
     """(B, h, w) -> (B, H, W), bilinear, as Grad-CAM and the CAM paper upsample to the image size.
 
     Computed as rows @ map @ cols.T with fixed interpolation matrices: equal to ``tf.image.resize`` (half-pixel
     centres) to float rounding, and on one-channel maps two small matrix products beat its resize kernel."""
     h, w = maps.shape[1], maps.shape[2]
     if h is None or w is None:  # a layer whose size is known only at run time
-        return tf.image.resize(maps[..., None], size, method="bilinear")[..., 0]
+        return ops.image.resize(maps[..., None], size, interpolation="bilinear", antialias=False)[..., 0]
     rows, cols = bilinear_weights(h, size[0]), bilinear_weights(w, size[1])  # (H, h), (W, w)
-    return tf.matmul(tf.matmul(rows, maps), cols, transpose_b=True)
+    return ops.matmul(ops.matmul(rows, maps), ops.convert_to_tensor(cols.T))
 
 
 class Grid:
@@ -61,7 +61,7 @@ class SignalGrid(Grid):
         return x[:, None]
 
     def from_grid(self, grid, original):
-        return tf.cast(grid[:, 0], original.dtype)
+        return ops.cast(grid[:, 0], original.dtype)
 
 
 @dataclass(frozen=True)
@@ -74,17 +74,17 @@ class VolumeGrid(Grid):
     identity = False
 
     def to_grid(self, x):
-        return tf.reshape(x, (-1, x.shape[1] * x.shape[2], x.shape[3], x.shape[4]))
+        return ops.reshape(x, (-1, x.shape[1] * x.shape[2], x.shape[3], x.shape[4]))
 
     def from_grid(self, grid, original):
-        return tf.reshape(tf.cast(grid, original.dtype), (-1, *original.shape[1:]))
+        return ops.reshape(ops.cast(grid, original.dtype), (-1, *original.shape[1:]))
 
     def upsample(self, maps, size: tuple[int, int]):
         h, w = maps.shape[1] // self.cells, maps.shape[2]  # (B, d*h, w) -> (B, d, h, w)
         out_h = size[0] // self.depth
         rows = [bilinear_weights(n, m) for n, m in ((self.cells, self.depth), (h, out_h), (w, size[1]))]
-        volume = tf.einsum("bdhw,Dd,Hh,Ww->bDHW", tf.reshape(maps, (-1, self.cells, h, w)), *rows)
-        return tf.reshape(volume, (-1, size[0], size[1]))
+        volume = ops.einsum("bdhw,Dd,Hh,Ww->bDHW", ops.reshape(maps, (-1, self.cells, h, w)), *rows)
+        return ops.reshape(volume, (-1, size[0], size[1]))
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class InputView:
         return len(self.shape) == 3
 
     def to_model(self, x):
-        return x if self.is_image else tf.reshape(x, (-1, *self.shape))
+        return x if self.is_image else ops.reshape(x, (-1, *self.shape))
 
     def to_view(self, x):
         """Inputs in the model's shape (N, ...) as the view (N, H, W, C)."""
@@ -131,11 +131,11 @@ class TokenGrid(Grid):
     identity = False
 
     def to_grid(self, x):
-        return tf.reshape(x[:, self.extra :], (-1, self.h, self.w, x.shape[-1]))  # (B, h, w, C)
+        return ops.reshape(x[:, self.extra :], (-1, self.h, self.w, x.shape[-1]))  # (B, h, w, C)
 
     def from_grid(self, grid, original):
-        patches = tf.reshape(tf.cast(grid, original.dtype), (-1, self.h * self.w, original.shape[-1]))
-        return tf.concat([original[:, : self.extra], patches], 1)
+        patches = ops.reshape(ops.cast(grid, original.dtype), (-1, self.h * self.w, original.shape[-1]))
+        return ops.concatenate([original[:, : self.extra], patches], 1)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ activations beside them, and the CAM weights of a GAP -> linear head."""
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from cam_mnist.core.errors import NotClassScores, UserError
 from cam_mnist.maps.graph import Call, FlatGraph, InnerCall
@@ -97,16 +97,19 @@ class Head:
     def probabilities(self, scores):
         """What the methods that weigh by confidence read (Score-CAM, RISE): the softmax of the class scores, or
         the scores as they are where they are probabilities already (``use_softmax``) or a target's own."""
-        return scores if self.use_softmax or self.target is not None else tf.nn.softmax(scores)
+        return scores if self.use_softmax or self.target is not None else ops.softmax(scores)
 
-    def forward(self, images, as_grid: bool = True):
+    def forward(self, images, as_grid: bool = True, probe=None):
         """The target layer's activations as a grid (B, h, w, K) (:mod:`cam_mnist.maps.grids`), in the layer's own
         dtype (a mixed-precision model's are bfloat16 or float16: differentiate with respect to these, then cast),
         and the class scores in float32. ``as_grid=False``: the layer's output as it is, the tensor the scores
         depend on, to differentiate with respect to (then :meth:`Grid.to_grid` the gradient too). ``guided``: the
-        backward pass of every ReLU follows guided backpropagation's rule."""
+        backward pass of every ReLU follows guided backpropagation's rule. ``probe``: a function applied to the
+        layer's output where it is made, before the layers after it read it (how its gradient is taken:
+        :func:`cam_mnist.core.backend.gradient_inside`)."""
+        wanted, replace = [self.layer.output, *self._outputs], {id(self.layer.output): probe} if probe else None
         activations, *outputs = self.graph.run(
-            self.graph.input, self._to_model(images), [self.layer.output, *self._outputs], guided=self.guided
+            self.graph.input, self._to_model(images), wanted, guided=self.guided, replace=replace
         )
         activations = self.grid.to_grid(activations) if as_grid else activations
         return activations, self._finish(outputs)
@@ -148,17 +151,17 @@ class Head:
         """(B, classes) float32 scores from the values of the output tensors."""
         if self.target is not None and reads_all_outputs(self.target):
             named = dict(zip(self.graph.output_names, outputs, strict=True))
-            return tf.cast(self.target(named), tf.float32)[:, None]  # (B, 1): the target's score
-        scores = tf.cast(outputs[0], tf.float32)
+            return ops.cast(self.target(named), "float32")[:, None]  # (B, 1): the target's score
+        scores = ops.cast(outputs[0], "float32")
         if self._dense is not None:
-            scores = tf.matmul(scores, tf.cast(self._dense.kernel, scores.dtype))
+            scores = ops.matmul(scores, ops.cast(self._dense.kernel, scores.dtype))
             if self._dense.use_bias:
-                scores += tf.cast(self._dense.bias, scores.dtype)
+                scores += ops.cast(self._dense.bias, scores.dtype)
         if self.target is not None:
-            return tf.cast(self.target(scores), tf.float32)[:, None]
+            return ops.cast(self.target(scores), "float32")[:, None]
         if self.binary:
-            scores = tf.concat([-scores / 2, scores / 2], -1)  # (B, 2): class 0, class 1
-        return tf.nn.softmax(scores) if self.use_softmax else scores
+            scores = ops.concatenate([-scores / 2, scores / 2], -1)  # (B, 2): class 0, class 1
+        return ops.softmax(scores) if self.use_softmax else scores
 
 
 # ------------------------------------------------------------------------------------------------ CAM's weights
@@ -190,16 +193,16 @@ def _linear_part(layer):
     ):
         return None
     if isinstance(layer, keras.layers.Dense) and layer.activation is keras.activations.linear:
-        return lambda: tf.cast(layer.kernel, tf.float32)
+        return lambda: ops.cast(layer.kernel, "float32")
     if isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 1):
         # y = gamma (x - mean) / sqrt(var + eps) + beta with the moving statistics: a scale per channel
         def scale():
-            s = tf.math.rsqrt(tf.cast(layer.moving_variance, tf.float32) + layer.epsilon)
-            return s * tf.cast(layer.gamma, tf.float32) if layer.scale else s
+            s = ops.rsqrt(ops.cast(layer.moving_variance, "float32") + layer.epsilon)
+            return s * ops.cast(layer.gamma, "float32") if layer.scale else s
 
         return scale
     if isinstance(layer, keras.layers.Rescaling):
-        return lambda: tf.constant(layer.scale, tf.float32)
+        return lambda: ops.convert_to_tensor(layer.scale, "float32")
     raise TypeError(type(layer).__name__)
 
 
@@ -242,21 +245,21 @@ def cam_weights(head: Head):
                 f"({type(inner.layer).__name__}) is not: use gradcam, which needs no particular head"
             ) from None
     if head._dense is not None:  # the final Dense whose softmax the logits leave out
-        parts.append(lambda: tf.cast(head._dense.kernel, tf.float32))
+        parts.append(lambda: ops.cast(head._dense.kernel, "float32"))
     parts = [p for p in parts if p is not None]
 
-    def weights() -> tf.Tensor:
+    def weights():
         w = None  # (K, K') so far; None: the identity
         for part in parts:
             p = part()
-            if p.shape.rank < 2:  # a scale per channel (BatchNormalization, Rescaling)
-                w = tf.linalg.diag(tf.broadcast_to(p, [gap.shape[-1]])) if w is None else w * p[None, :]
+            if len(p.shape) < 2:  # a scale per channel (BatchNormalization, Rescaling)
+                w = ops.diag(ops.broadcast_to(p, [gap.shape[-1]])) if w is None else w * p[None, :]
             else:
-                w = p if w is None else tf.matmul(w, p)
+                w = p if w is None else ops.matmul(w, p)
         if w is None:
             raise UserError(f"CAM found no linear layer after the global average pool of {layer.path!r}")
         if head.binary:  # one sigmoid unit: the classes' scores are -z/2 and z/2 (Head)
-            w = tf.concat([-w / 2, w / 2], 1)
+            w = ops.concatenate([-w / 2, w / 2], 1)
         return w  # (K, classes)
 
     return weights

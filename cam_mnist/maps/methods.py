@@ -6,9 +6,9 @@ the returned weights are (B, K), or (B, h, w, K) for methods that weight every c
 
 from __future__ import annotations
 
-import tensorflow as tf
+from keras import ops
 
-from cam_mnist.maps.base import BaseCAM, as_float32, normalise, over_pairs, resolve_targets
+from cam_mnist.maps.base import BaseCAM, as_float32, normalise, over_pairs, pick, resolve_targets
 from cam_mnist.maps.grids import upsample
 from cam_mnist.maps.layers import cam_weights
 
@@ -25,7 +25,7 @@ class CAM(BaseCAM):
         self.kernel = cam_weights(self.head)  # () -> (K, classes), read from the current variables at every call
 
     def channel_weights(self, images, activations, grads, targets):
-        return tf.transpose(tf.gather(self.kernel(), targets, axis=1))  # (B, K)
+        return ops.transpose(ops.take(self.kernel(), targets, axis=1))  # (B, K)
 
 
 class GradCAM(BaseCAM):
@@ -35,7 +35,7 @@ class GradCAM(BaseCAM):
     """
 
     def channel_weights(self, images, activations, grads, targets):
-        return tf.reduce_mean(grads, axis=(1, 2))  # (B, K)
+        return ops.mean(grads, axis=(1, 2))  # (B, K)
 
 
 class GradCAMPlusPlus(BaseCAM):
@@ -50,11 +50,11 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     def channel_weights(self, images, activations, grads, targets):
-        g2 = tf.square(grads)
-        denominator = 2.0 * g2 + tf.reduce_sum(activations, axis=(1, 2), keepdims=True) * g2 * grads
-        alpha = tf.math.divide_no_nan(g2, denominator)  # 0 where the gradient is 0
-        alpha = tf.math.divide_no_nan(alpha, tf.reduce_sum(alpha, axis=(1, 2), keepdims=True))
-        return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2))  # (B, K)
+        g2 = ops.square(grads)
+        denominator = 2.0 * g2 + ops.sum(activations, axis=(1, 2), keepdims=True) * g2 * grads
+        alpha = ops.divide_no_nan(g2, denominator)  # 0 where the gradient is 0
+        alpha = ops.divide_no_nan(alpha, ops.sum(alpha, axis=(1, 2), keepdims=True))
+        return ops.sum(alpha * ops.relu(grads), axis=(1, 2))  # (B, K)
 
 
 class LayerCAM(BaseCAM):
@@ -62,7 +62,7 @@ class LayerCAM(BaseCAM):
     w_ij^kc = ReLU(dy^c/dA^k_ij), map = ReLU(sum_k w_ij^kc A^k_ij)."""
 
     def channel_weights(self, images, activations, grads, targets):
-        return tf.nn.relu(grads)  # (B, h, w, K)
+        return ops.relu(grads)  # (B, h, w, K)
 
 
 class ScoreCAM(BaseCAM):
@@ -77,14 +77,14 @@ class ScoreCAM(BaseCAM):
     default_batch_size = 8
 
     def channel_weights(self, images, activations, grads, targets):
-        b, k = tf.shape(activations)[0], activations.shape[3]
-        channels = tf.transpose(activations, (0, 3, 1, 2))  # (B, K, h, w): once, not in every chunk of pairs
+        b, k = ops.shape(activations)[0], activations.shape[3]
+        channels = ops.transpose(activations, (0, 3, 1, 2))  # (B, K, h, w): once, not in every chunk of pairs
 
         def target_probability(image, channel):  # p^c(X * H^k) of (n,) (image, channel) pairs
-            maps = tf.gather(channels, image)  # (n, K, h, w)
-            masks = normalise(upsample(tf.gather(maps, channel, batch_dims=1), self.input_shape[:2]))  # (n, H, W)
-            _, scores = self.head.forward(tf.gather(images, image) * masks[..., None])  # (n, classes)
-            return tf.gather(self.head.probabilities(scores), tf.gather(targets, image), batch_dims=1)
+            maps = ops.take(channels, image, axis=0)  # (n, K, h, w)
+            masks = normalise(upsample(pick(maps, channel), self.input_shape[:2]))  # (n, H, W)
+            _, scores = self.head.forward(ops.take(images, image, axis=0) * masks[..., None])  # (n, classes)
+            return pick(self.head.probabilities(scores), ops.take(targets, image, axis=0))
 
         return over_pairs(target_probability, b, k, self.pass_batch)  # (B, K)
 
@@ -106,8 +106,8 @@ class XGradCAM(BaseCAM):
     out of the sum, so it runs on (B, K) numbers instead of every cell."""
 
     def channel_weights(self, images, activations, grads, targets):
-        total = tf.reduce_sum(activations, axis=(1, 2))  # (B, K): sum_ab A^k_ab
-        return tf.math.divide_no_nan(tf.reduce_sum(activations * grads, axis=(1, 2)), total)  # (B, K)
+        total = ops.sum(activations, axis=(1, 2))  # (B, K): sum_ab A^k_ab
+        return ops.divide_no_nan(ops.sum(activations * grads, axis=(1, 2)), total)  # (B, K)
 
 
 class AblationCAM(BaseCAM):
@@ -123,17 +123,17 @@ class AblationCAM(BaseCAM):
         self.head.build_tail()  # refuses a layer that is not the only path from the image to the scores
 
     def channel_weights(self, images, activations, grads, targets):
-        b, k = tf.shape(activations)[0], activations.shape[3]
-        y = tf.gather(self.head.scores_from(activations, images), targets, batch_dims=1)[:, None]  # (B, 1)
+        b, k = ops.shape(activations)[0], activations.shape[3]
+        y = pick(self.head.scores_from(activations, images), targets)[:, None]  # (B, 1)
 
         def ablated_score(image, channel):  # y^c_k of (n,) (image, channel) pairs: the score with channel k zeroed
-            keep = 1.0 - tf.one_hot(channel, k, dtype=activations.dtype)  # (n, K)
-            ablated = tf.gather(activations, image) * keep[:, None, None, :]
-            scores = self.head.scores_from(ablated, tf.gather(images, image))  # (n, classes)
-            return tf.gather(scores, tf.gather(targets, image), batch_dims=1)
+            keep = 1.0 - ops.one_hot(channel, k, dtype=activations.dtype)  # (n, K)
+            ablated = ops.take(activations, image, axis=0) * keep[:, None, None, :]
+            scores = self.head.scores_from(ablated, ops.take(images, image, axis=0))  # (n, classes)
+            return pick(scores, ops.take(targets, image, axis=0))
 
         y_k = over_pairs(ablated_score, b, k, self.pass_batch)  # (B, K)
-        return tf.math.divide_no_nan(y - y_k, y)  # (B, K)
+        return ops.divide_no_nan(y - y_k, y)  # (B, K)
 
 
 class EigenCAM(BaseCAM):
@@ -151,9 +151,9 @@ class EigenCAM(BaseCAM):
         activations, scores = self.head.forward(images)
         activations = as_float32(activations)
         targets = resolve_targets(targets, scores)
-        b, h, w, k = (tf.shape(activations)[i] for i in range(4))
-        flat = tf.reshape(activations, (b, h * w, k))
-        _, vectors = tf.linalg.eigh(tf.matmul(flat, flat, transpose_a=True))  # ascending eigenvalues
-        projection = tf.einsum("bnk,bk->bn", flat, vectors[:, :, -1])  # (B, h w)
-        sign = tf.where(tf.reduce_sum(projection, 1, keepdims=True) < 0, -1.0, 1.0)
-        return tf.reshape(sign * projection, (b, h, w)), targets
+        b, h, w, k = ops.shape(activations)
+        flat = ops.reshape(activations, (b, h * w, k))
+        _, vectors = ops.eigh(ops.matmul(ops.transpose(flat, (0, 2, 1)), flat))  # ascending eigenvalues
+        projection = ops.einsum("bnk,bk->bn", flat, vectors[:, :, -1])  # (B, h w)
+        sign = ops.where(ops.sum(projection, 1, keepdims=True) < 0, -1.0, 1.0)
+        return ops.reshape(sign * projection, (b, h, w)), targets

@@ -5,11 +5,12 @@ family, by overriding ``signed_maps`` of the base (the map before its final ReLU
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from cam_mnist.core.errors import UserError
 from cam_mnist.core.resize import bilinear_resize
-from cam_mnist.maps.base import BaseCAM, over_pairs, resolve_targets
+from cam_mnist.core import backend
+from cam_mnist.maps.base import BaseCAM, over_pairs, pick, resolve_targets
 from cam_mnist.maps.grids import upsample
 from cam_mnist.maps.layers import Head
 from cam_mnist.maps.methods import GradCAM
@@ -30,12 +31,13 @@ class GuidedBackprop(BaseCAM):
         )
 
     def signed_maps(self, images, targets):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            _, scores = self.guided_head.forward(images)
-            targets = resolve_targets(targets, scores)
-            score = tf.gather(scores, targets, batch_dims=1)
-        return tf.reduce_sum(tape.gradient(score, images), -1), targets  # (B, H, W)
+        def score(x):
+            _, scores = self.guided_head.forward(x)
+            explained = resolve_targets(targets, scores)
+            return ops.sum(pick(scores, explained)), explained
+
+        grads, targets = backend.gradient(score, images)
+        return ops.sum(grads, -1), targets  # (B, H, W)
 
 
 class GuidedGradCAM(GuidedBackprop):
@@ -71,32 +73,29 @@ class Occlusion(BaseCAM):
         masks = np.zeros((len(starts(h)) * len(starts(w)), h, w), np.float32)
         for i, (y, x) in enumerate((y, x) for y in starts(h) for x in starts(w)):
             masks[i, y : y + patch, x : x + patch] = 1
-        self.masks = tf.constant(masks)  # (P, H, W)
-        self.coverage = tf.constant(masks.sum(0))  # (H, W) placements covering each pixel, >= 1
+        self.masks = masks  # (P, H, W)
+        self.coverage = masks.sum(0)  # (H, W) placements covering each pixel, >= 1
         self.baseline = baseline
 
     def signed_maps(self, images, targets):
-        b, p = tf.shape(images)[0], self.masks.shape[0]
+        b, p = ops.shape(images)[0], self.masks.shape[0]
         _, scores = self.head.forward(images)
         targets = resolve_targets(targets, scores)
+        masks = ops.convert_to_tensor(self.masks)
 
         def occluded_score(image, placement):  # the target's score with the patch hidden, of (n,) pairs
-            keep = 1.0 - tf.gather(self.masks, placement)[..., None]  # (n, H, W, 1)
-            _, occluded_scores = self.head.forward(tf.gather(images, image) * keep + self.baseline * (1.0 - keep))
-            return tf.gather(occluded_scores, tf.gather(targets, image), batch_dims=1)
+            keep = 1.0 - ops.take(masks, placement, axis=0)[..., None]  # (n, H, W, 1)
+            hidden = ops.take(images, image, axis=0) * keep + self.baseline * (1.0 - keep)
+            return pick(self.head.forward(hidden)[1], ops.take(targets, image, axis=0))
 
         occluded = over_pairs(occluded_score, b, p, self.pass_batch)  # (B, P)
-        drop = tf.gather(scores, targets, batch_dims=1)[:, None] - occluded
-        return tf.einsum("bp,phw->bhw", drop, self.masks) / self.coverage, targets  # (B, H, W)
+        drop = pick(scores, targets)[:, None] - occluded
+        return ops.einsum("bp,phw->bhw", drop, masks) / ops.convert_to_tensor(self.coverage), targets  # (B, H, W)
 
 
 def _input_gradients(head: Head, images, targets):
     """dy^c/dx (B, H, W, C) of each image's own target's score."""
-    with tf.GradientTape() as tape:
-        tape.watch(images)
-        _, scores = head.forward(images)
-        score = tf.gather(scores, targets, batch_dims=1)
-    return tape.gradient(score, images)
+    return backend.gradient(lambda x: (ops.sum(pick(head.forward(x)[1], targets)), ()), images)[0]
 
 
 def _weighted_input_gradient(method: BaseCAM, images, targets, points, weights):
@@ -105,12 +104,12 @@ def _weighted_input_gradient(method: BaseCAM, images, targets, points, weights):
     points: ((n, H, W, C) images, (n,) point indices) -> (n, H, W, C); weights (S,)."""
 
     def weighted_gradient(image, s):
-        x = points(tf.gather(images, image), s)
-        grads = _input_gradients(method.head, x, tf.gather(targets, image))
-        return grads * tf.gather(weights, s)[:, None, None, None]
+        x = points(ops.take(images, image, axis=0), s)
+        grads = _input_gradients(method.head, x, ops.take(targets, image, axis=0))
+        return grads * ops.take(weights, s, axis=0)[:, None, None, None]
 
-    grads = over_pairs(weighted_gradient, tf.shape(images)[0], weights.shape[0], method.pass_batch)  # (B, S, H, W, C)
-    return tf.reduce_sum(grads, 1)
+    grads = over_pairs(weighted_gradient, ops.shape(images)[0], weights.shape[0], method.pass_batch)  # (B, S, H, W, C)
+    return ops.sum(grads, 1)
 
 
 def _resolve(head: Head, images, targets):
@@ -133,23 +132,23 @@ class SmoothGrad(BaseCAM):
         if samples < 1 or sigma < 0:
             raise UserError(f"smoothgrad needs samples >= 1 and sigma >= 0, got {samples}, {sigma}")
         self.sigma = sigma
-        self.noise = tf.constant(np.random.default_rng(seed).standard_normal((samples, *self.input_shape)), tf.float32)
+        self.noise = np.random.default_rng(seed).standard_normal((samples, *self.input_shape)).astype(np.float32)
 
     def mean_gradient(self, images, targets):
         """The input gradient averaged over the noisy copies (B, H, W, C), and the (B,) targets resolved."""
         targets = _resolve(self.head, images, targets)
-        n = self.noise.shape[0]
-        span = lambda x: tf.reduce_max(x, (1, 2, 3), keepdims=True) - tf.reduce_min(x, (1, 2, 3), keepdims=True)  # noqa: E731
-        noisy = lambda x, i: x + self.sigma * span(x) * tf.gather(self.noise, i)  # noqa: E731 - (n, H, W, C)
-        return _weighted_input_gradient(self, images, targets, noisy, tf.fill([n], 1.0 / n)), targets
+        n, noise = self.noise.shape[0], ops.convert_to_tensor(self.noise)
+        span = lambda x: ops.max(x, (1, 2, 3), keepdims=True) - ops.min(x, (1, 2, 3), keepdims=True)  # noqa: E731
+        noisy = lambda x, i: x + self.sigma * span(x) * ops.take(noise, i, axis=0)  # noqa: E731 - (n, H, W, C)
+        return _weighted_input_gradient(self, images, targets, noisy, ops.full([n], 1.0 / n)), targets
 
     def raw_maps(self, images, targets):
         mean, targets = self.mean_gradient(images, targets)
-        return tf.reduce_sum(tf.abs(mean), -1), targets  # the absolute value of each channel, summed
+        return ops.sum(ops.abs(mean), -1), targets  # the absolute value of each channel, summed
 
     def signed_maps(self, images, targets):
         mean, targets = self.mean_gradient(images, targets)
-        return tf.reduce_sum(mean, -1), targets
+        return ops.sum(mean, -1), targets
 
 
 class IntegratedGradients(BaseCAM):
@@ -168,24 +167,26 @@ class IntegratedGradients(BaseCAM):
         self.baseline = baseline
         weights = np.ones(steps + 1, np.float32)
         weights[[0, -1]] = 0.5  # the trapezoidal rule
-        self.alphas = tf.constant(np.linspace(0, 1, steps + 1), tf.float32)
-        self.weights = tf.constant(weights / steps)
-        self._attributions = tf.function(self._ig, reduce_retracing=True)
+        self.alphas = np.linspace(0, 1, steps + 1).astype(np.float32)
+        self.weights = weights / steps
+        self._attributions = backend.compiled(self._ig, model.variables)
 
     def _ig(self, images, targets):
-        on_path = lambda x, i: self.baseline + tf.gather(self.alphas, i)[:, None, None, None] * (x - self.baseline)  # noqa: E731
-        average = _weighted_input_gradient(self, images, targets, on_path, self.weights)  # (B, H, W, C)
+        alphas = ops.convert_to_tensor(self.alphas)
+        on_path = lambda x, i: self.baseline + ops.take(alphas, i, axis=0)[:, None, None, None] * (x - self.baseline)  # noqa: E731
+        weights = ops.convert_to_tensor(self.weights)
+        average = _weighted_input_gradient(self, images, targets, on_path, weights)  # (B, H, W, C)
         return (images - self.baseline) * average  # (B, H, W, C)
 
     def attributions(self, images, targets) -> np.ndarray:
         """Integrated gradients (N, H, W, C) of each image's target class, signed."""
         images = self._check_images(images)
         targets = self._check_targets(targets, len(images))
-        return self._attributions(tf.constant(images), tf.constant(targets)).numpy()
+        return backend.to_numpy(self._attributions(images, targets))
 
     def signed_maps(self, images, targets):
         targets = _resolve(self.head, images, targets)
-        return tf.reduce_sum(self._ig(images, targets), -1), targets
+        return ops.sum(self._ig(images, targets), -1), targets
 
 
 class RISE(BaseCAM):
@@ -204,18 +205,20 @@ class RISE(BaseCAM):
         if masks < 1 or cells < 1 or not 0 < keep <= 1:
             raise UserError(f"rise needs masks >= 1, cells >= 1 and keep in (0, 1], got {masks}, {cells}, {keep}")
         self.keep = keep
-        self.masks = tf.constant(_rise_masks(masks, cells, keep, self.input_shape[:2], seed))  # (N, H, W)
+        self.masks = _rise_masks(masks, cells, keep, self.input_shape[:2], seed)  # (N, H, W)
 
     def signed_maps(self, images, targets):
         targets = _resolve(self.head, images, targets)
 
+        masks = ops.convert_to_tensor(self.masks)
+
         def masked_probability(image, mask):  # p^c(x (.) M_i) of (n,) (image, mask) pairs
-            _, scores = self.head.forward(tf.gather(images, image) * tf.gather(self.masks, mask)[..., None])
-            return tf.gather(self.head.probabilities(scores), tf.gather(targets, image), batch_dims=1)
+            _, scores = self.head.forward(ops.take(images, image, axis=0) * ops.take(masks, mask, axis=0)[..., None])
+            return pick(self.head.probabilities(scores), ops.take(targets, image, axis=0))
 
         n = self.masks.shape[0]
-        p = over_pairs(masked_probability, tf.shape(images)[0], n, self.pass_batch)  # (B, N)
-        return tf.einsum("bn,nhw->bhw", p, self.masks) / (n * self.keep), targets
+        p = over_pairs(masked_probability, ops.shape(images)[0], n, self.pass_batch)  # (B, N)
+        return ops.einsum("bn,nhw->bhw", p, masks) / (n * self.keep), targets
 
 
 def _rise_masks(n: int, cells: int, keep: float, size: tuple[int, int], seed: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,10 +24,10 @@ class RegionTarget:
     output: str | int | None = None  # which output, for a model with several
 
     def __call__(self, outputs):
-        mask = tf.constant(np.asarray(self.mask, np.float32))
-        if outputs.shape.rank != 4 or tuple(outputs.shape[1:3]) != tuple(mask.shape):
-            raise ValueError(f"a region of {tuple(mask.shape)} needs a (B, H, W, classes) output, got {outputs.shape}")
-        return tf.reduce_sum(tf.cast(outputs[..., self.index], tf.float32) * mask, axis=(1, 2))
+        mask = np.asarray(self.mask, np.float32)
+        if len(outputs.shape) != 4 or tuple(outputs.shape[1:3]) != mask.shape:
+            raise ValueError(f"a region of {mask.shape} needs a (B, H, W, classes) output, got {tuple(outputs.shape)}")
+        return ops.sum(ops.cast(outputs[..., self.index], "float32") * ops.convert_to_tensor(mask), axis=(1, 2))
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,7 +39,7 @@ class RegressionTarget:
     output: str | int | None = None
 
     def __call__(self, outputs):
-        return self.sign * tf.cast(tf.reshape(outputs, (tf.shape(outputs)[0], -1))[:, self.index], tf.float32)
+        return self.sign * ops.cast(ops.reshape(outputs, (ops.shape(outputs)[0], -1))[:, self.index], "float32")
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,14 +55,15 @@ class BoxTarget:
     output: str | int | None = field(default=None, init=False)  # reads two outputs
 
     def __call__(self, outputs: dict):
-        boxes, scores = tf.cast(outputs[self.boxes], tf.float32), tf.cast(outputs[self.scores], tf.float32)
+        boxes, scores = ops.cast(outputs[self.boxes], "float32"), ops.cast(outputs[self.scores], "float32")
         y0, x0, y1, x1 = (float(v) for v in self.box)
-        top, left = tf.maximum(boxes[..., 0], y0), tf.maximum(boxes[..., 1], x0)
-        bottom, right = tf.minimum(boxes[..., 2], y1), tf.minimum(boxes[..., 3], x1)
-        inter = tf.nn.relu(bottom - top) * tf.nn.relu(right - left)
+        top, left = ops.maximum(boxes[..., 0], y0), ops.maximum(boxes[..., 1], x0)
+        bottom, right = ops.minimum(boxes[..., 2], y1), ops.minimum(boxes[..., 3], x1)
+        inter = ops.relu(bottom - top) * ops.relu(right - left)
         area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]) + (y1 - y0) * (x1 - x0)
-        best = tf.argmax(tf.math.divide_no_nan(inter, area - inter), axis=1)  # (B,) the best-matching box
-        return tf.gather(tf.gather(scores, best, batch_dims=1), self.index, axis=1)
+        best = ops.argmax(ops.divide_no_nan(inter, area - inter), axis=1)  # (B,) the best-matching box
+        best_scores = ops.squeeze(ops.take_along_axis(scores, ops.cast(best, "int32")[:, None, None], axis=1), 1)
+        return best_scores[:, self.index]
 
 
 def reads_all_outputs(target) -> bool:

@@ -100,8 +100,14 @@ class Trainer:
         strategy: str = "default",
         devices: tuple[str, ...] = (),
     ):
+        import keras
         import tensorflow as tf
 
+        if keras.backend.backend() != "tensorflow":
+            raise UserError(
+                f"training runs on TensorFlow (tf.data, tf.distribute), not KERAS_BACKEND={keras.backend.backend()!r}:"
+                " train with KERAS_BACKEND=tensorflow; the maps, eval and localize run on every backend"
+            )
         self.config, self.run_dir, self.log = config, Path(run_dir), log
         self.folder = RunFolder(run_dir)
         self.digits, self.val, self.test = data.digits, data.val, data.test

@@ -1,0 +1,189 @@
+"""Everything the maps do that differs between Keras 3's backends, in one place; every other module of
+:mod:`cam_mnist.maps` is written in ``keras.ops`` and runs on each.
+
+The Keras maintainers keep gradients backend-specific (keras issues #19220, #20760), so this module owns them:
+
+============  ======================================  ============================  ==============================
+backend       a map's compiled form (:func:`compiled`)  gradients (:func:`gradient`)  the guided rule
+============  ======================================  ============================  ==============================
+tensorflow    ``tf.function``                         ``tf.GradientTape``           ``tf.custom_gradient``
+jax           ``jax.jit`` over a stateless call       ``jax.value_and_grad``        ``jax.custom_vjp``
+torch         eager under ``torch.no_grad``           ``torch.autograd.grad``       ``torch.autograd.Function``
+============  ======================================  ============================  ==============================
+
+On JAX the model's variables are arguments of the compiled function (read through ``keras.StatelessScope``), not
+constants baked into it, so a map follows the weights as they change during ``model.fit`` without recompiling.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+import numpy as np
+
+NAME = keras.backend.backend()  # "tensorflow", "jax" or "torch": fixed for the process by KERAS_BACKEND
+SUPPORTED = ("tensorflow", "jax", "torch")
+
+
+def compiled(fn, variables=()):
+    """``fn`` (tensors -> tensors) in the backend's compiled form, taking numpy arrays; ``variables``: the Keras
+    variables it reads (on JAX passed as arguments, so that the compiled function sees their current values)."""
+    if NAME == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    if NAME == "jax":
+        import jax
+
+        variables = list(variables)
+
+        def stateless(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+                return fn(*args)
+
+        jitted = jax.jit(stateless)
+        return lambda *args: jitted([v.value for v in variables], *args)
+    import torch
+
+    @functools.wraps(fn)
+    def eager(*args):
+        with torch.no_grad():  # what needs a gradient asks for it (gradient); nothing else records a graph
+            return fn(*(keras.ops.convert_to_tensor(a) for a in args))
+
+    return eager
+
+
+def to_numpy(x) -> np.ndarray:
+    return keras.ops.convert_to_numpy(x)
+
+
+# -------------------------------------------------------------------------------------------------------- gradients
+def gradient(fn, x):
+    """d fn(x)[0] / dx and fn(x)[1]: ``fn`` returns (a scalar to differentiate, anything else to keep)."""
+    if NAME == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total, kept = fn(x)
+        return tape.gradient(total, x), kept
+    if NAME == "jax":
+        import jax
+
+        (_, kept), grad = jax.value_and_grad(fn, has_aux=True)(x)
+        return grad, kept
+    import torch
+
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        total, kept = fn(leaf)
+        (grad,) = torch.autograd.grad(total, leaf)
+    return grad, _detached(kept)
+
+
+def gradient_inside(fn, x):
+    """The gradient of a scalar with respect to a tensor computed *inside* ``fn``, a layer's output, and what ``fn``
+    keeps. ``fn(x, probe)`` applies ``probe`` to that tensor where it is made and returns (scalar, kept).
+
+    TensorFlow and PyTorch differentiate with respect to any tensor of the recorded graph, so ``probe`` marks it
+    (watched; a leaf). JAX differentiates functions of their arguments only, so there the scalar is differentiated
+    with respect to a zero added to the tensor, whose shape is found by tracing ``fn`` once without computing it."""
+    if NAME == "tensorflow":
+        import tensorflow as tf
+
+        marked = []
+        with tf.GradientTape() as tape:
+
+            def probe(v):
+                tape.watch(v)
+                marked.append(v)
+                return v
+
+            total, kept = fn(x, probe)
+        return tape.gradient(total, marked[0]), kept
+    if NAME == "jax":
+        import jax
+
+        spec = []
+        jax.eval_shape(lambda x: fn(x, lambda v: spec.append(jax.ShapeDtypeStruct(v.shape, v.dtype)) or v), x)
+        zero = jax.numpy.zeros(spec[0].shape, spec[0].dtype)
+        (_, kept), grad = jax.value_and_grad(lambda d: fn(x, lambda v: v + d), has_aux=True)(zero)
+        return grad, kept
+    import torch
+
+    marked = []
+
+    def probe(v):
+        marked.append(v.detach().requires_grad_(True))
+        return marked[-1]
+
+    with torch.enable_grad():
+        total, kept = fn(x, probe)
+        (grad,) = torch.autograd.grad(total, marked[0])
+    return grad, _detached(kept)
+
+
+def _detached(tree):
+    return keras.tree.map_structure(lambda t: t.detach() if hasattr(t, "detach") else t, tree)
+
+
+# ----------------------------------------------------------------------------------------------- the guided rule
+def positive_gradient(x):
+    """Identity whose backward pass lets only positive gradients through. After a ReLU, whose own backward pass
+    keeps the gradient where its input is positive, this is guided backpropagation's rule (Springenberg et al.)."""
+    return _positive_gradient()(x)
+
+
+@functools.cache
+def _positive_gradient():
+    if NAME == "tensorflow":
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def rule(x):
+            return tf.identity(x), lambda dy: dy * tf.cast(dy > 0, dy.dtype)
+
+        return rule
+    if NAME == "jax":
+        import jax
+
+        @jax.custom_vjp
+        def rule(x):
+            return x
+
+        rule.defvjp(lambda x: (x, None), lambda _, dy: (dy * (dy > 0).astype(dy.dtype),))
+        return rule
+    import torch
+
+    class Rule(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return x.view_as(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, dy):
+            return dy * (dy > 0).to(dy.dtype)
+
+    return Rule.apply
+
+
+# ------------------------------------------------------------------------------------------- bounded memory loops
+def sequential_map(fn, rows):
+    """``fn`` on each row of ``rows`` in turn, the results stacked: one call at a time, so that memory holds one
+    row's intermediates whatever the number of rows (``keras.ops.map`` on TensorFlow runs ten at once)."""
+    if NAME == "tensorflow":
+        import tensorflow as tf
+
+        return tf.map_fn(fn, rows, fn_output_signature=tf.float32, parallel_iterations=1)
+    if NAME == "jax":
+        import jax
+
+        return jax.lax.map(fn, rows)
+    import torch
+
+    return torch.stack([fn(row) for row in rows])

@@ -1,0 +1,141 @@
+"""Run under one Keras backend in its own process (``KERAS_BACKEND`` is fixed when Keras is imported): the maps of
+every method of the registry for models saved under TensorFlow, so that tests/test_backends.py can hold them equal
+to TensorFlow's; and pytorch-grad-cam beside ours on the very same model (torch only).
+
+    KERAS_BACKEND=jax python tests/backend_worker.py maps CASES.json OUT.npz
+    KERAS_BACKEND=torch python tests/backend_worker.py grad-cam OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# Few samples in the random methods: what is compared is the same computation on each backend, not its quality.
+OPTIONS = {"rise": {"masks": 48}, "smoothgrad": {"samples": 4}, "integrated-gradients": {"steps": 8}}
+
+
+def all_maps(cases_file: str, out_file: str) -> None:
+    """cases: [{"name", "model" (a .keras file), "images" (a .npy file), "layer" (or null)}]: every method's maps
+    of class 1 and of the predicted class, the default layer's path and the classes explained."""
+    import keras
+
+    from cam_mnist.maps.explainer import METHODS, default_layer, explain
+    from cam_mnist.maps.segmentation import segment
+
+    out = {"backend": np.array(keras.backend.backend())}
+    for case in json.loads(open(cases_file).read()):
+        model = keras.models.load_model(case["model"])
+        images = np.load(case["images"])
+        name, layer = case["name"], case["layer"]
+        out[f"{name}/default_layer"] = np.array(default_layer(model))
+        for method in METHODS:
+            options = OPTIONS.get(method, {})
+            maps, classes = explain(model, images, method, layer=layer, return_targets=True, **options)
+            out[f"{name}/{method}"], out[f"{name}/{method}/classes"] = maps, classes
+        out[f"{name}/segment"] = segment(images, out[f"{name}/cam" if "cam_mnist" in name else f"{name}/gradcam"])
+    np.savez(out_file, **out)
+
+
+def grad_cam(out_file: str) -> None:
+    """pytorch-grad-cam's maps and ours on one Keras model under PyTorch, where it is a ``torch.nn.Module``: their
+    hooks on its Keras layer, its weights. Writes {method: (their maps, our maps)} as lists, and the conventions
+    applied, to ``out_file`` (JSON)."""
+    import keras
+    import pytorch_grad_cam as pgc
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cam_mnist.maps.explainer import explain, get_method
+    from cam_mnist.maps.grids import upsample
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(inputs)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="c2")(x)
+    same = keras.layers.Conv2D(6, 3, padding="same", name="same_size")(inputs)  # Score-CAM's: the input's size
+    centred = keras.layers.Lambda(lambda a: a - keras.ops.mean(a, (1, 2), keepdims=True), name="centred")(x)
+    pooled = [keras.layers.GlobalAveragePooling2D()(a) for a in (x, same, centred)]  # the last is 0: no effect
+    model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(keras.layers.Concatenate()(pooled)))
+    images = np.random.default_rng(0).random((3, 24, 24, 3)).astype(np.float32)
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2)  # theirs resize to input_tensor.size(-1), size(-2)
+    classes = [1, 2, 3]
+
+    class ChannelsFirst(torch.nn.Module):  # their input layout (N, C, H, W) in, the Keras model's (N, H, W, C)
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x.permute(0, 2, 3, 1))
+
+    to_nchw = lambda a: a.permute(0, 3, 1, 2)  # noqa: E731 - their reshape_transform: activations (B, K, h, w)
+
+    def theirs(cls, layer, targets=None, **kw):
+        cam = cls(model=ChannelsFirst(model), target_layers=[model.get_layer(layer)], reshape_transform=to_nchw, **kw)
+        return cam(input_tensor=nchw, targets=targets or [ClassifierOutputTarget(c) for c in classes])
+
+    ours = lambda method, layer, **kw: explain(model, images, method, targets=np.array(classes), layer=layer, **kw)  # noqa: E731
+    out = {}
+    for cls, method in [(pgc.GradCAM, "gradcam"), (pgc.XGradCAM, "xgradcam"), (pgc.LayerCAM, "layercam"), (pgc.HiResCAM, "hirescam")]:
+        out[method] = (theirs(cls, "c2"), ours(method, "c2"))
+
+    class AlphaSummingToOne(pgc.GradCAMPlusPlus):  # the authors' code and tf-keras-vis: alpha sums to 1 over ij
+        def get_cam_weights(self, input_tensor, target_layers, targets, activations, grads):
+            g2 = grads**2
+            alpha = g2 / (2 * g2 + activations.sum(axis=(2, 3), keepdims=True) * g2 * grads + 1e-6)
+            alpha = np.where(grads != 0, alpha, 0)
+            alpha = alpha / np.maximum(alpha.sum(axis=(2, 3), keepdims=True), 1e-12)
+            return (np.maximum(grads, 0) * alpha).sum(axis=(2, 3))
+
+    out["gradcam++"] = (theirs(AlphaSummingToOne, "c2"), ours("gradcam++", "c2"))
+    out["gradcam++ (their alpha)"] = (theirs(pgc.GradCAMPlusPlus, "c2"), ours("gradcam++", "c2"))
+
+    class LogProbability:  # their Score-CAM softmaxes the target's scores over channels: of log p^c, that is p^c / sum
+        def __init__(self, index):
+            self.index = index
+
+        def __call__(self, output):
+            return torch.log_softmax(output, -1)[self.index]
+
+    out["scorecam"] = (theirs(pgc.ScoreCAM, "same_size", [LogProbability(c) for c in classes]), ours("scorecam", "same_size"))
+
+    # Eigen-CAM: theirs centres the activations over the cells before the SVD and keeps the SVD's sign; on a layer
+    # whose activations are centred already only the sign (arbitrary in an SVD) can differ: ours is either sign's.
+    method = get_method(model, "eigencam", "centred")
+    tensors = [keras.ops.convert_to_tensor(a) for a in (images, np.array(classes, np.int32))]
+    signed = method.signed_maps(*tensors)[0]  # (B, h, w) before the ReLU
+    flipped = [_minmax(keras.ops.convert_to_numpy(upsample(keras.ops.relu(sign * signed), (24, 24)))) for sign in (1, -1)]
+    out["eigencam"] = (theirs(pgc.EigenCAM, "centred"), *flipped)
+
+    class Split(torch.nn.Module):  # their AblationCAM swaps a module attribute for its ablation layer: one here
+        def __init__(self):
+            super().__init__()
+            self.features = keras.Model(model.input, model.get_layer("c2").output)
+            self.target = torch.nn.Identity()
+            self.same = keras.Model(model.input, model.get_layer("same_size").output)
+
+        def forward(self, x):  # the model's own layers after c2: GAP, concatenation (the centred part is 0), logits
+            x = x.permute(0, 2, 3, 1)
+            a = self.target(to_nchw(self.features(x))).permute(0, 2, 3, 1)  # (B, h, w, K) again
+            pooled = torch.cat([a.mean((1, 2)), self.same(x).mean((1, 2)), torch.zeros_like(a.mean((1, 2)))], -1)
+            return model.get_layer("logits")(pooled)
+
+    split = Split()
+    cam = pgc.AblationCAM(model=split, target_layers=[split.target])
+    out["ablationcam"] = (cam(input_tensor=nchw, targets=[ClassifierOutputTarget(c) for c in classes]), ours("ablationcam", "c2"))
+    Path(out_file).write_text(json.dumps({k: [np.asarray(a).tolist() for a in v] for k, v in out.items()}))
+
+
+def _minmax(maps: np.ndarray) -> np.ndarray:
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    return (maps - lo) / np.maximum(maps.max(axis=(1, 2), keepdims=True) - lo, 1e-12)
+
+
+if __name__ == "__main__":
+    task, *args = sys.argv[1:]
+    {"maps": all_maps, "grad-cam": grad_cam}[task](*args)
