@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BACKENDS_STAMP := $(VENV)/.installed-backends
 ARGS   ?=
 # Test processes: one per core, at most 4 (each holds TensorFlow, ~1 GB); TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
-.PHONY: setup data train eval localize tensorboard test bench lint clean
+.PHONY: setup backends data train eval localize tensorboard test bench lint clean
 
 setup: $(STAMP)
 
@@ -18,6 +19,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .   # `cam-mnist`, importable anywhere
 	@touch $(STAMP)
+
+backends: $(BACKENDS_STAMP)   ## JAX, PyTorch and pytorch-grad-cam, for the cross-backend tests and bench (not for training)
+
+$(BACKENDS_STAMP): $(STAMP) requirements-backends.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-backends.txt
+	@touch $(BACKENDS_STAMP)
 
 data: setup          ## fetch MNIST (once), generate the held-out splits, draw out/data_samples.png
 	$(PY) -m cam_mnist data $(ARGS)
@@ -34,10 +41,10 @@ localize: setup      ## localization, segmentation and faithfulness of every CAM
 tensorboard: setup   ## every run's curves and panels in TensorBoard (out/<run>/tb), at http://localhost:6006
 	$(VENV)/bin/tensorboard --logdir out $(ARGS)
 
-test: setup          ## the whole suite, a few minutes on 2 CPU cores (pytest-xdist: a process per core)
+test: setup backends ## the whole suite, a few minutes on 2 CPU cores (pytest-xdist: a process per core)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
-bench: setup         ## speed measurements -> bench/results.json (quoted in the README)
+bench: setup backends ## speed measurements -> bench/results.json (quoted in the README)
 	$(PY) -m cam_mnist bench $(ARGS)
 
 lint: setup

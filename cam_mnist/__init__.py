@@ -45,10 +45,28 @@ MOVED = {
 }
 
 
+# The package each Keras backend needs beyond TensorFlow, and the extra that installs it (pyproject.toml).
+BACKEND_EXTRAS = {"jax": "jax", "torch": "torch"}
+
+
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            return getattr(importlib.import_module(_LAZY[name]), name)
+        except ModuleNotFoundError as e:
+            raise ImportError(missing_backend(e) or str(e)) from e
     raise AttributeError(f"module 'cam_mnist' has no attribute {name!r}")
+
+
+def missing_backend(error: ModuleNotFoundError) -> str | None:
+    """One line saying what to install, where ``error`` is Keras failing to import the backend KERAS_BACKEND names."""
+    top = (error.name or "").split(".")[0]
+    if top not in BACKEND_EXTRAS:
+        return None
+    return (
+        f"KERAS_BACKEND={top} needs {top}, which is not installed: pip install 'cam_mnist[{BACKEND_EXTRAS[top]}]' "
+        f"(from a clone: pip install '.[{BACKEND_EXTRAS[top]}]'), or use KERAS_BACKEND=tensorflow"
+    )
 
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -112,22 +112,23 @@ def grad_cam(out_file: str) -> None:
     flipped = [_minmax(keras.ops.convert_to_numpy(upsample(keras.ops.relu(sign * signed), (24, 24)))) for sign in (1, -1)]
     out["eigencam"] = (theirs(pgc.EigenCAM, "centred"), *flipped)
 
-    class Split(torch.nn.Module):  # their AblationCAM swaps a module attribute for its ablation layer: one here
+    # Their AblationCAM swaps a module attribute for its ablation layer, which a Keras graph does not call through:
+    # so the model is split at c2 (its own layers on each side) around a torch.nn.Identity that theirs replaces.
+    plain = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+
+    class Split(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.features = keras.Model(model.input, model.get_layer("c2").output)
-            self.target = torch.nn.Identity()
-            self.same = keras.Model(model.input, model.get_layer("same_size").output)
+            self.features, self.target = keras.Model(inputs, x), torch.nn.Identity()
 
-        def forward(self, x):  # the model's own layers after c2: GAP, concatenation (the centred part is 0), logits
-            x = x.permute(0, 2, 3, 1)
-            a = self.target(to_nchw(self.features(x))).permute(0, 2, 3, 1)  # (B, h, w, K) again
-            pooled = torch.cat([a.mean((1, 2)), self.same(x).mean((1, 2)), torch.zeros_like(a.mean((1, 2)))], -1)
-            return model.get_layer("logits")(pooled)
+        def forward(self, images):
+            a = self.target(to_nchw(self.features(images.permute(0, 2, 3, 1))))  # (B, K, h, w)
+            return plain.layers[-1](a.mean((2, 3)))  # GAP, then the model's own Dense
 
     split = Split()
     cam = pgc.AblationCAM(model=split, target_layers=[split.target])
-    out["ablationcam"] = (cam(input_tensor=nchw, targets=[ClassifierOutputTarget(c) for c in classes]), ours("ablationcam", "c2"))
+    their_maps = cam(input_tensor=nchw, targets=[ClassifierOutputTarget(c) for c in classes])
+    out["ablationcam"] = (their_maps, explain(plain, images, "ablationcam", targets=np.array(classes), layer="c2"))
     Path(out_file).write_text(json.dumps({k: [np.asarray(a).tolist() for a in v] for k, v in out.items()}))
 
 

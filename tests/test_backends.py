@@ -4,8 +4,10 @@ the registry -- the random ones (RISE, SmoothGrad) too, their masks and noise be
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +47,8 @@ def _conv_model() -> keras.Model:
 
 def _nested_mobilenet() -> keras.Model:
     """The Keras guides' transfer-learning recipe: a whole MobileNetV2 nested in a Sequential (random weights)."""
-    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35)
-    return keras.Sequential([keras.Input((32, 32, 3)), base, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3), alpha=0.35)
+    return keras.Sequential([keras.Input((64, 64, 3)), base, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def cases(tmp_path_factory, tiny_run, data_dir):
     config = RunConfig.load(tiny_run / "config.json")
     made = {
         "conv": (_conv_model(), rng.random((3, 24, 24, 3), np.float32)),
-        "mobilenetv2": (_nested_mobilenet(), rng.random((2, 32, 32, 3), np.float32)),
+        "mobilenetv2": (_nested_mobilenet(), rng.random((2, 64, 64, 3), np.float32)),
         "cam_mnist": (None, load_split("test", config.data, data_dir).float_images(slice(0, 3))),
     }
     listed = []
@@ -98,3 +100,88 @@ def test_every_method_gives_tensorflows_maps(maps, backend, case):
         differences[method] = float(np.abs(ours[key] - theirs[key]).max())
     assert max(differences.values()) < TOLERANCE, differences
     np.testing.assert_array_equal(ours[f"{case}/segment"], theirs[f"{case}/segment"])
+
+
+# ------------------------------------------------------------------------------------ pytorch-grad-cam, the same model
+# Under PyTorch a Keras model is a torch.nn.Module: pytorch-grad-cam (PyPI grad-cam) hooks its Keras layer and
+# explains it with its own code (tests/backend_worker.py: grad_cam). Where a convention of theirs differs from the
+# paper's or ours, the comparison names it.
+SAME_AS_THEIRS = {
+    "gradcam": "as it is",
+    "xgradcam": "as it is (their 1e-7 in the denominator)",
+    "layercam": "as it is",
+    "hirescam": "as it is",
+    "gradcam++": "their alpha normalised to sum to 1 over the cells, as the authors' code and tf-keras-vis do",
+    "scorecam": "their target log p^c: they softmax the scores over channels, so p^c / sum_k p^c(k), our weights x a "
+    "constant; at a layer of the input's size (their UpsamplingBilinear2d aligns corners, ours centres pixels)",
+    "ablationcam": "the model split at the layer around a torch Identity, the module their ablation layer replaces",
+    "eigencam": "at a layer centred over its cells (theirs centres before the SVD); the SVD's sign is arbitrary: one "
+    "of ours for either sign",
+}
+
+
+@pytest.fixture(scope="module")
+def grad_cam_maps(tmp_path_factory):
+    if importlib.util.find_spec("pytorch_grad_cam") is None:  # found, not imported: torch beside TensorFlow crashes
+        pytest.skip("pytorch-grad-cam is not installed: pip install '.[torch]' (make test installs it)")
+    out = tmp_path_factory.mktemp("grad_cam") / "maps.json"
+    run_under("torch", "grad-cam", out)
+    return {k: [np.array(a) for a in v] for k, v in json.loads(out.read_text()).items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(SAME_AS_THEIRS))
+def test_pytorch_grad_cam_gives_our_maps(grad_cam_maps, method):
+    theirs, *ours = grad_cam_maps[method]
+    assert theirs.shape == (3, 24, 24) and theirs.max() > 0.99, SAME_AS_THEIRS[method]
+    closest = np.min([np.abs(theirs - o).max(axis=(1, 2)) for o in ours], axis=0)  # per image (EigenCAM: either sign)
+    assert closest.max() < 1e-5, (SAME_AS_THEIRS[method], closest)
+
+
+def test_their_gradcam_plus_plus_alpha_is_a_different_convention(grad_cam_maps):
+    # Without the normalisation of alpha their Grad-CAM++ weights each channel differently: the maps differ.
+    theirs, ours = grad_cam_maps["gradcam++ (their alpha)"]
+    assert np.abs(theirs - ours).max() > 0.05
+
+
+# ------------------------------------------------------------------------------------------- the command line
+def cli_under(backend: str, *argv) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    return subprocess.run(
+        [sys.executable, "-m", "cam_mnist", *map(str, argv)], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def picture(tiny_run, data_dir, tmp_path_factory):
+    from PIL import Image
+
+    config = RunConfig.load(tiny_run / "config.json")
+    folder = tmp_path_factory.mktemp("pictures")
+    for i in range(2):
+        Image.fromarray(load_split("test", config.data, data_dir).images[i]).save(folder / f"test_{i}.png")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_commands_on_a_saved_run_give_tensorflows_results(backend, tiny_run, picture, data_dir, tmp_path):
+    """`explain` on a folder of pictures and `localize` on a trained run, under each backend: the boxes, classes
+    and every score of TensorFlow's (the seconds aside); `train` is refused in one line."""
+    localize = ["--images", "48", "--methods", "cam", "gradcam", "scorecam", "--faithful-images", "6", "--examples", "2"]
+    localize += ["--sanity-images", "0", "--gallery", "0", "--data-dir", data_dir]
+    results = {}
+    for name in ("tensorflow", backend):
+        run = tmp_path / name
+        shutil.copytree(tiny_run, run)
+        explained = cli_under(name, "explain", picture, "--run-dir", run, "--json", "--out", tmp_path / f"{name}_maps")
+        scored = cli_under(name, "localize", "--run-dir", run, *localize)
+        assert explained.returncode == 0 and scored.returncode == 0, explained.stderr[-2000:] + scored.stderr[-2000:]
+        rows = [r.split("|")[:-2] for r in scored.stdout.splitlines() if r.startswith("| ") and "|---" not in r]
+        boxes = [(r["classes"], r["box"]) for r in json.loads(explained.stdout)]
+        results[name] = (boxes, rows)
+    assert results[backend][0] == results["tensorflow"][0]
+    assert results[backend][1] == results["tensorflow"][1] and len(results[backend][1]) > 3
+    refused = cli_under(backend, "train", "--preset", "tiny", "--run-dir", tmp_path / "refused", "--data-dir", data_dir)
+    assert refused.returncode == 2 and "KERAS_BACKEND=tensorflow" in refused.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "refused").exists()

@@ -5,12 +5,14 @@ a user's mistake in one line and keeps TensorFlow's start-up out of the commands
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import tempfile
 
 from cam_mnist import config as cfg
+from cam_mnist import missing_backend
 from cam_mnist.commands import data, evaluate, explain, frontier, localize, tools, train
 from cam_mnist.commands.common import EXIT_BAD_INPUT, PROG, STORAGE_ERRORS
 from cam_mnist.core.errors import UserError
@@ -81,18 +83,37 @@ def import_keras(verbose: bool) -> str:
     return keras.backend.backend()
 
 
+def configured_backend() -> str:
+    """The backend Keras will load, read as Keras reads it (KERAS_BACKEND, else $KERAS_HOME or ~/.keras's
+    keras.json), without importing it."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in TENSORFLOW_ONLY and configured_backend() != "tensorflow":  # before anything is written
+            raise UserError(
+                f"`{args.command}` trains with TensorFlow (tf.data, tf.distribute); KERAS_BACKEND is "
+                f"{configured_backend()!r}: run it with KERAS_BACKEND=tensorflow (maps, eval and localize run on every "
+                "backend)"
+            )
         if getattr(args, "check", None):
             args.check(args)
         if args.command in NEEDS_KERAS:
-            name = import_keras(getattr(args, "verbose", False))
-            if args.command in TENSORFLOW_ONLY and name != "tensorflow":
-                raise UserError(
-                    f"`{args.command}` trains with TensorFlow (tf.data, tf.distribute); KERAS_BACKEND is {name!r}: "
-                    "run it with KERAS_BACKEND=tensorflow (maps, eval and localize run on every backend)"
-                )
+            try:
+                import_keras(getattr(args, "verbose", False))
+            except ModuleNotFoundError as e:
+                if missing_backend(e) is None:
+                    raise
+                raise UserError(missing_backend(e)) from None
         return args.func(args) or 0
     except UserError as e:  # the user's mistake: one line, exit status 2; anything else is a bug: its traceback
         print(f"error: {e}", file=sys.stderr)

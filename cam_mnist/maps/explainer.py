@@ -105,7 +105,7 @@ def explain(
         if not 0 < top_k <= explainer.num_classes:
             raise UserError(f"top_k must be in 1..{explainer.num_classes}, got {top_k}")
         _, scores = explainer.head.forward(images)
-        classes = np.argsort(-np.asarray(scores), axis=1)[:, :top_k]  # (N, k), most probable first
+        classes = np.argsort(-keras.ops.convert_to_numpy(scores), axis=1)[:, :top_k]  # (N, k), most probable first
         flat = explainer.explain(np.repeat(images, top_k, axis=0), classes.reshape(-1))
         result = Explanation(*(a if a is None else a.reshape(len(images), top_k, *a.shape[1:]) for a in flat))
     extra = [result.raw] * raw + [result.targets] * return_targets

@@ -142,7 +142,9 @@ class EigenCAM(BaseCAM):
 
     The sign of a singular vector is arbitrary; it is fixed here so that the projection sums to >= 0 over the
     cells, the orientation in which the activations themselves (non-negative after a ReLU) point. Computed from
-    the K x K Gram matrix A^T A, whose top eigenvector is V_1.
+    the smaller Gram matrix: A^T A (K x K), whose top eigenvector is V_1, or, where the map has fewer cells than
+    channels, A A^T (hw x hw), whose top eigenvector U_1 gives A V_1 = sigma_1 U_1 (a 7 x 7 map of 1280 channels:
+    a 49 x 49 problem, where PyTorch's eigh of the rank-49 1280 x 1280 matrix returned NaN).
     """
 
     needs_gradients = False
@@ -153,7 +155,12 @@ class EigenCAM(BaseCAM):
         targets = resolve_targets(targets, scores)
         b, h, w, k = ops.shape(activations)
         flat = ops.reshape(activations, (b, h * w, k))
-        _, vectors = ops.eigh(ops.matmul(ops.transpose(flat, (0, 2, 1)), flat))  # ascending eigenvalues
-        projection = ops.einsum("bnk,bk->bn", flat, vectors[:, :, -1])  # (B, h w)
+        cells = None if None in activations.shape[1:3] else activations.shape[1] * activations.shape[2]
+        if cells is not None and cells < k:  # A A^T: (B, hw, hw), ascending eigenvalues sigma^2
+            values, vectors = ops.eigh(ops.matmul(flat, ops.transpose(flat, (0, 2, 1))))
+            projection = vectors[:, :, -1] * ops.sqrt(ops.maximum(values[:, -1:], 0.0))  # sigma_1 U_1, (B, h w)
+        else:  # A^T A: (B, K, K)
+            _, vectors = ops.eigh(ops.matmul(ops.transpose(flat, (0, 2, 1)), flat))
+            projection = ops.einsum("bnk,bk->bn", flat, vectors[:, :, -1])  # A V_1, (B, h w)
         sign = ops.where(ops.sum(projection, 1, keepdims=True) < 0, -1.0, 1.0)
         return ops.reshape(sign * projection, (b, h, w)), targets

@@ -116,6 +116,8 @@ class CAMCallback(keras.callbacks.Callback):
             )
 
     def _draw(self) -> None:
+        if hasattr(self.model, "jax_state_sync"):  # JAX's fit keeps the weights it updates apart until told to sync
+            self.model.jax_state_sync()
         drawing = self._panel.draw(self._step, self.tau, note=f" ({self.method})")
         self.maps[self._step] = drawing.maps[0]
         if self.folder is not None:

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 from PIL import Image
 
@@ -86,7 +87,7 @@ class Panel:
     def draw(self, step: int, tau: float, note: str = "") -> Drawing:
         """The maps of the current weights, boxed at ``tau`` x each map's maximum: one picture per image, one record
         per tile (class, probability, IoU) and the page of every image; ``note`` ends the page's caption."""
-        probs = np.asarray(self.model(self.images, training=False))  # (P, classes)
+        probs = keras.ops.convert_to_numpy(self.model(self.images, training=False))  # (P, classes)
         columns, what = self.columns(probs)
         drawn = []
         for name, classes, truth in columns:
