@@ -81,7 +81,12 @@ def grad_cam(out_file: str) -> None:
 
     ours = lambda method, layer, **kw: explain(model, images, method, targets=np.array(classes), layer=layer, **kw)  # noqa: E731
     out = {}
-    for cls, method in [(pgc.GradCAM, "gradcam"), (pgc.XGradCAM, "xgradcam"), (pgc.LayerCAM, "layercam"), (pgc.HiResCAM, "hirescam")]:
+    for cls, method in [
+        (pgc.GradCAM, "gradcam"),
+        (pgc.XGradCAM, "xgradcam"),
+        (pgc.LayerCAM, "layercam"),
+        (pgc.HiResCAM, "hirescam"),
+    ]:
         out[method] = (theirs(cls, "c2"), ours(method, "c2"))
 
     class AlphaSummingToOne(pgc.GradCAMPlusPlus):  # the authors' code and tf-keras-vis: alpha sums to 1 over ij
@@ -102,14 +107,19 @@ def grad_cam(out_file: str) -> None:
         def __call__(self, output):
             return torch.log_softmax(output, -1)[self.index]
 
-    out["scorecam"] = (theirs(pgc.ScoreCAM, "same_size", [LogProbability(c) for c in classes]), ours("scorecam", "same_size"))
+    out["scorecam"] = (
+        theirs(pgc.ScoreCAM, "same_size", [LogProbability(c) for c in classes]),
+        ours("scorecam", "same_size"),
+    )
 
     # Eigen-CAM: theirs centres the activations over the cells before the SVD and keeps the SVD's sign; on a layer
     # whose activations are centred already only the sign (arbitrary in an SVD) can differ: ours is either sign's.
     method = get_method(model, "eigencam", "centred")
     tensors = [keras.ops.convert_to_tensor(a) for a in (images, np.array(classes, np.int32))]
     signed = method.signed_maps(*tensors)[0]  # (B, h, w) before the ReLU
-    flipped = [_minmax(keras.ops.convert_to_numpy(upsample(keras.ops.relu(sign * signed), (24, 24)))) for sign in (1, -1)]
+    flipped = [
+        _minmax(keras.ops.convert_to_numpy(upsample(keras.ops.relu(sign * signed), (24, 24)))) for sign in (1, -1)
+    ]
     out["eigencam"] = (theirs(pgc.EigenCAM, "centred"), *flipped)
 
     # Their AblationCAM swaps a module attribute for its ablation layer, which a Keras graph does not call through:

@@ -48,7 +48,9 @@ def _conv_model() -> keras.Model:
 def _nested_mobilenet() -> keras.Model:
     """The Keras guides' transfer-learning recipe: a whole MobileNetV2 nested in a Sequential (random weights)."""
     base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3), alpha=0.35)
-    return keras.Sequential([keras.Input((64, 64, 3)), base, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    return keras.Sequential(
+        [keras.Input((64, 64, 3)), base, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +170,18 @@ def picture(tiny_run, data_dir, tmp_path_factory):
 def test_the_commands_on_a_saved_run_give_tensorflows_results(backend, tiny_run, picture, data_dir, tmp_path):
     """`explain` on a folder of pictures and `localize` on a trained run, under each backend: the boxes, classes
     and every score of TensorFlow's (the seconds aside); `train` is refused in one line."""
-    localize = ["--images", "48", "--methods", "cam", "gradcam", "scorecam", "--faithful-images", "6", "--examples", "2"]
+    localize = [
+        "--images",
+        "48",
+        "--methods",
+        "cam",
+        "gradcam",
+        "scorecam",
+        "--faithful-images",
+        "6",
+        "--examples",
+        "2",
+    ]
     localize += ["--sanity-images", "0", "--gallery", "0", "--data-dir", data_dir]
     results = {}
     for name in ("tensorflow", backend):

@@ -26,7 +26,7 @@ def run_methods(args) -> None:
 def run_bench(args) -> None:
     from cam_mnist.reports import bench
 
-    options = ("images", "slow_images", "reference_images", "out", "application", "memory")
+    options = ("images", "slow_images", "reference_images", "out", "application", "memory", "backends")
     bench.main(args.run_dir, **{key: getattr(args, key) for key in options})
 
 
@@ -64,6 +64,12 @@ def add_parser(commands) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time MobileNetV2 (random weights, 224x224x3) nested in a Sequential",
+    )
+    p.add_argument(
+        "--backends",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the maps on each Keras backend (TensorFlow, JAX, PyTorch) and pytorch-grad-cam beside ours",
     )
     p.add_argument(
         "--memory",

@@ -20,8 +20,8 @@ from typing import NamedTuple
 import numpy as np
 from keras import ops
 
-from cam_mnist.core.errors import UserError
 from cam_mnist.core import backend
+from cam_mnist.core.errors import UserError
 from cam_mnist.maps.graph import FlatGraph
 from cam_mnist.maps.grids import InputView, grid_for
 from cam_mnist.maps.layers import Head
@@ -170,6 +170,7 @@ class BaseCAM:
     def signed_maps(self, images, targets):
         """The maps before the method's final ReLU (B, h, w) at the layer's resolution, and the (B,) targets
         actually explained. Channel-weighted methods: sum_k weights_k * A^k."""
+
         def score(x, probe=None):  # the sum of each image's own y^c, and the layer's output (probed) it comes from
             outputs, scores = self.head.forward(x, as_grid=False, probe=probe)  # the layer's output, (B, classes)
             explained = resolve_targets(targets, scores)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import keras
 from keras import ops
 
-from cam_mnist.core.errors import OutputNotChosen, UserError
 from cam_mnist.core.backend import positive_gradient
+from cam_mnist.core.errors import OutputNotChosen, UserError
 
 SEPARATOR = "/"  # a nested layer's path: "<model>/<layer>", one name per level
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
+from cam_mnist.core import backend
 from cam_mnist.core.errors import UserError
 from cam_mnist.core.resize import bilinear_resize
-from cam_mnist.core import backend
 from cam_mnist.maps.base import BaseCAM, over_pairs, pick, resolve_targets
 from cam_mnist.maps.grids import upsample
 from cam_mnist.maps.layers import Head

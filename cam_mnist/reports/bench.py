@@ -31,20 +31,12 @@ from cam_mnist.core.tables import markdown_table
 from cam_mnist.data.splits import load_split
 from cam_mnist.maps import get_method, registry
 from cam_mnist.model import build_model, logits_model
-from cam_mnist.reports import bench_memory
+from cam_mnist.reports import bench_backends, bench_memory
 from cam_mnist.reports.bench_memory import to_markdown as memory_markdown
+from cam_mnist.reports.timing import beside_the_forward_pass, best_of, forward_pass, paired_rates
 from cam_mnist.train.trainer import make_optimizer
 
-
-def best_of(fn, repeats: int = 3) -> float:
-    """Fastest of ``repeats`` timed calls (seconds), after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return min(times)
+BACKEND_IMAGES = 1024  # test images of the run's model timed on each backend (8 batches of 128)
 
 
 def matmul_peak(sizes=(1024, 2048, 4096)) -> float:
@@ -127,7 +119,7 @@ def _training_step(preset: str, precision: str | None, steps: int):
 def forward_rate(model, images, batch: int = 128) -> float:
     """Images per second of the model's own forward pass at the methods' batch size: no map can be made faster
     than the one pass every method starts with."""
-    forward = _forward(model)
+    forward = forward_pass(model)
     n = len(images) - len(images) % batch or len(images)  # whole batches: one traced shape
 
     def run():
@@ -137,35 +129,11 @@ def forward_rate(model, images, batch: int = 128) -> float:
     return n / best_of(run, repeats=1)
 
 
-def _forward(model):
-    """The model's forward pass on one batch of numpy images, to numpy: what every method's maps start with."""
-    graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return lambda x: graph(tf.constant(x)).numpy()
-
-
-def paired_rates(first, second, batches: list, repeats: int = 3) -> tuple[float, float]:
-    """Images per second of two functions of one batch, timed in turn on each batch (which goes first alternates),
-    each batch's time the fastest of ``repeats``. Drift of the machine's speed then falls on both alike, and their
-    ratio is what one run can resolve."""
-    for fn in (first, second):
-        fn(batches[0])  # warm-up: traces
-    best = np.full((2, len(batches)), np.inf)
-    for r in range(repeats):
-        for i, batch in enumerate(batches):
-            order = (0, 1) if (r + i) % 2 == 0 else (1, 0)
-            for j in order:
-                began = time.perf_counter()
-                (first, second)[j](batch)
-                best[j, i] = min(best[j, i], time.perf_counter() - began)
-    images = sum(len(b) for b in batches)
-    return images / best[0].sum(), images / best[1].sum()
-
-
 def cam_family(model, images, slow_images: int, forward: float) -> list[dict]:
     """Maps per second of every method and its share of the forward rate. The fast methods are timed batch by
     batch in turn with the forward pass (:func:`paired_rates`); the slow ones, whose share is a few percent at
     most, against ``forward``, measured once."""
-    rows, one_pass = [], _forward(model)
+    rows, one_pass = [], forward_pass(model)
     for name, info in registry.METHODS.items():
         explainer = get_method(model, name)
         n = min(slow_images, len(images)) if info.slow else len(images)
@@ -224,29 +192,6 @@ def nested_application(size: int = 224, batch: int = 32, batches: int = 3, score
     )
     print(f"  nested MobileNetV2 scorecam   {score_images / seconds:8.3f} maps/s", flush=True)
     return {**result, "methods": rows}
-
-
-def beside_the_forward_pass(model, methods, images, batch: int, label: str) -> list[dict]:
-    """Each method's maps/s timed in turn with ``model``'s own forward pass, batch by batch (:func:`paired_rates`),
-    at its default layer: a row each."""
-    one_pass, rows = _forward(model), []
-    for name in methods:
-        explainer = get_method(model, name, batch_size=batch)
-        beside, rate = paired_rates(
-            one_pass, explainer, [images[lo : lo + batch] for lo in range(0, len(images), batch)]
-        )
-        rows.append(
-            {
-                "method": name,
-                "layer": explainer.layer.path,
-                "images": len(images),
-                "maps_per_s": round(rate, 1),
-                "forward_beside": round(beside, 1),
-                "share_of_forward": round(rate / beside, 3),
-            }
-        )
-        print(f"  {label} {name:10s} {rate:8.1f} maps/s, {rate / beside:.0%} of its forward pass", flush=True)
-    return rows
 
 
 FAST_ON_TOKENS = ("gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "eigencam")
@@ -324,10 +269,12 @@ def main(
     out: str | Path = "bench",
     application: bool = True,
     memory: bool = True,
+    backends: bool = True,
 ) -> dict:
     """Every measurement, written to ``out/results.json`` and ``out/results.md``: the machine, training throughput,
     the maps of the run's model (``run_dir``, default out/latest) beside its forward pass and beside tf-keras-vis,
-    a nested keras.applications network (``application``) and peak memory at two sizes (``memory``)."""
+    a nested keras.applications network (``application``), the maps on every Keras backend (``backends``) and peak
+    memory at two sizes (``memory``)."""
     results = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -363,6 +310,11 @@ def main(
         results["application"] = nested_application()
         print("a keras_hub vision transformer, its maps on the patch grid:", flush=True)
         results["transformer"] = vision_transformer()
+    if backends and model_path.exists():
+        print("every Keras backend, each in its own process (and pytorch-grad-cam beside ours on PyTorch):", flush=True)
+        run_config = cfg.RunConfig.load(RunFolder(model_path.parent).config)
+        x = load_split("test", run_config.data).float_images(slice(0, BACKEND_IMAGES))
+        results["backends"] = bench_backends.run_all(model_path, x, Path(out) / "backends")
     if memory and model_path.exists():
         print("peak memory and wall time at two sizes of each command's work:", flush=True)
         results["memory"] = bench_memory.rows(model_path.parent)
@@ -420,6 +372,8 @@ def to_markdown(r: dict) -> str:
         parts.append(_application_markdown(r["application"]))
     if "transformer" in r:
         parts.append(_application_markdown(r["transformer"]))
+    if "backends" in r:
+        parts.append("\n".join(bench_backends.to_markdown(r["backends"])))
     return "\n\n".join(parts) + "\n"
 
 
