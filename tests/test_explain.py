@@ -173,15 +173,15 @@ def test_help_lists_every_command_and_preset(run_cli):
     assert bench.returncode == 0 and "--slow-images" in bench.stdout
 
 
-def test_methods_command_prints_the_registry_and_the_readme_shows_it(run_cli, repo_root):
-    # The README's methods table is the registry's, verbatim: a method added or renamed without the README fails.
+def test_methods_command_prints_the_registry_and_the_docs_show_it(run_cli, repo_root):
+    # The methods table (docs/methods.md) is the registry's, verbatim: a method added or renamed without it fails.
     from cam_mnist.maps import METHODS as CLASSES
     from cam_mnist.maps.registry import METHODS, methods_table
 
     result = run_cli("methods")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == methods_table()
-    assert methods_table() in (repo_root / "README.md").read_text()
+    assert methods_table() in (repo_root / "docs" / "methods.md").read_text()
     assert list(CLASSES) == list(METHODS)  # the classes are keyed by the registry's names, in its order
     assert all(CLASSES[name].__name__ == info.cls.split(":")[1] for name, info in METHODS.items())
 
