@@ -17,6 +17,8 @@ import importlib.abc
 import importlib.util
 import sys
 
+from cam_mnist.core.errors import missing_backend
+
 __version__ = "0.1.0"
 
 # The public names, and the module each one lives in: loaded when first asked for.
@@ -45,29 +47,15 @@ MOVED = {
 }
 
 
-# The package each Keras backend needs beyond TensorFlow, and the extra that installs it (pyproject.toml).
-BACKEND_EXTRAS = {"jax": "jax", "torch": "torch"}
-
-
 def __getattr__(name: str):
     if name in _LAZY:
         try:
             return getattr(importlib.import_module(_LAZY[name]), name)
-        except ModuleNotFoundError as e:
-            raise ImportError(missing_backend(e) or str(e)) from e
+        except ModuleNotFoundError as e:  # KERAS_BACKEND names a backend that is not installed: say what to install
+            if missing_backend(e) is None:
+                raise
+            raise ImportError(missing_backend(e)) from e
     raise AttributeError(f"module 'cam_mnist' has no attribute {name!r}")
-
-
-def missing_backend(error: ModuleNotFoundError) -> str | None:
-    """One line saying what to install, where ``error`` is Keras failing to import the backend KERAS_BACKEND names."""
-    top = (error.name or "").split(".")[0]
-    if top not in BACKEND_EXTRAS:
-        return None
-    return (
-        f"KERAS_BACKEND={top} needs {top}, which is not installed: pip install 'cam_mnist[{BACKEND_EXTRAS[top]}]' "
-        f"(from a clone: pip install '.[{BACKEND_EXTRAS[top]}]'), or use KERAS_BACKEND=tensorflow"
-    )
-
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds ``cam_mnist.maps`` and the other old paths of :data:`MOVED` as the modules they moved to."""

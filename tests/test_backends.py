@@ -26,14 +26,17 @@ BACKENDS = ("tensorflow", "jax", "torch")
 TOLERANCE = 1e-4
 
 
-def run_under(backend: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
-    """tests/backend_worker.py under ``backend`` (a failure shows the worker's own traceback)."""
+def start_under(backend: str, *args) -> subprocess.Popen:
+    """tests/backend_worker.py under ``backend``, started (the backends' workers run side by side)."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
-        [sys.executable, str(WORKER), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, f"{backend}:\n{result.stderr[-3000:]}"
-    return result
+    command = [sys.executable, str(WORKER), *map(str, args)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finished(backend: str, process: subprocess.Popen) -> None:
+    """Waits for a worker; its failure shows the worker's own traceback."""
+    _, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, f"{backend}:\n{stderr[-3000:]}"
 
 
 def _conv_model() -> keras.Model:
@@ -80,11 +83,12 @@ def cases(tmp_path_factory, tiny_run, data_dir):
 @pytest.fixture(scope="module")
 def maps(cases):
     """{backend: every map of every case}, each backend in its own process."""
-    out = {}
-    for backend in BACKENDS:
-        run_under(backend, "maps", cases / "cases.json", cases / f"{backend}.npz")
-        out[backend] = dict(np.load(cases / f"{backend}.npz"))
-    return out
+    workers = {
+        backend: start_under(backend, "maps", cases / "cases.json", cases / f"{backend}.npz") for backend in BACKENDS
+    }
+    for backend, process in workers.items():
+        finished(backend, process)
+    return {backend: dict(np.load(cases / f"{backend}.npz")) for backend in BACKENDS}
 
 
 @pytest.mark.slow
@@ -127,7 +131,7 @@ def grad_cam_maps(tmp_path_factory):
     if importlib.util.find_spec("pytorch_grad_cam") is None:  # found, not imported: torch beside TensorFlow crashes
         pytest.skip("pytorch-grad-cam is not installed: pip install '.[torch]' (make test installs it)")
     out = tmp_path_factory.mktemp("grad_cam") / "maps.json"
-    run_under("torch", "grad-cam", out)
+    finished("torch", start_under("torch", "grad-cam", out))
     return {k: [np.array(a) for a in v] for k, v in json.loads(out.read_text()).items()}
 
 
@@ -165,36 +169,50 @@ def picture(tiny_run, data_dir, tmp_path_factory):
     return folder
 
 
+def commands_under(backend: str, tiny_run, picture, data_dir, folder) -> tuple[list, list]:
+    """`explain` on a folder of pictures and `localize` on a copy of the tiny run, under ``backend``: the classes and
+    box of each picture, and the rows of the localization table (all but the seconds)."""
+    localize = ["--images", "48", "--methods", "cam", "gradcam", "scorecam", "--faithful-images", "6"]
+    localize += ["--examples", "2", "--sanity-images", "0", "--gallery", "0", "--data-dir", data_dir]
+    run = folder / backend
+    shutil.copytree(tiny_run, run)
+    explained = cli_under(backend, "explain", picture, "--run-dir", run, "--json", "--out", folder / f"{backend}_maps")
+    scored = cli_under(backend, "localize", "--run-dir", run, *localize)
+    assert explained.returncode == 0 and scored.returncode == 0, explained.stderr[-2000:] + scored.stderr[-2000:]
+    rows = [r.split("|")[:-2] for r in scored.stdout.splitlines() if r.startswith("| ") and "|---" not in r]
+    return [(r["classes"], r["box"]) for r in json.loads(explained.stdout)], rows
+
+
+@pytest.fixture(scope="module")
+def tensorflows_commands(tiny_run, picture, data_dir, tmp_path_factory):
+    return commands_under("tensorflow", tiny_run, picture, data_dir, tmp_path_factory.mktemp("commands"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_the_commands_on_a_saved_run_give_tensorflows_results(backend, tiny_run, picture, data_dir, tmp_path):
-    """`explain` on a folder of pictures and `localize` on a trained run, under each backend: the boxes, classes
-    and every score of TensorFlow's (the seconds aside); `train` is refused in one line."""
-    localize = [
-        "--images",
-        "48",
-        "--methods",
-        "cam",
-        "gradcam",
-        "scorecam",
-        "--faithful-images",
-        "6",
-        "--examples",
-        "2",
-    ]
-    localize += ["--sanity-images", "0", "--gallery", "0", "--data-dir", data_dir]
-    results = {}
-    for name in ("tensorflow", backend):
-        run = tmp_path / name
-        shutil.copytree(tiny_run, run)
-        explained = cli_under(name, "explain", picture, "--run-dir", run, "--json", "--out", tmp_path / f"{name}_maps")
-        scored = cli_under(name, "localize", "--run-dir", run, *localize)
-        assert explained.returncode == 0 and scored.returncode == 0, explained.stderr[-2000:] + scored.stderr[-2000:]
-        rows = [r.split("|")[:-2] for r in scored.stdout.splitlines() if r.startswith("| ") and "|---" not in r]
-        boxes = [(r["classes"], r["box"]) for r in json.loads(explained.stdout)]
-        results[name] = (boxes, rows)
-    assert results[backend][0] == results["tensorflow"][0]
-    assert results[backend][1] == results["tensorflow"][1] and len(results[backend][1]) > 3
+def test_the_commands_on_a_saved_run_give_tensorflows_results(
+    backend, tensorflows_commands, tiny_run, picture, data_dir, tmp_path
+):
+    """`explain` on pictures and `localize` on a trained run, under each backend: the boxes, classes and every
+    score of TensorFlow's (the seconds aside); `train` is refused in one line, before anything is written."""
+    boxes, rows = commands_under(backend, tiny_run, picture, data_dir, tmp_path)
+    assert boxes == tensorflows_commands[0]
+    assert rows == tensorflows_commands[1] and len(rows) > 3
     refused = cli_under(backend, "train", "--preset", "tiny", "--run-dir", tmp_path / "refused", "--data-dir", data_dir)
     assert refused.returncode == 2 and "KERAS_BACKEND=tensorflow" in refused.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_backend_that_is_not_installed_is_named_in_one_line(tmp_path, tiny_run):
+    # A stand-in for an absent JAX: importing it fails as a missing module does.
+    (tmp_path / "jax").mkdir()
+    (tmp_path / "jax" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jax'\", name='jax')\n")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(tmp_path)}
+    command = [sys.executable, "-m", "cam_mnist", "layers", "--model", str(tiny_run / "model.keras")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: KERAS_BACKEND=jax needs jax")
+    assert "pip install '.[jax]'" in result.stderr and "Traceback" not in result.stderr
+    library = [sys.executable, "-c", "import cam_mnist; cam_mnist.explain"]
+    result = subprocess.run(library, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "ImportError: KERAS_BACKEND=jax needs jax" in result.stderr

@@ -12,10 +12,9 @@ import sys
 import tempfile
 
 from cam_mnist import config as cfg
-from cam_mnist import missing_backend
 from cam_mnist.commands import data, evaluate, explain, frontier, localize, tools, train
 from cam_mnist.commands.common import EXIT_BAD_INPUT, PROG, STORAGE_ERRORS
-from cam_mnist.core.errors import UserError
+from cam_mnist.core.errors import UserError, missing_backend
 
 NEEDS_KERAS = {"train", "eval", "localize", "explain", "layers", "bench"}
 # The reproduction's training is TensorFlow's (tf.data, tf.distribute, its bfloat16 policy); maps and evaluation

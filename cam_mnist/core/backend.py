@@ -64,7 +64,7 @@ def gradient(fn, x):
     if NAME == "tensorflow":
         import tensorflow as tf
 
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:  # of x alone, not of the weights
             tape.watch(x)
             total, kept = fn(x)
         return tape.gradient(total, x), kept
@@ -78,7 +78,7 @@ def gradient(fn, x):
     with torch.enable_grad():
         leaf = x.detach().requires_grad_(True)
         total, kept = fn(leaf)
-        (grad,) = torch.autograd.grad(total, leaf)
+        (grad,) = torch.autograd.grad(total, leaf)  # of x alone: the weights' gradients are never formed
     return grad, _detached(kept)
 
 
@@ -93,7 +93,7 @@ def gradient_inside(fn, x):
         import tensorflow as tf
 
         marked = []
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:  # from the probe on, not the layers before
 
             def probe(v):
                 tape.watch(v)
@@ -114,11 +114,12 @@ def gradient_inside(fn, x):
 
     marked = []
 
-    def probe(v):
+    def probe(v):  # from here on the forward pass records its graph: the layers before it run without one
+        torch.set_grad_enabled(True)
         marked.append(v.detach().requires_grad_(True))
         return marked[-1]
 
-    with torch.enable_grad():
+    with torch.no_grad():  # restores the caller's grad mode on leaving
         total, kept = fn(x, probe)
         (grad,) = torch.autograd.grad(total, marked[0])
     return grad, _detached(kept)

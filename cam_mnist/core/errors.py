@@ -33,3 +33,19 @@ class NotClassScores(UserError):
 class ArchitectureMismatch(CheckpointError):
     """A readable checkpoint written by another network than the run's config builds: not a damaged file to skip,
     but a run folder whose config.json and checkpoints disagree."""
+
+
+# The package each Keras backend needs beyond TensorFlow, and the extra of pyproject.toml that installs it.
+BACKEND_EXTRAS = {"jax": "jax", "torch": "torch"}
+
+
+def missing_backend(error: ModuleNotFoundError) -> str | None:
+    """One line saying what to install, where ``error`` is Keras failing to import the backend KERAS_BACKEND names
+    (None for any other missing module)."""
+    top = (error.name or "").split(".")[0]
+    if top not in BACKEND_EXTRAS:
+        return None
+    return (
+        f"KERAS_BACKEND={top} needs {top}, which is not installed: pip install 'cam_mnist[{BACKEND_EXTRAS[top]}]' "
+        f"(from a clone: pip install '.[{BACKEND_EXTRAS[top]}]'), or use KERAS_BACKEND=tensorflow"
+    )
