@@ -57,6 +57,7 @@ def __getattr__(name: str):
             raise ImportError(missing_backend(e)) from e
     raise AttributeError(f"module 'cam_mnist' has no attribute {name!r}")
 
+
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds ``cam_mnist.maps`` and the other old paths of :data:`MOVED` as the modules they moved to."""
 
