@@ -19,9 +19,10 @@ OPTIONS = {"rise": {"masks": 48}, "smoothgrad": {"samples": 4}, "integrated-grad
 
 
 def all_maps(cases_file: str, out_file: str) -> None:
-    """cases: [{"name", "model" (a .keras file), "images" (a .npy file), "layer" (or null)}]: every method's maps
-    of class 1 and of the predicted class, the default layer's path and the classes explained."""
+    """cases: [{"name", "model" (a .keras file), "images" (a .npy file), "layer" (or null), "methods" (or null:
+    every one)}]: each method's maps of the predicted class, the classes explained and the default layer's path."""
     import keras
+    import keras_hub  # noqa: F401 - registers its layers, so that its models load
 
     from cam_mnist.maps.explainer import METHODS, default_layer, explain
     from cam_mnist.maps.segmentation import segment
@@ -32,7 +33,7 @@ def all_maps(cases_file: str, out_file: str) -> None:
         images = np.load(case["images"])
         name, layer = case["name"], case["layer"]
         out[f"{name}/default_layer"] = np.array(default_layer(model))
-        for method in METHODS:
+        for method in case.get("methods") or METHODS:
             options = OPTIONS.get(method, {})
             maps, classes = explain(model, images, method, layer=layer, return_targets=True, **options)
             out[f"{name}/{method}"], out[f"{name}/{method}/classes"] = maps, classes

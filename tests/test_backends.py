@@ -56,10 +56,24 @@ def _nested_mobilenet() -> keras.Model:
     )
 
 
+def _vision_transformer() -> keras.Model:
+    """keras_hub's ViT classifier (random weights): maps at the input of its last attention, inside its encoder."""
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(64, 64, 3), patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
+    )
+    return keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=3)
+
+
+# CAM needs a GAP -> linear head over a grid, AblationCAM a layer the scores pass through alone: a ViT has neither.
+NOT_ON_TOKENS = ("cam", "ablationcam")
+
+
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory, tiny_run, data_dir):
-    """The three models saved under TensorFlow, with their images: a small conv net, a nested MobileNetV2 and a
-    trained cam_mnist model (the tiny run's)."""
+    """The models saved under TensorFlow, with their images: a small conv net, a nested MobileNetV2, a trained
+    cam_mnist model (the tiny run's) and keras_hub's ViT."""
     folder = tmp_path_factory.mktemp("backends")
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -68,6 +82,7 @@ def cases(tmp_path_factory, tiny_run, data_dir):
         "conv": (_conv_model(), rng.random((3, 24, 24, 3), np.float32)),
         "mobilenetv2": (_nested_mobilenet(), rng.random((2, 64, 64, 3), np.float32)),
         "cam_mnist": (None, load_split("test", config.data, data_dir).float_images(slice(0, 3))),
+        "vit": (_vision_transformer(), rng.random((2, 64, 64, 3), np.float32)),
     }
     listed = []
     for name, (model, images) in made.items():
@@ -75,7 +90,9 @@ def cases(tmp_path_factory, tiny_run, data_dir):
         if model is not None:
             model.save(path)
         np.save(folder / f"{name}.npy", images)
+        methods = [m for m in registry.METHODS if m not in NOT_ON_TOKENS] if name == "vit" else None
         listed.append({"name": name, "model": str(path), "images": str(folder / f"{name}.npy"), "layer": None})
+        listed[-1]["methods"] = methods
     (folder / "cases.json").write_text(json.dumps(listed))
     return folder
 
@@ -93,13 +110,13 @@ def maps(cases):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-@pytest.mark.parametrize("case", ["conv", "mobilenetv2", "cam_mnist"])
+@pytest.mark.parametrize("case", ["conv", "mobilenetv2", "cam_mnist", "vit"])
 def test_every_method_gives_tensorflows_maps(maps, backend, case):
     theirs, ours = maps["tensorflow"], maps[backend]
     assert str(ours["backend"]) == backend  # the worker really ran on it
     assert str(ours[f"{case}/default_layer"]) == str(theirs[f"{case}/default_layer"])
     differences = {}
-    for method in registry.METHODS:
+    for method in [m for m in registry.METHODS if case != "vit" or m not in NOT_ON_TOKENS]:
         key = f"{case}/{method}"
         assert ours[key].shape == theirs[key].shape and ours[key].max() > 0, (method, ours[key].shape)
         np.testing.assert_array_equal(ours[f"{key}/classes"], theirs[f"{key}/classes"], err_msg=method)

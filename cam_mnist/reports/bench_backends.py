@@ -89,7 +89,9 @@ def _theirs_beside_ours(model, images, layer: str, batch: int) -> dict:
 
     ours = get_method(model, "gradcam", layer, batch_size=batch)
     target = ours.layer.layer
-    cam = GradCAM(ChannelsFirst(), [target], reshape_transform=lambda a: a.permute(0, 3, 1, 2))
+    # Their reshape_transform gives their (B, K, h, w), in float32: they read activations through numpy, which has no
+    # bfloat16 (a mixed-precision model's).
+    cam = GradCAM(ChannelsFirst(), [target], reshape_transform=lambda a: a.permute(0, 3, 1, 2).float())
 
     def theirs(x):
         classes = ours.head.forward(torch.from_numpy(x))[1].argmax(-1).tolist()  # ours explains the predicted class
