@@ -4,6 +4,7 @@ to TensorFlow's; and pytorch-grad-cam beside ours on the very same model (torch 
 
     KERAS_BACKEND=jax python tests/backend_worker.py maps CASES.json OUT.npz
     KERAS_BACKEND=torch python tests/backend_worker.py grad-cam OUT.json
+    KERAS_BACKEND=jax python tests/backend_worker.py fit FOLDER
 """
 
 from __future__ import annotations
@@ -143,6 +144,37 @@ def grad_cam(out_file: str) -> None:
     Path(out_file).write_text(json.dumps({k: [np.asarray(a).tolist() for a in v] for k, v in out.items()}))
 
 
+def fit(folder: str) -> None:
+    """``CAMCallback`` in ``model.fit`` on this backend: a small model trained one epoch, its maps drawn every two
+    updates. Writes the steps drawn, how much the maps moved between drawings and how far the last drawing is from
+    the maps of the trained weights, to ``folder``/fit.json."""
+    import keras
+
+    from cam_mnist import CAMCallback
+    from cam_mnist.maps.explainer import explain
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((24, 24, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((64, 24, 24, 1)).astype(np.float32), rng.integers(0, 3, 64)
+    drawn = Path(folder) / "maps"
+    callback = CAMCallback(images[:2], labels[:2], method="cam", every_n_batches=2, folder=drawn)
+    model.fit(images, labels, batch_size=8, epochs=1, callbacks=[callback], verbose=0)
+    steps = sorted(callback.maps)
+    pairs = zip(steps[:-1], steps[1:], strict=True)
+    now = explain(model, images[:2], "cam", targets=labels[:2])
+    result = {
+        "steps": steps,
+        "moved": [float(np.abs(callback.maps[a] - callback.maps[b]).max()) for a, b in pairs],
+        "last_vs_trained": float(np.abs(callback.maps[steps[-1]] - now).max()),
+        "page": (drawn / "index.html").exists(),
+    }
+    (Path(folder) / "fit.json").write_text(json.dumps(result))
+
+
 def _minmax(maps: np.ndarray) -> np.ndarray:
     lo = maps.min(axis=(1, 2), keepdims=True)
     return (maps - lo) / np.maximum(maps.max(axis=(1, 2), keepdims=True) - lo, 1e-12)
@@ -150,4 +182,4 @@ def _minmax(maps: np.ndarray) -> np.ndarray:
 
 if __name__ == "__main__":
     task, *args = sys.argv[1:]
-    {"maps": all_maps, "grad-cam": grad_cam}[task](*args)
+    {"maps": all_maps, "grad-cam": grad_cam, "fit": fit}[task](*args)

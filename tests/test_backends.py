@@ -167,6 +167,15 @@ def test_their_gradcam_plus_plus_alpha_is_a_different_convention(grad_cam_maps):
     assert np.abs(theirs - ours).max() > 0.05
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_cam_callback_draws_the_weights_as_fit_changes_them(backend, tmp_path):
+    finished(backend, start_under(backend, "fit", tmp_path))
+    result = json.loads((tmp_path / "fit.json").read_text())
+    assert result["steps"] == [0, 2, 4, 6, 8] and result["page"]  # 64 images, batch 8: 8 updates, one epoch
+    assert min(result["moved"]) > 1e-3  # every drawing reads the weights of its step (JAX: synced from fit's state)
+    assert result["last_vs_trained"] < 1e-5  # the last one those fit ends with
+
+
 # ------------------------------------------------------------------------------------------- the command line
 def cli_under(backend: str, *argv) -> subprocess.CompletedProcess:
     env = {**os.environ, "KERAS_BACKEND": backend}
