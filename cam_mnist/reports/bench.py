@@ -314,7 +314,7 @@ def main(
         print("every Keras backend, each in its own process (and pytorch-grad-cam beside ours on PyTorch):", flush=True)
         run_config = cfg.RunConfig.load(RunFolder(model_path.parent).config)
         x = load_split("test", run_config.data).float_images(slice(0, BACKEND_IMAGES))
-        results["backends"] = bench_backends.run_all(model_path, x, Path(out) / "backends")
+        results["backends"] = bench_backends.run_all(model_path, x)
     if memory and model_path.exists():
         print("peak memory and wall time at two sizes of each command's work:", flush=True)
         results["memory"] = bench_memory.rows(model_path.parent)

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +110,13 @@ def _theirs_beside_ours(model, images, layer: str, batch: int) -> dict:
     }
 
 
-def run_all(model_path: Path, images: np.ndarray, folder: Path) -> dict:
+def run_all(model_path: Path, images: np.ndarray) -> dict:
     """Every backend in its own process; a backend that is not installed is reported as such, not measured."""
-    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        return _run_all(model_path, images, Path(folder))
+
+
+def _run_all(model_path: Path, images: np.ndarray, folder: Path) -> dict:
     np.save(folder / "images.npy", images)
     out = {}
     for name in BACKENDS:
