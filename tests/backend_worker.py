@@ -42,30 +42,38 @@ def all_maps(cases_file: str, out_file: str) -> None:
     np.savez(out_file, **out)
 
 
-def grad_cam(out_file: str) -> None:
-    """pytorch-grad-cam's maps and ours on one Keras model under PyTorch, where it is a ``torch.nn.Module``: their
-    hooks on its Keras layer, its weights. Writes {method: (their maps, our maps)} as lists, and the conventions
-    applied, to ``out_file`` (JSON)."""
-    import keras
-    import pytorch_grad_cam as pgc
-    import torch
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+CLASSES = [1, 2, 3]  # the class explained in each of the three images
 
-    from cam_mnist.maps.explainer import explain, get_method
-    from cam_mnist.maps.grids import upsample
+
+def _comparison_model():
+    """(model, its input, the output of its conv layer c2): c2 -> GAP beside two side branches whose layers the
+    conventions of theirs need -- a conv of the input's size (Score-CAM) and c2 centred over its cells (Eigen-CAM),
+    whose GAP is 0 and so changes no score."""
+    import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((24, 24, 3))
     x = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(inputs)
     x = keras.layers.MaxPooling2D(name="pool")(x)
     x = keras.layers.Conv2D(16, 3, activation="relu", name="c2")(x)
-    same = keras.layers.Conv2D(6, 3, padding="same", name="same_size")(inputs)  # Score-CAM's: the input's size
+    same = keras.layers.Conv2D(6, 3, padding="same", name="same_size")(inputs)
     centred = keras.layers.Lambda(lambda a: a - keras.ops.mean(a, (1, 2), keepdims=True), name="centred")(x)
-    pooled = [keras.layers.GlobalAveragePooling2D()(a) for a in (x, same, centred)]  # the last is 0: no effect
-    model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(keras.layers.Concatenate()(pooled)))
+    pooled = [keras.layers.GlobalAveragePooling2D()(a) for a in (x, same, centred)]
+    return keras.Model(inputs, keras.layers.Dense(4, name="logits")(keras.layers.Concatenate()(pooled))), inputs, x
+
+
+def grad_cam(out_file: str) -> None:
+    """pytorch-grad-cam's maps and ours on one Keras model under PyTorch, where it is a ``torch.nn.Module``: their
+    hooks on its Keras layer, its weights. Writes {method: (their maps, our maps...)} as lists to ``out_file``."""
+    import pytorch_grad_cam as pgc
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cam_mnist.maps.explainer import explain
+
+    model, inputs, c2 = _comparison_model()
     images = np.random.default_rng(0).random((3, 24, 24, 3)).astype(np.float32)
     nchw = torch.from_numpy(images).permute(0, 3, 1, 2)  # theirs resize to input_tensor.size(-1), size(-2)
-    classes = [1, 2, 3]
 
     class ChannelsFirst(torch.nn.Module):  # their input layout (N, C, H, W) in, the Keras model's (N, H, W, C)
         def __init__(self, model):
@@ -75,23 +83,29 @@ def grad_cam(out_file: str) -> None:
         def forward(self, x):
             return self.model(x.permute(0, 2, 3, 1))
 
-    to_nchw = lambda a: a.permute(0, 3, 1, 2)  # noqa: E731 - their reshape_transform: activations (B, K, h, w)
+    def theirs(cls, layer, targets=None):
+        to_nchw = lambda a: a.permute(0, 3, 1, 2)  # noqa: E731 - their reshape_transform: activations (B, K, h, w)
+        cam = cls(model=ChannelsFirst(model), target_layers=[model.get_layer(layer)], reshape_transform=to_nchw)
+        return cam(input_tensor=nchw, targets=targets or [ClassifierOutputTarget(c) for c in CLASSES])
 
-    def theirs(cls, layer, targets=None, **kw):
-        cam = cls(model=ChannelsFirst(model), target_layers=[model.get_layer(layer)], reshape_transform=to_nchw, **kw)
-        return cam(input_tensor=nchw, targets=targets or [ClassifierOutputTarget(c) for c in classes])
-
-    ours = lambda method, layer, **kw: explain(model, images, method, targets=np.array(classes), layer=layer, **kw)  # noqa: E731
+    ours = lambda method, layer: explain(model, images, method, targets=np.array(CLASSES), layer=layer)  # noqa: E731
     out = {}
-    for cls, method in [
-        (pgc.GradCAM, "gradcam"),
-        (pgc.XGradCAM, "xgradcam"),
-        (pgc.LayerCAM, "layercam"),
-        (pgc.HiResCAM, "hirescam"),
-    ]:
+    for cls, method in [(pgc.GradCAM, "gradcam"), (pgc.XGradCAM, "xgradcam"), (pgc.LayerCAM, "layercam")]:
         out[method] = (theirs(cls, "c2"), ours(method, "c2"))
+    out["hirescam"] = (theirs(pgc.HiResCAM, "c2"), ours("hirescam", "c2"))
+    out["gradcam++"] = (theirs(_alpha_summing_to_one(pgc.GradCAMPlusPlus), "c2"), ours("gradcam++", "c2"))
+    out["gradcam++ (their alpha)"] = (theirs(pgc.GradCAMPlusPlus, "c2"), ours("gradcam++", "c2"))
+    log_p = [_log_probability(c) for c in CLASSES]
+    out["scorecam"] = (theirs(pgc.ScoreCAM, "same_size", log_p), ours("scorecam", "same_size"))
+    out["eigencam"] = (theirs(pgc.EigenCAM, "centred"), *_eigencam_either_sign(model, images))
+    out["ablationcam"] = _ablation_beside_theirs(inputs, c2, images, nchw)
+    Path(out_file).write_text(json.dumps({k: [np.asarray(a).tolist() for a in v] for k, v in out.items()}))
 
-    class AlphaSummingToOne(pgc.GradCAMPlusPlus):  # the authors' code and tf-keras-vis: alpha sums to 1 over ij
+
+def _alpha_summing_to_one(grad_cam_plus_plus):
+    """Their GradCAMPlusPlus with alpha normalised to sum to 1 over the cells, as the authors' code and tf-keras-vis."""
+
+    class AlphaSummingToOne(grad_cam_plus_plus):
         def get_cam_weights(self, input_tensor, target_layers, targets, activations, grads):
             g2 = grads**2
             alpha = g2 / (2 * g2 + activations.sum(axis=(2, 3), keepdims=True) * g2 * grads + 1e-6)
@@ -99,49 +113,56 @@ def grad_cam(out_file: str) -> None:
             alpha = alpha / np.maximum(alpha.sum(axis=(2, 3), keepdims=True), 1e-12)
             return (np.maximum(grads, 0) * alpha).sum(axis=(2, 3))
 
-    out["gradcam++"] = (theirs(AlphaSummingToOne, "c2"), ours("gradcam++", "c2"))
-    out["gradcam++ (their alpha)"] = (theirs(pgc.GradCAMPlusPlus, "c2"), ours("gradcam++", "c2"))
+    return AlphaSummingToOne
 
-    class LogProbability:  # their Score-CAM softmaxes the target's scores over channels: of log p^c, that is p^c / sum
-        def __init__(self, index):
-            self.index = index
 
-        def __call__(self, output):
-            return torch.log_softmax(output, -1)[self.index]
+def _log_probability(index: int):
+    """Their Score-CAM softmaxes the target's scores over channels: of log p^c, that is p^c / sum_k p^c(k)."""
+    import torch
 
-    out["scorecam"] = (
-        theirs(pgc.ScoreCAM, "same_size", [LogProbability(c) for c in classes]),
-        ours("scorecam", "same_size"),
-    )
+    return lambda output: torch.log_softmax(output, -1)[index]
 
-    # Eigen-CAM: theirs centres the activations over the cells before the SVD and keeps the SVD's sign; on a layer
-    # whose activations are centred already only the sign (arbitrary in an SVD) can differ: ours is either sign's.
-    method = get_method(model, "eigencam", "centred")
-    tensors = [keras.ops.convert_to_tensor(a) for a in (images, np.array(classes, np.int32))]
-    signed = method.signed_maps(*tensors)[0]  # (B, h, w) before the ReLU
-    flipped = [
-        _minmax(keras.ops.convert_to_numpy(upsample(keras.ops.relu(sign * signed), (24, 24)))) for sign in (1, -1)
-    ]
-    out["eigencam"] = (theirs(pgc.EigenCAM, "centred"), *flipped)
 
-    # Their AblationCAM swaps a module attribute for its ablation layer, which a Keras graph does not call through:
-    # so the model is split at c2 (its own layers on each side) around a torch.nn.Identity that theirs replaces.
-    plain = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+def _eigencam_either_sign(model, images):
+    """Eigen-CAM: theirs centres the activations over the cells before the SVD and keeps the SVD's sign; on a layer
+    centred already only the sign (arbitrary in an SVD) can differ: our map for either sign, normalised as theirs."""
+    import keras
+
+    from cam_mnist.maps.explainer import get_method
+    from cam_mnist.maps.grids import upsample
+
+    tensors = [keras.ops.convert_to_tensor(a) for a in (images, np.array(CLASSES, np.int32))]
+    signed = get_method(model, "eigencam", "centred").signed_maps(*tensors)[0]  # (B, h, w) before the ReLU
+    size = images.shape[1:3]
+    return [_minmax(keras.ops.convert_to_numpy(upsample(keras.ops.relu(s * signed), size))) for s in (1, -1)]
+
+
+def _ablation_beside_theirs(inputs, c2, images, nchw):
+    """Their AblationCAM swaps a module attribute for its ablation layer, which a Keras graph does not call
+    through: the model is split at c2 (its own layers on each side) around a torch.nn.Identity that theirs
+    replaces."""
+    import keras
+    import pytorch_grad_cam as pgc
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cam_mnist.maps.explainer import explain
+
+    plain = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(c2)))
 
     class Split(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.features, self.target = keras.Model(inputs, x), torch.nn.Identity()
+            self.features, self.target = keras.Model(inputs, c2), torch.nn.Identity()
 
-        def forward(self, images):
-            a = self.target(to_nchw(self.features(images.permute(0, 2, 3, 1))))  # (B, K, h, w)
+        def forward(self, x):
+            a = self.target(self.features(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))  # (B, K, h, w)
             return plain.layers[-1](a.mean((2, 3)))  # GAP, then the model's own Dense
 
     split = Split()
     cam = pgc.AblationCAM(model=split, target_layers=[split.target])
-    their_maps = cam(input_tensor=nchw, targets=[ClassifierOutputTarget(c) for c in classes])
-    out["ablationcam"] = (their_maps, explain(plain, images, "ablationcam", targets=np.array(classes), layer="c2"))
-    Path(out_file).write_text(json.dumps({k: [np.asarray(a).tolist() for a in v] for k, v in out.items()}))
+    theirs = cam(input_tensor=nchw, targets=[ClassifierOutputTarget(c) for c in CLASSES])
+    return theirs, explain(plain, images, "ablationcam", targets=np.array(CLASSES), layer="c2")
 
 
 def fit(folder: str) -> None:
