@@ -2,7 +2,7 @@
 
 Everything that lists methods reads this table: :func:`cam_mnist.maps.explain` and ``get_method`` (the classes),
 the command line's choices, ``localize`` (which methods are slow and scored on a subset), ``make bench`` and the
-README's methods table (``python -m cam_mnist methods`` prints it). It imports no TensorFlow, so the command
+methods table of docs/methods.md (``python -m cam_mnist methods`` prints it). It imports no Keras, so the command
 line can build its parser without it; :meth:`MethodInfo.load` imports the class when a map is made.
 """
 
@@ -164,6 +164,6 @@ def info(name: str) -> MethodInfo:
 
 
 def methods_table() -> str:
-    """The registry as a Markdown table (the README's methods table)."""
+    """The registry as a Markdown table (docs/methods.md's)."""
     rows = [[f"`{m.name}`", m.paper, m.needs, m.passes] for m in METHODS.values()]
     return markdown_table(["method", "paper", "needs", "passes per map"], rows)
