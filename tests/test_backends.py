@@ -242,3 +242,16 @@ def test_a_backend_that_is_not_installed_is_named_in_one_line(tmp_path, tiny_run
     library = [sys.executable, "-c", "import cam_mnist; cam_mnist.explain"]
     result = subprocess.run(library, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "ImportError: KERAS_BACKEND=jax needs jax" in result.stderr
+
+
+def test_commands_on_tensorflow_start_without_jax():
+    # TensorFlow imports JAX at start-up where it is installed (0.1 GiB, never used on the TensorFlow backend): the
+    # command line hides it while TensorFlow imports, and JAX still imports after.
+    code = (
+        "import sys; from cam_mnist.commands.main import import_keras; import_keras(False); import tensorflow; "
+        "print('jax' in sys.modules); import jax; print(jax.numpy.ones(2).sum())"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "2.0"]

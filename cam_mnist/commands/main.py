@@ -5,6 +5,7 @@ a user's mistake in one line and keeps TensorFlow's start-up out of the commands
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -52,11 +53,30 @@ def import_keras(verbose: bool) -> str:
     ``--verbose``. TensorFlow 2.21 writes these from C++ before its log level is read, so stderr's file descriptor
     is parked in a temporary file during the import; if the import fails, what it wrote is shown. Returns the
     backend's name."""
-    if verbose:
-        import keras
+    with without_jax_in_tensorflow():
+        if verbose:
+            import keras
 
-        return keras.backend.backend()
+            return keras.backend.backend()
+        return _import_quietly()
 
+
+@contextlib.contextmanager
+def without_jax_in_tensorflow():
+    """TensorFlow 2.21 imports JAX at start-up wherever it is installed (for its TFLite converter): 1.8 s and 0.1 GiB
+    in every command, which on the TensorFlow backend never uses it. JAX is hidden while Keras and TensorFlow import
+    (TensorFlow then goes without its converter's JAX part), and importable again after."""
+    hide = configured_backend() == "tensorflow" and "jax" not in sys.modules
+    if hide:
+        sys.modules["jax"] = None  # `import jax` raises ImportError, which TensorFlow expects where JAX is absent
+    try:
+        yield
+    finally:
+        if hide and sys.modules.get("jax", False) is None:
+            del sys.modules["jax"]
+
+
+def _import_quietly() -> str:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # later C++ messages: errors only
     sys.stderr.flush()
     saved = os.dup(2)
