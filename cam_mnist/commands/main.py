@@ -118,11 +118,11 @@ def configured_backend() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in TENSORFLOW_ONLY and configured_backend() != "tensorflow":  # before anything is written
+        backend = configured_backend()
+        if args.command in TENSORFLOW_ONLY and backend != "tensorflow":  # refused before anything is written
             raise UserError(
-                f"`{args.command}` trains with TensorFlow (tf.data, tf.distribute); KERAS_BACKEND is "
-                f"{configured_backend()!r}: run it with KERAS_BACKEND=tensorflow (maps, eval and localize run on every "
-                "backend)"
+                f"`{args.command}` trains with TensorFlow (tf.data, tf.distribute); KERAS_BACKEND is {backend!r}: "
+                "run it with KERAS_BACKEND=tensorflow (maps, eval and localize run on every backend)"
             )
         if getattr(args, "check", None):
             args.check(args)

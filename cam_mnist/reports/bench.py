@@ -162,18 +162,7 @@ def nested_application(size: int = 224, batch: int = 32, batches: int = 3, score
     """MobileNetV2 (random weights) nested in a Sequential as the Keras transfer-learning guide builds it, on
     ``size`` x ``size`` x 3 images: CAM and Grad-CAM maps/s timed in turn with that model's own forward pass, batch
     by batch (:func:`paired_rates`), and Score-CAM's maps/s (1280 channel passes per map, ``pass_batch`` at a time)."""
-    keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None)
-    model = keras.Sequential(
-        [
-            keras.Input((size, size, 3)),
-            keras.layers.Rescaling(1 / 127.5, offset=-1),  # MobileNetV2's preprocessing
-            base,
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dropout(0.2),
-            keras.layers.Dense(10),
-        ]
-    )
+    model = bench_backends.nested_mobilenet(size)
     images = np.random.default_rng(0).uniform(0, 255, (batch * batches, size, size, 3)).astype(np.float32)
     result = {"model": f"MobileNetV2 nested in a Sequential, random weights, {size}x{size}x3", "batch": batch}
     rows = beside_the_forward_pass(model, ("cam", "gradcam"), images, batch, "nested MobileNetV2")

@@ -23,7 +23,8 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def measure(model_path: str, images_path: str, out: str) -> None:
-    """This process's backend: the rows of :func:`rows`, written to ``out`` (JSON)."""
+    """This process's backend: the fast methods beside its forward pass on the run's model and on MobileNetV2, and
+    on PyTorch pytorch-grad-cam's GradCAM beside ours, written to ``out`` (JSON)."""
     import keras
 
     from cam_mnist.reports.timing import beside_the_forward_pass
@@ -35,10 +36,8 @@ def measure(model_path: str, images_path: str, out: str) -> None:
         "version": _version(name),
         "run_model": beside_the_forward_pass(model, FAST, images, 128, name),
     }
-    mobilenet, pictures = (
-        _nested_mobilenet(),
-        np.random.default_rng(0).uniform(0, 255, (48, 224, 224, 3)).astype("float32"),
-    )
+    mobilenet = nested_mobilenet(224)
+    pictures = np.random.default_rng(0).uniform(0, 255, (48, 224, 224, 3)).astype("float32")
     result["mobilenet"] = beside_the_forward_pass(mobilenet, ("cam", "gradcam"), pictures, 16, f"{name} MobileNetV2")
     if name == "torch":
         result["grad_cam"] = [
@@ -51,20 +50,23 @@ def measure(model_path: str, images_path: str, out: str) -> None:
 def _version(name: str) -> str:
     import importlib.metadata
 
-    return importlib.metadata.version({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[name])
+    return importlib.metadata.version(name)  # each backend's package is named as the backend
 
 
-def _nested_mobilenet():
+def nested_mobilenet(size: int):
+    """MobileNetV2 (random weights) nested in a Sequential as the Keras transfer-learning guide builds it, on
+    ``size`` x ``size`` x 3 images in [0, 255]."""
     import keras
 
     keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, weights=None)
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None)
     return keras.Sequential(
         [
-            keras.Input((224, 224, 3)),
-            keras.layers.Rescaling(1 / 127.5, offset=-1),
+            keras.Input((size, size, 3)),
+            keras.layers.Rescaling(1 / 127.5, offset=-1),  # MobileNetV2's preprocessing
             base,
             keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dropout(0.2),
             keras.layers.Dense(10),
         ]
     )
@@ -75,7 +77,6 @@ def _theirs_beside_ours(model, images, layer: str, batch: int) -> dict:
     and one backward pass to the layer."""
     import torch
     from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from cam_mnist.maps import get_method
     from cam_mnist.reports.timing import paired_rates
@@ -94,9 +95,8 @@ def _theirs_beside_ours(model, images, layer: str, batch: int) -> dict:
     # bfloat16 (a mixed-precision model's).
     cam = GradCAM(ChannelsFirst(), [target], reshape_transform=lambda a: a.permute(0, 3, 1, 2).float())
 
-    def theirs(x):
-        classes = ours.head.forward(torch.from_numpy(x))[1].argmax(-1).tolist()  # ours explains the predicted class
-        return cam(torch.from_numpy(x).permute(0, 3, 1, 2), [ClassifierOutputTarget(c) for c in classes])
+    def theirs(x):  # targets None: the predicted class, as ours, from their own forward pass
+        return cam(torch.from_numpy(x).permute(0, 3, 1, 2), None)
 
     batches = [images[lo : lo + batch] for lo in range(0, len(images) - len(images) % batch, batch)]
     their_rate, our_rate = paired_rates(theirs, ours, batches)
