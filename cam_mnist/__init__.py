@@ -26,9 +26,10 @@ _LAZY = {
     "explain": "cam_mnist.maps",
     "candidate_layers": "cam_mnist.maps",
     "segment": "cam_mnist.maps.segmentation",
+    "factorize": "cam_mnist.maps.factorization",
     "CAMCallback": "cam_mnist.train.callbacks",
 }
-__all__ = ["explain", "segment", "candidate_layers", "CAMCallback", "__version__"]
+__all__ = ["explain", "segment", "factorize", "candidate_layers", "CAMCallback", "__version__"]
 
 # Where the modules of the flat layout moved, so that code written against it keeps importing them.
 MOVED = {

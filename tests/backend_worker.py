@@ -9,6 +9,7 @@ to TensorFlow's; and pytorch-grad-cam beside ours on the very same model (torch 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 # Few samples in the random methods: what is compared is the same computation on each backend, not its quality.
 OPTIONS = {"rise": {"masks": 48}, "smoothgrad": {"samples": 4}, "integrated-gradients": {"steps": 8}}
+OPTIONS["fem"] = {"k": 1.0}  # MobileNetV2's 2 x 2 map: no cell of 4 is 2 standard deviations above their mean
 
 
 def all_maps(cases_file: str, out_file: str) -> None:
@@ -97,9 +99,190 @@ def grad_cam(out_file: str) -> None:
     out["gradcam++ (their alpha)"] = (theirs(pgc.GradCAMPlusPlus, "c2"), ours("gradcam++", "c2"))
     log_p = [_log_probability(c) for c in CLASSES]
     out["scorecam"] = (theirs(pgc.ScoreCAM, "same_size", log_p), ours("scorecam", "same_size"))
-    out["eigencam"] = (theirs(pgc.EigenCAM, "centred"), *_eigencam_either_sign(model, images))
+    out["eigencam"] = (theirs(pgc.EigenCAM, "centred"), *_either_sign(model, images, "eigencam", "centred"))
     out["ablationcam"] = _ablation_beside_theirs(inputs, c2, images, nchw)
+    out |= _pytorch_grad_cams_own(model, images, nchw, theirs, ours)
     Path(out_file).write_text(json.dumps({k: [np.asarray(a).tolist() for a in v] for k, v in out.items()}))
+
+
+def _pytorch_grad_cams_own(model, images, nchw, theirs, ours) -> dict:
+    """The methods and options pytorch-grad-cam has beyond the papers of the first comparisons."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cam_mnist.maps.explainer import explain
+
+    out = {"gradcam-elementwise": (theirs(pgc.GradCAMElementWise, "c2"), ours("gradcam-elementwise", "c2"))}
+    out["eigengradcam"] = (theirs(pgc.EigenGradCAM, "c2"), *_either_sign(model, images, "eigengradcam", "c2"))
+    out["fem"] = (theirs(pgc.FEM, "c2"), ours("fem", "c2"))
+    out["kpcacam"] = (theirs(pgc.KPCA_CAM, "c2"), *_either_sign(model, images, "kpcacam", "c2"))
+    out["shapleycam"] = _shapleycam_beside_theirs(model, images, nchw)
+    finer = pgc.FinerCAM(model=_channels_first(model), target_layers=[model.get_layer("c2")], reshape_transform=_nchw)
+    out["finercam"] = (finer(nchw), explain(model, images, "finercam", layer="c2"))  # the predicted classes
+    targets = [ClassifierOutputTarget(c) for c in CLASSES]
+    cam = pgc.GradCAM(model=_channels_first(model), target_layers=[model.get_layer("c2")], reshape_transform=_nchw)
+    mine = dict(targets=np.array(CLASSES), layer="c2")
+    out["aug_smooth"] = (
+        cam(nchw, targets, aug_smooth=True),
+        explain(model, images, "gradcam", aug_smooth=True, **mine),
+    )
+    out["eigen_smooth"] = (
+        cam(nchw, targets, eigen_smooth=True),
+        *_either_sign(model, images, "gradcam", "c2", eigen_smooth=True),
+    )
+    both = [model.get_layer("c1"), model.get_layer("c2")]
+    several = pgc.GradCAM(model=_channels_first(model), target_layers=both, reshape_transform=_nchw)
+    ours_several = explain(model, images, "gradcam", np.array(CLASSES), ["c1", "c2"])
+    with _exact_normalisation():  # maps of small values, where their 1e-7 shows: c1's, every bias channel's
+        out["layer=[c1, c2]"] = (several(nchw, targets), ours_several)
+        out["fullgrad"] = _fullgrad_beside_theirs(images)
+    out |= _metrics_beside_theirs(model, images, nchw, explain(model, images, "gradcam", **mine))
+    return out
+
+
+def _shapleycam_beside_theirs(model, images, nchw):
+    """Their ShapleyCAM weighs the layer's activations before its reshape_transform and fails on a Keras (B, h, w,
+    K) layer: theirs hooks a layer that gives c2 as (B, K, h, w) (the model transposes it back), ours explains c2
+    of the same model. Their target is the paper's ReST score, which ours uses."""
+    import keras
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST
+
+    from cam_mnist.maps.explainer import explain
+
+    first = keras.layers.Lambda(lambda a: keras.ops.transpose(a, (0, 3, 1, 2)), name="c2_first")
+    x = first(model.get_layer("c2").output)
+    x = keras.layers.Lambda(lambda a: keras.ops.transpose(a, (0, 2, 3, 1)))(x)
+    split = keras.Model(model.inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+    cam = pgc.ShapleyCAM(model=_channels_first(split), target_layers=[first])
+    theirs = cam(input_tensor=nchw, targets=[ClassifierOutputReST(c) for c in CLASSES])
+    return theirs, explain(split, images, "shapleycam", targets=np.array(CLASSES), layer="c2")
+
+
+@contextlib.contextmanager
+def _exact_normalisation():
+    """Their min-max normalisation (``scale_cam_image``) divides by max + 1e-7, which moves a map whose values are
+    around 1e-3 by 1e-4; ours divides by the max exactly. For the comparisons of maps of small values, theirs with
+    the exact division (0 for a constant map), the rest of their code as it is."""
+    import cv2
+    import pytorch_grad_cam.base_cam as base_cam
+    import pytorch_grad_cam.fullgrad_cam as fullgrad_cam
+    import pytorch_grad_cam.utils.image as image
+
+    def exact(cam, target_size=None):
+        result = []
+        for img in cam:
+            img = img - np.min(img)
+            img = img / np.max(img) if np.max(img) > 0 else np.zeros_like(img)
+            result.append(img if target_size is None else cv2.resize(np.float32(img), target_size))
+        return np.float32(result)
+
+    modules = (base_cam, fullgrad_cam, image)
+    original = [m.scale_cam_image for m in modules]
+    for m in modules:
+        m.scale_cam_image = exact
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, original, strict=True):
+            m.scale_cam_image = f
+
+
+def _nchw(a):
+    """Their reshape_transform: the Keras layer's (B, h, w, K) activations as their (B, K, h, w)."""
+    return a.permute(0, 3, 1, 2)
+
+
+def _channels_first(model):
+    """The Keras model as a torch.nn.Module taking their layout (N, C, H, W)."""
+    import torch
+
+    class ChannelsFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x.permute(0, 2, 3, 1))
+
+    return ChannelsFirst()
+
+
+def _fullgrad_beside_theirs(images):
+    """Their FullGrad finds torch.nn.Conv2d and BatchNorm2d modules, which a Keras model has none of: the same
+    network written in torch, its weights copied from a Keras model's (conv -> ReLU -> batch norm -> pool -> conv
+    -> ReLU -> GAP -> linear), theirs on the torch one, ours on the Keras one."""
+    import keras
+    import pytorch_grad_cam as pgc
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cam_mnist.maps.explainer import explain
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(inputs)
+    norm = keras.layers.BatchNormalization(epsilon=1e-3)
+    x = keras.layers.MaxPooling2D()(norm(x))
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="c2")(x)
+    dense = keras.layers.Dense(4)
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(x)))
+    rng = np.random.default_rng(2)
+    for variable in (norm.gamma, norm.beta, norm.moving_mean):
+        variable.assign(rng.normal(0, 0.5, variable.shape).astype(np.float32) + (variable is norm.gamma))
+    norm.moving_variance.assign(rng.uniform(0.5, 2, 8).astype(np.float32))
+    c1, bn = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8, eps=1e-3)
+    c2, linear = torch.nn.Conv2d(8, 16, 3), torch.nn.Linear(16, 4)
+    net = torch.nn.Sequential(
+        c1, torch.nn.ReLU(), bn, torch.nn.MaxPool2d(2), c2, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), linear,
+    )  # fmt: skip
+    value = lambda v: torch.from_numpy(np.array(keras.ops.convert_to_numpy(v)))  # noqa: E731
+    with torch.no_grad():
+        for conv, name in ((c1, "c1"), (c2, "c2")):
+            conv.weight.copy_(value(model.get_layer(name).kernel).permute(3, 2, 0, 1))
+            conv.bias.copy_(value(model.get_layer(name).bias))
+        bn.weight.copy_(value(norm.gamma)), bn.bias.copy_(value(norm.beta))
+        bn.running_mean.copy_(value(norm.moving_mean)), bn.running_var.copy_(value(norm.moving_variance))
+        linear.weight.copy_(value(dense.kernel).T), linear.bias.copy_(value(dense.bias))
+    net.eval()
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    theirs = pgc.FullGrad(model=net, target_layers=[])(nchw, [ClassifierOutputTarget(c) for c in CLASSES])
+    return theirs, explain(model, images, "fullgrad", targets=np.array(CLASSES))
+
+
+def _metrics_beside_theirs(model, images, nchw, maps) -> dict:
+    """ROAD (noise 0: theirs draws torch's random numbers, ours numpy's) and the confidence drop and increase of
+    one set of maps, theirs and ours per image, the target the softmax probability of each image's class."""
+    import keras
+    from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
+    from pytorch_grad_cam.metrics.perturbation_confidence import (
+        PerturbationConfidenceMetric,
+        RemoveLeastRelevantFirst,
+        RemoveMostRelevantFirst,
+    )
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    from cam_mnist.scoring import localization, road
+
+    net, targets = _channels_first(model), [ClassifierOutputSoftmaxTarget(c) for c in CLASSES]
+    predict = lambda x: keras.ops.convert_to_numpy(keras.ops.softmax(model(x)))  # noqa: E731
+    out = {}
+    for name, remove in (("morf", RemoveMostRelevantFirst), ("lerf", RemoveLeastRelevantFirst)):
+        per_percentile = [
+            PerturbationConfidenceMetric(remove(p, NoisyLinearImputer(noise=0)))(nchw, maps, targets, net)
+            for p in road.PERCENTILES
+        ]
+        out[f"road_{name}"] = np.mean(per_percentile, axis=0)
+    out["road_combined"] = (out["road_lerf"] - out["road_morf"]) / 2
+    ours = road.road(predict, images, maps, np.array(CLASSES), noise=0.0)
+    result = {f"road_{k}": (out[f"road_{k}"], v) for k, v in ours.items()}
+    whole = predict(images)[np.arange(len(images)), CLASSES]
+    drop, rise = localization.confidence_changes(predict, images, maps, np.array(CLASSES))
+    result["confidence drop"] = (DropInConfidence()(nchw, maps, targets, net), drop * whole)  # theirs: not / Y
+    result["confidence increase"] = (IncreaseInConfidence()(nchw, maps, targets, net), rise.astype(np.float32))
+    return result
 
 
 def _alpha_summing_to_one(grad_cam_plus_plus):
@@ -123,16 +306,16 @@ def _log_probability(index: int):
     return lambda output: torch.log_softmax(output, -1)[index]
 
 
-def _eigencam_either_sign(model, images):
-    """Eigen-CAM: theirs centres the activations over the cells before the SVD and keeps the SVD's sign; on a layer
-    centred already only the sign (arbitrary in an SVD) can differ: our map for either sign, normalised as theirs."""
+def _either_sign(model, images, method, layer, **options):
+    """Our map for either sign of a principal component (arbitrary in an SVD; theirs keeps numpy's): the signed
+    map before the ReLU, times 1 and -1, each ReLU'd, upsampled and normalised as the pipeline does."""
     import keras
 
     from cam_mnist.maps.explainer import get_method
     from cam_mnist.maps.grids import upsample
 
     tensors = [keras.ops.convert_to_tensor(a) for a in (images, np.array(CLASSES, np.int32))]
-    signed = get_method(model, "eigencam", "centred").signed_maps(*tensors)[0]  # (B, h, w) before the ReLU
+    signed = get_method(model, method, layer, **options).signed_maps(*tensors)[0]  # (B, h, w) before the ReLU
     size = images.shape[1:3]
     return [_minmax(keras.ops.convert_to_numpy(upsample(keras.ops.relu(s * signed), size))) for s in (1, -1)]
 

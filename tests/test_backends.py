@@ -66,6 +66,9 @@ def _vision_transformer() -> keras.Model:
     return keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=3)
 
 
+# The untrained MobileNetV2's 2 x 2 cells are equal to float precision: centred over the cells, as KPCA-CAM's kernel
+# PCA takes them, nothing is left, and its map is 0 on every backend.
+FLAT = {("mobilenetv2", "kpcacam")}
 # CAM needs a GAP -> linear head over a grid, AblationCAM a layer the scores pass through alone: a ViT has neither.
 NOT_ON_TOKENS = ("cam", "ablationcam")
 
@@ -118,10 +121,11 @@ def test_every_method_gives_tensorflows_maps(maps, backend, case):
     differences = {}
     for method in [m for m in registry.METHODS if case != "vit" or m not in NOT_ON_TOKENS]:
         key = f"{case}/{method}"
-        assert ours[key].shape == theirs[key].shape and ours[key].max() > 0, (method, ours[key].shape)
+        assert ours[key].shape == theirs[key].shape, (method, ours[key].shape)
+        assert ours[key].max() > 0 or (case, method) in FLAT, method
         np.testing.assert_array_equal(ours[f"{key}/classes"], theirs[f"{key}/classes"], err_msg=method)
         differences[method] = float(np.abs(ours[key] - theirs[key]).max())
-    assert max(differences.values()) < TOLERANCE, differences
+    assert max(differences.values()) < TOLERANCE, {m: d for m, d in differences.items() if d >= TOLERANCE}
     np.testing.assert_array_equal(ours[f"{case}/segment"], theirs[f"{case}/segment"])
 
 
@@ -140,7 +144,20 @@ SAME_AS_THEIRS = {
     "ablationcam": "the model split at the layer around a torch Identity, the module their ablation layer replaces",
     "eigencam": "at a layer centred over its cells (theirs centres before the SVD); the SVD's sign is arbitrary: one "
     "of ours for either sign",
+    "gradcam-elementwise": "as it is",
+    "eigengradcam": "the SVD's sign is arbitrary (ours: the largest value positive): one of ours for either sign",
+    "fem": "as it is",
+    "kpcacam": "the kernel PCA's sign is arbitrary: one of ours for either sign; theirs in float64 (scikit-learn)",
+    "shapleycam": "their target the paper's ReST score, ours' own; theirs at a layer giving c2 as (B, K, h, w): their "
+    "ShapleyCAM weighs activations before the reshape_transform",
+    "finercam": "as it is, the predicted classes and their three nearest",
+    "aug_smooth": "their mean of the six normalised maps, normalised again as every map of ours",
+    "eigen_smooth": "the SVD's sign is arbitrary: one of ours for either sign",
+    "layer=[c1, c2]": "their normalisation's 1e-7 in the denominator removed (c1's map is of values near 1e-3)",
+    "fullgrad": "theirs on the same network written in torch (they find torch.nn.Conv2d / BatchNorm2d modules), its "
+    "weights copied; their normalisation's 1e-7 removed (a bias channel's values are small)",
 }
+TOLERANCE_AGAINST_THEIRS = {"kpcacam": 1e-4}  # float32 against their float64: 2.3e-5 seen; the rest 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +173,30 @@ def grad_cam_maps(tmp_path_factory):
 @pytest.mark.parametrize("method", list(SAME_AS_THEIRS))
 def test_pytorch_grad_cam_gives_our_maps(grad_cam_maps, method):
     theirs, *ours = grad_cam_maps[method]
+    theirs = _minmax(theirs)  # a no-op on all but aug_smooth's, their mean of normalised maps
     assert theirs.shape == (3, 24, 24) and theirs.max() > 0.99, SAME_AS_THEIRS[method]
     closest = np.min([np.abs(theirs - o).max(axis=(1, 2)) for o in ours], axis=0)  # per image (EigenCAM: either sign)
-    assert closest.max() < 1e-5, (SAME_AS_THEIRS[method], closest)
+    assert closest.max() < TOLERANCE_AGAINST_THEIRS.get(method, 1e-5), (SAME_AS_THEIRS[method], closest)
+
+
+def _minmax(maps):
+    lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    return np.divide(maps - lo, hi - lo, out=np.zeros_like(maps), where=hi > lo)
+
+
+THEIR_METRICS = ["road_morf", "road_lerf", "road_combined", "confidence drop", "confidence increase"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", THEIR_METRICS)
+def test_pytorch_grad_cams_metrics_give_ours(grad_cam_maps, metric):
+    # The same Grad-CAM maps scored by their metric and ours, per image; ROAD with the imputation's noise 0 (theirs
+    # draws torch's random numbers), the drop theirs absolute (ours divided by the whole image's probability).
+    theirs, ours = grad_cam_maps[metric]
+    assert theirs.shape == ours.shape == (3,)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    if metric.startswith("road"):
+        assert np.abs(theirs).max() > 1e-3  # the imputation changed the probabilities: the test can fail
 
 
 def test_their_gradcam_plus_plus_alpha_is_a_different_convention(grad_cam_maps):

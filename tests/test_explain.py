@@ -282,3 +282,30 @@ def test_a_nested_model_from_the_command_line(test_png, tmp_path, run_cli):
         x = (image / np.float32(255))[None, ..., None]
         top = int(np.asarray(model(x)).argmax())
         assert record["box"] == boxes_from_maps(explain(model, x, method, top, layer=layer))[0].tolist()
+
+
+def test_smoothing_flags_and_several_layers_from_the_command_line(tiny_run, test_png, tmp_path, run_cli):
+    # --eigen-smooth, --aug-smooth and --layer a,b give the library's maps with those options; with --method all,
+    # the methods that cannot take an option are skipped, each with a note saying why.
+    path, image = test_png
+    model = keras.models.load_model(tiny_run / "model.keras")
+    x = (image / np.float32(255))[None, ..., None]
+    top = int(np.asarray(model(x)).argmax())
+    convs = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][-2:]
+    cases = [
+        (["--eigen-smooth"], {"eigen_smooth": True}),
+        (["--aug-smooth"], {"aug_smooth": True}),
+        (["--layer", ",".join(convs)], {"layer": convs}),
+    ]
+    for flags, options in cases:
+        out = tmp_path / flags[0].strip("-")
+        result = run_cli("explain", path, "--run-dir", tiny_run, "--method", "gradcam", *flags, "--out", out, "--json")
+        assert result.returncode == 0, result.stderr
+        expected = boxes_from_maps(explain(model, x, "gradcam", top, **options))[0].tolist()
+        assert json.loads(result.stdout)[0]["box"] == expected, flags
+        written = np.load(out / "maps_gradcam.npy")[0, 0]
+        np.testing.assert_allclose(written, explain(model, x, "gradcam", top, **options)[0], atol=1e-5)
+    result = run_cli("explain", path, "--run-dir", tiny_run, "--method", "all", "--eigen-smooth", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "note: guided-backprop is skipped" in result.stderr and "eigen_smooth replaces" in result.stderr
+    assert "note: gradcam is skipped" not in result.stderr

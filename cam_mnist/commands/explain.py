@@ -91,7 +91,7 @@ class Request:
     """What ``explain`` was asked for, from its flags: the same for every chunk of images."""
 
     methods: list[str]
-    layer: str | None
+    layer: str | list[str] | None
     class_index: int | None  # explain this class, or
     top_k: int  # the k most probable ones
     fit: str
@@ -101,6 +101,7 @@ class Request:
     out: Path
     output: str | None = None  # which output of a model with several
     region: tuple | None = None  # (y0, x0, y1, x1) in the image's pixels: a segmentation's class summed there
+    smoothing: tuple = ()  # ("eigen_smooth", True), ("aug_smooth", True): options of every method
 
 
 def run(args) -> int:
@@ -110,7 +111,9 @@ def run(args) -> int:
     chosen = {"output": args.output}  # what the maps explain, checked once here: a region's target is made per chunk
     if args.region:
         chosen = {"target": lambda outputs: outputs[..., 0]}
-    methods = _methods(model, model_path, args.method, args.layer, {**sized, **chosen})
+    layer = args.layer.split(",") if args.layer and "," in args.layer else args.layer  # several: maps averaged
+    smoothing = tuple((key, True) for key in ("eigen_smooth", "aug_smooth") if getattr(args, key))
+    methods = _methods(model, model_path, args.method, layer, {**sized, **chosen, **dict(smoothing)})
     paths = expand(args.images)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)}")
@@ -119,15 +122,16 @@ def run(args) -> int:
     if args.region and args.class_index is None:
         raise UserError("--region explains one class of a segmentation model: give --class")
     request = Request(
-        methods, args.layer, args.class_index, k, args.fit, args.invert, args.segment, pictures, Path(args.out),
-        args.output, tuple(args.region) if args.region else None,
+        methods, layer, args.class_index, k, args.fit, args.invert, args.segment, pictures, Path(args.out),
+        args.output, tuple(args.region) if args.region else None, smoothing,
     )  # fmt: skip
     settings = {
         "segment": args.segment,
         "model": str(model_path.resolve()),
         "methods": methods,
         "classes": {"class": args.class_index} if args.class_index is not None else {"top_k": k},
-        "layer": args.layer,
+        "layer": layer,
+        **dict(smoothing),
         "fit": args.fit,
         "invert": args.invert,
     }
@@ -161,22 +165,28 @@ def _input_shape(model, model_path: Path, size) -> tuple[tuple[int, int, int], d
     return (*size, c), {"input_shape": (*size, c)}
 
 
-def _methods(model, model_path: Path, method: str, layer, sized: dict) -> list[str]:
+def _methods(model, model_path: Path, method: str, layer, options: dict) -> list[str]:
     """The methods to run, each checked against the model before any image is read: 'all' is every method of the
-    registry, CAM skipped (with a note) where the model has no CAM head at that layer."""
+    registry, those that cannot explain this model at that layer with these options (CAM without a GAP -> Dense
+    head, a pixel-level method asked for ``--eigen-smooth``...) skipped with a note saying why."""
 
-    methods = list(METHODS) if method == "all" else [method]
+    layers = layer if isinstance(layer, list) else [layer]
     try:
-        maps.get_method(model, methods[0] if method != "all" else "gradcam", layer, **sized)
+        for one in layers:
+            maps.get_method(model, method if method != "all" else "gradcam", one, **options)
     except UserError as e:  # what the library names in Python, said as the command line says it
         said = {OutputNotChosen: " (--output NAME)", NotClassScores: " (--class C --region Y0 X0 Y1 X1)"}
         raise UserError(f"{model_path}: {e}{said.get(type(e), '')}") from None
-    if method == "all":
+    if method != "all":
+        return [method]
+    methods = []
+    for name in METHODS:
         try:
-            maps.get_method(model, "cam", layer, **sized)
-        except UserError:
-            methods = [m for m in methods if m != "cam"]
-            print(f"note: {model_path.name} has no GAP -> Dense head at that layer, so CAM is skipped", file=sys.stderr)
+            for one in layers:
+                maps.get_method(model, name, one, **options)
+            methods.append(name)
+        except UserError as e:
+            print(f"note: {name} is skipped for {model_path.name}: {e}", file=sys.stderr)
     return methods
 
 
@@ -220,6 +230,7 @@ def _explain_chunk(model, model_path: Path, chunk: list[tuple[int, Path]], shape
         try:
             targets = classes.reshape(-1) if target is None else target
             chosen = {"layer": request.layer, "output": None if target is not None else request.output}
+            chosen |= dict(request.smoothing)
             flat = maps.explain(model, np.repeat(images, k, 0), method, targets, **chosen)
         except UserError as e:
             raise UserError(f"{model_path}: {method}: {e}") from None
@@ -371,7 +382,18 @@ def add_parser(commands) -> None:
     p.add_argument(
         "--layer",
         help="the 4-D layer to explain, by name or, inside a nested model, by path such as "
-        "mobilenetv2_1.00_96/block_13_expand_relu (default: the last one; `layers` lists them)",
+        "mobilenetv2_1.00_96/block_13_expand_relu (default: the last one; `layers` lists them); several, "
+        "comma-separated: their maps averaged",
+    )
+    p.add_argument(
+        "--eigen-smooth",
+        action="store_true",
+        help="the first principal component of the weighted activations instead of their sum (pytorch-grad-cam's)",
+    )
+    p.add_argument(
+        "--aug-smooth",
+        action="store_true",
+        help="the mean map over the image flipped and brightened, mapped back (pytorch-grad-cam's)",
     )
     p.add_argument(
         "--method",

@@ -12,6 +12,7 @@ from cam_mnist.maps.registry import METHODS
 from cam_mnist.reports.localize import (
     FAITHFUL_IMAGES,
     GALLERY,
+    ROAD_IMAGES,
     SANITY_IMAGES,
     SANITY_SLOW_IMAGES,
     SLOW_IMAGES,
@@ -24,8 +25,8 @@ def run(args) -> None:
     run_dir = run_dir_or_latest(args.run_dir)  # a run with a checkpoint: check_scoring said so
     options = {
         key: getattr(args, key)
-        for key in ("step", "methods", "images", "slow_images", "faithful_images", "examples", "sanity_images")
-        + ("sanity_slow_images", "random_labels_run", "gallery")
+        for key in ("step", "methods", "images", "slow_images", "faithful_images", "road_images", "examples")
+        + ("sanity_images", "sanity_slow_images", "random_labels_run", "gallery")
     }
     with writing(run_dir, "localize"):
         record = localize(run_dir, args.data_dir, **options, log=lambda message: print(message, flush=True))
@@ -52,6 +53,9 @@ def add_parser(commands) -> None:
         "--slow-images", type=int, default=SLOW_IMAGES, help="test (and validation) images of the slow methods"
     )
     p.add_argument("--faithful-images", type=int, default=FAITHFUL_IMAGES, help="test images of deletion/insertion")
+    p.add_argument(
+        "--road-images", type=int, default=ROAD_IMAGES, help="of the faithfulness images, those ROAD scores (0: none)"
+    )
     p.add_argument("--examples", type=int, default=6, help="test images in the examples figure")
     p.add_argument(
         "--sanity-images",

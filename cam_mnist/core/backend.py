@@ -17,6 +17,7 @@ constants baked into it, so a map follows the weights as they change during ``mo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import keras
@@ -84,16 +85,24 @@ def gradient(fn, x):
 
 def gradient_inside(fn, x):
     """The gradient of a scalar with respect to a tensor computed *inside* ``fn``, a layer's output, and what ``fn``
-    keeps. ``fn(x, probe)`` applies ``probe`` to that tensor where it is made and returns (scalar, kept).
+    keeps. ``fn(x, probe)`` applies ``probe`` to that tensor where it is made and returns (scalar, kept)."""
+    grads, kept = gradients_inside(fn, x)
+    return grads[0], kept
+
+
+def gradients_inside(fn, x):
+    """[the gradient of a scalar with respect to each tensor that ``fn`` probes], and what ``fn`` keeps.
+    ``fn(x, probe)`` applies ``probe`` to each tensor (layers' outputs, x itself) where it is made, before anything
+    reads it, and returns (scalar, kept). Several probes: FullGrad's every bias layer at once.
 
     TensorFlow and PyTorch differentiate with respect to any tensor of the recorded graph, so ``probe`` marks it
     (watched; a leaf). JAX differentiates functions of their arguments only, so there the scalar is differentiated
-    with respect to a zero added to the tensor, whose shape is found by tracing ``fn`` once without computing it."""
+    with respect to zeros added to the tensors, whose shapes are found by tracing ``fn`` once without computing it."""
     if NAME == "tensorflow":
         import tensorflow as tf
 
         marked = []
-        with tf.GradientTape(watch_accessed_variables=False) as tape:  # from the probe on, not the layers before
+        with tf.GradientTape(watch_accessed_variables=False) as tape:  # from the probes on, not the layers before
 
             def probe(v):
                 tape.watch(v)
@@ -101,28 +110,106 @@ def gradient_inside(fn, x):
                 return v
 
             total, kept = fn(x, probe)
-        return tape.gradient(total, marked[0]), kept
+        return tape.gradient(total, marked), kept
     if NAME == "jax":
         import jax
 
-        spec = []
-        jax.eval_shape(lambda x: fn(x, lambda v: spec.append(jax.ShapeDtypeStruct(v.shape, v.dtype)) or v), x)
-        zero = jax.numpy.zeros(spec[0].shape, spec[0].dtype)
-        (_, kept), grad = jax.value_and_grad(lambda d: fn(x, lambda v: v + d), has_aux=True)(zero)
-        return grad, kept
+        specs = []
+        jax.eval_shape(lambda x: fn(x, lambda v: specs.append(jax.ShapeDtypeStruct(v.shape, v.dtype)) or v), x)
+        zeros = [jax.numpy.zeros(s.shape, s.dtype) for s in specs]
+
+        def added(deltas):
+            left = iter(deltas)
+            return fn(x, lambda v: v + next(left))
+
+        (_, kept), grads = jax.value_and_grad(added, has_aux=True)(zeros)
+        return list(grads), kept
     import torch
 
     marked = []
 
-    def probe(v):  # from here on the forward pass records its graph: the layers before it run without one
+    def probe(v):  # from the first probe on the forward pass records its graph: the layers before run without one
+        if not marked:
+            torch.set_grad_enabled(True)
+            v = v.detach().requires_grad_(True)
+        marked.append(v)
+        return v
+
+    with torch.no_grad():  # restores the caller's grad mode on leaving
+        total, kept = fn(x, probe)
+        grads = torch.autograd.grad(total, marked)
+    return list(grads), _detached(kept)
+
+
+def gradient_and_hessian_product_inside(fn, x):
+    """For a scalar y of a tensor A computed inside ``fn`` (probed as in :func:`gradient_inside`): dy/dA, the
+    Hessian-vector product (d^2 y / dA^2) A (ShapleyCAM's second-order term) and what ``fn`` keeps, in which
+    ``fn`` must keep A's value first: (A, ...)."""
+    if NAME == "tensorflow":
+        import tensorflow as tf
+
+        marked = []
+        with _moments_differentiable_twice(), tf.GradientTape(watch_accessed_variables=False) as outer:
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+
+                def probe(v):
+                    inner.watch(v), outer.watch(v)
+                    marked.append(v)
+                    return v
+
+                total, kept = fn(x, probe)
+            grad = inner.gradient(total, marked[0])
+        product = outer.gradient(grad, marked[0], output_gradients=tf.stop_gradient(marked[0]))
+        return grad, tf.zeros_like(grad) if product is None else product, kept  # None: y linear in A
+    if NAME == "jax":
+        import jax
+
+        specs = []
+        jax.eval_shape(lambda x: fn(x, lambda v: specs.append(jax.ShapeDtypeStruct(v.shape, v.dtype)) or v), x)
+        zero = jax.numpy.zeros(specs[0].shape, specs[0].dtype)
+        grad_of = jax.grad(lambda d: fn(x, lambda v: v + d), has_aux=True)
+        grad, kept = grad_of(zero)
+        a = jax.lax.stop_gradient(kept[0])
+        _, product = jax.jvp(lambda d: grad_of(d)[0], (zero,), (a,))  # H a: the Hessian is symmetric
+        return grad, product, kept
+    import torch
+
+    marked = []
+
+    def probe(v):
         torch.set_grad_enabled(True)
         marked.append(v.detach().requires_grad_(True))
         return marked[-1]
 
-    with torch.no_grad():  # restores the caller's grad mode on leaving
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # Attention in its plain form: PyTorch's fused CPU kernel has no second derivative (a vision transformer's).
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         total, kept = fn(x, probe)
-        (grad,) = torch.autograd.grad(total, marked[0])
-    return grad, _detached(kept)
+        (grad,) = torch.autograd.grad(total, marked[0], create_graph=True)
+        (product,) = torch.autograd.grad(grad, marked[0], grad_outputs=marked[0].detach(), allow_unused=True)
+    product = torch.zeros_like(grad) if product is None else product  # y linear in A: no second derivative
+    return grad.detach(), product, _detached(kept)
+
+
+@contextlib.contextmanager
+def _moments_differentiable_twice():
+    """TensorFlow's ``tf.nn.moments``, which Keras' layer normalization calls, takes the variance around the mean with
+    the mean's gradient stopped: exact for first derivatives (the deviations sum to zero) but not for second ones,
+    which lose a term (a ViT's Hessian-vector product was 2% off). Inside, Keras computes moments without the stop."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import nn
+
+    def moments(x, axes, keepdims):
+        mean = tf.reduce_mean(x, axes, keepdims=True)
+        variance = tf.reduce_mean(tf.square(x - mean), axes, keepdims=True)
+        return (mean, variance) if keepdims else (tf.squeeze(mean, axes), tf.squeeze(variance, axes))
+
+    original, nn._compute_moments = nn._compute_moments, moments
+    try:
+        yield
+    finally:
+        nn._compute_moments = original
 
 
 def _detached(tree):

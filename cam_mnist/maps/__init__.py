@@ -7,9 +7,11 @@ _EXPLAIN = (
     *("explain", "get_method", "forget", "candidate_layers", "default_layer", "METHODS", "Explanation", "BaseCAM"),
     *("CAM", "GradCAM", "GradCAMPlusPlus", "LayerCAM", "HiResCAM", "XGradCAM", "EigenCAM", "AblationCAM"),
     *("ScoreCAM", "GuidedBackprop", "GuidedGradCAM", "Occlusion", "SmoothGrad", "IntegratedGradients", "RISE"),
+    *("GradCAMElementWise", "EigenGradCAM", "ShapleyCAM", "FinerCAM", "FEM", "KPCACAM", "FullGrad"),
 )
 _LAZY = dict.fromkeys(_EXPLAIN, "cam_mnist.maps.explainer")
 _LAZY["segment"] = "cam_mnist.maps.segmentation"
+_LAZY["factorize"] = "cam_mnist.maps.factorization"
 
 
 def __getattr__(name: str):

@@ -25,12 +25,14 @@ from cam_mnist.core.errors import UserError
 from cam_mnist.maps.graph import FlatGraph
 from cam_mnist.maps.grids import InputView, grid_for
 from cam_mnist.maps.layers import Head
+from cam_mnist.maps.projection import first_component
 
 PREDICTED = -1  # target sentinel: explain the class the model predicts
 # Image pixels per model pass in the methods that make many passes per map (Score-CAM, occlusion, RISE...): 104
 # images of 100x100 or 20 of 224x224, so that their memory stays bounded whatever the image size or channel count
 # (at 100x100, 104 images a pass ran as fast as 419 or more: docs/experiments.md).
 PASS_PIXELS = 2**20
+AUGMENTATION_FACTORS = (0.9, 1.0, 1.1)  # aug_smooth's brightness factors (pytorch-grad-cam's ttach.Multiply)
 
 
 def resolve_targets(targets, scores):
@@ -125,6 +127,8 @@ class BaseCAM:
         reshape=None,
         output=None,
         target=None,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
     ):
         """``layer``: the layer to explain (a name, a nested layer's path such as ``"resnet50/conv5_block3_out"``,
         or the layer object; default: the last 4-D layer, searched through nested models). ``input_shape``: the
@@ -133,7 +137,10 @@ class BaseCAM:
         layer whose output is not a (B, h, w, K) grid, a function making it one (default: a vision transformer's
         tokens laid out on the patch grid, :mod:`cam_mnist.maps.grids`). ``output``: which output of a model with
         several to explain (name or index). ``target``: a function of the output giving one score per image to
-        explain instead of a class (:mod:`cam_mnist.maps.targets`)."""
+        explain instead of a class (:mod:`cam_mnist.maps.targets`). ``eigen_smooth``: the map is the first principal
+        component of the weighted activations instead of their sum over channels (pytorch-grad-cam's option, for
+        the channel-weighted methods). ``aug_smooth``: the mean map over test-time augmentations, as
+        pytorch-grad-cam's option (:meth:`_augmented`)."""
         self.model = model
         self.flat = FlatGraph.of(model, input_shape)
         shape = tuple(input_shape or self.flat.input.shape[1:])  # the model's input, without the batch axis
@@ -143,8 +150,16 @@ class BaseCAM:
         kind = {2: "signal", 3: "image", 4: "volume"}.get(len(shape))
         if kind not in self.inputs:
             raise UserError(f"{type(self).__name__} is made for {' and '.join(self.inputs)} inputs, not {shape}")
-        if smooth and kind != "image":
-            raise UserError(f"smooth shifts images; this model takes a {kind} {shape}")
+        if (smooth or aug_smooth) and kind != "image":
+            raise UserError(f"smooth and aug_smooth move images; this model takes a {kind} {shape}")
+        if smooth and aug_smooth:
+            raise UserError("choose one of smooth (shifts) and aug_smooth (flips and brightness), not both")
+        if eigen_smooth and type(self).signed_maps is not BaseCAM.signed_maps:
+            raise UserError(
+                f"eigen_smooth replaces the sum over channels of a channel-weighted map; {type(self).__name__} "
+                "makes its map otherwise"
+            )
+        self.eigen_smooth, self.aug_smooth = eigen_smooth, aug_smooth
         self.input_shape = self.view.image_shape  # (H, W, C) as every method sees it
         self.layer = self.flat.resolve(layer, shape)  # a Call: .path, .layer, .output
         self.grid = grid_for(self.layer.shape, self.view, reshape)  # its output as (B, h, w, K)
@@ -167,6 +182,23 @@ class BaseCAM:
         """(B, K) or (B, h, w, K) weights for the activations (B, h, w, K). Grads are dy^c/dA (None if unused)."""
         raise NotImplementedError
 
+    def class_score(self, scores, targets):
+        """(B,) the score y^c each image's map explains, from the (B, classes) scores and the (B,) classes."""
+        return pick(scores, targets)
+
+    def layer_gradients(self, score, images):
+        """dy^c/dA at the layer (its output's shape) and what ``score`` keeps, for ``score(images, probe)``."""
+        return backend.gradient_inside(score, images)
+
+    def weighted_activations(self, activations, weights):
+        """(B, h, w, K): each channel weighted, before the sum over channels."""
+        return weights * activations
+
+    def combine(self, weighted):
+        """(B, h, w) from the weighted activations (B, h, w, K): their sum over channels, or with ``eigen_smooth``
+        their first principal component (pytorch-grad-cam's ``get_2d_projection``)."""
+        return first_component(weighted) if self.eigen_smooth else ops.sum(weighted, -1)
+
     def signed_maps(self, images, targets):
         """The maps before the method's final ReLU (B, h, w) at the layer's resolution, and the (B,) targets
         actually explained. Channel-weighted methods: sum_k weights_k * A^k."""
@@ -174,10 +206,10 @@ class BaseCAM:
         def score(x, probe=None):  # the sum of each image's own y^c, and the layer's output (probed) it comes from
             outputs, scores = self.head.forward(x, as_grid=False, probe=probe)  # the layer's output, (B, classes)
             explained = resolve_targets(targets, scores)
-            return ops.sum(pick(scores, explained)), (outputs, explained)
+            return ops.sum(self.class_score(scores, explained)), (outputs, explained)
 
         if self.needs_gradients:  # dy^c/dA: images are independent, so the sum's gradient is each image's own
-            grads, (outputs, targets) = backend.gradient_inside(score, images)
+            grads, (outputs, targets) = self.layer_gradients(score, images)
             grads = as_float32(self.grid.to_grid(grads))
         else:
             grads, (outputs, targets) = None, score(images)[1]
@@ -185,7 +217,7 @@ class BaseCAM:
         weights = self.channel_weights(images, activations, grads, targets)
         if len(weights.shape) == 2:
             weights = weights[:, None, None, :]
-        return ops.sum(weights * activations, -1), targets
+        return self.combine(self.weighted_activations(activations, weights)), targets
 
     def raw_maps(self, images, targets):
         """The un-normalised maps (B, h, w) >= 0 at the layer's resolution, and the (B,) targets actually explained:
@@ -204,6 +236,8 @@ class BaseCAM:
         maps = self.grid.upsample(raw, self.input_shape[:2])
         if self.smooth:
             maps = self._smoothed(images, targets, maps)
+        if self.aug_smooth:
+            maps = self._augmented(images, targets, maps)
         outputs = (normalise(maps), raw, targets)
         return (*outputs, self.grid.upsample(before, self.input_shape[:2])) if signed else outputs
 
@@ -218,6 +252,20 @@ class BaseCAM:
             total += shift(self.grid.upsample(shifted, self.input_shape[:2]), -dy, -dx)
             cover += shift(ops.ones_like(maps), -dy, -dx)
         return total / cover
+
+    def _augmented(self, images, targets, maps):
+        """``aug_smooth``, as pytorch-grad-cam defines it (its default ttach transforms): the image flipped left to
+        right or not, times 0.9, 1 or 1.1; each of the six maps normalised, flipped back and averaged. The classes
+        stay those of the unaugmented image (theirs, asked for the predicted class, asks each augmented image)."""
+        total = normalise(maps)
+        for flip in (False, True):
+            for factor in AUGMENTATION_FACTORS:
+                if flip or factor != 1.0:  # the unaugmented map is ``maps``
+                    x = ops.flip(images, axis=2) if flip else images
+                    raw, _ = self.raw_maps(x * factor, targets)
+                    augmented = normalise(self.grid.upsample(raw, self.input_shape[:2]))
+                    total += ops.flip(augmented, axis=2) if flip else augmented
+        return total / (2 * len(AUGMENTATION_FACTORS))
 
     def __call__(self, images, targets="predicted", raw: bool = False):
         """Maps for N images: (N, H, W) float32 in [0, 1] (and, if ``raw``, the (N, h, w) un-normalised maps).

@@ -10,8 +10,10 @@ import keras
 import numpy as np
 
 from cam_mnist.core.errors import UserError
+from cam_mnist.core.resize import bilinear_resize
 from cam_mnist.maps import registry
 from cam_mnist.maps.base import BaseCAM, Explanation
+from cam_mnist.maps.fullgrad import FullGrad
 from cam_mnist.maps.graph import FlatGraph
 from cam_mnist.maps.methods import (
     CAM,
@@ -25,6 +27,7 @@ from cam_mnist.maps.methods import (
     XGradCAM,
 )
 from cam_mnist.maps.pixels import RISE, GuidedBackprop, GuidedGradCAM, IntegratedGradients, Occlusion, SmoothGrad
+from cam_mnist.maps.variants import FEM, KPCACAM, EigenGradCAM, FinerCAM, GradCAMElementWise, ShapleyCAM
 
 METHODS: dict[str, type[BaseCAM]] = {name: info.load() for name, info in registry.METHODS.items()}
 
@@ -47,7 +50,7 @@ def get_method(model, method: str = "gradcam", layer=None, **options) -> BaseCAM
 
 def forget(model, method: str) -> None:
     """Drop ``model``'s cached ``method`` objects and so their traced graphs: for a caller done with a method
-    (``localize`` runs fifteen in turn, each graph holding tens of MB). The next call traces it again."""
+    (``localize`` runs every method in turn, each graph holding tens of MB). The next call traces it again."""
     per_model = _CACHE.get(model, {})
     for key in [k for k in per_model if k[0] == method]:
         del per_model[key]
@@ -75,7 +78,8 @@ def explain(
         layer: the layer to explain: a name, a nested layer's path (``"resnet50/conv5_block3_out"``), a path into
             a composite layer (``"vit_encoder/transformer_block_2/ln_1"``) or the layer object; default: the last
             conv layer whose map has more than one cell, or, for a vision transformer, the input of its last
-            attention (:func:`candidate_layers` lists them).
+            attention (:func:`candidate_layers` lists them); a list of layers: their maps averaged, as
+            pytorch-grad-cam averages its ``target_layers``.
         top_k: instead of ``targets``, explain each image's k most probable classes: maps (N, k, H, W), and the
             targets (with ``return_targets``) are (N, k), most probable first.
         raw: also return the un-normalised maps at the layer's resolution.
@@ -85,7 +89,9 @@ def explain(
             / ``baseline``, smoothgrad's ``samples`` / ``sigma`` / ``seed``, integrated-gradients' ``steps`` /
             ``baseline``, rise's ``masks`` / ``cells`` / ``keep`` / ``seed``; ``output`` (the output of a model
             with several, by name or index), ``reshape`` (a layer's output to a (B, h, w, K) grid, where the layout
-            of a transformer's tokens cannot be inferred).
+            of a transformer's tokens cannot be inferred); ``eigen_smooth`` and ``aug_smooth`` as pytorch-grad-cam's
+            (:class:`cam_mnist.maps.base.BaseCAM`); finercam's ``alpha`` / ``comparisons``, fem's ``k``, kpcacam's
+            ``gamma``.
 
     Returns:
         ``maps``; with ``raw`` and/or ``return_targets``, the tuple ``(maps[, raw_maps][, targets])``.
@@ -97,19 +103,46 @@ def explain(
         options["input_shape"] = (*np.shape(images)[1:3], model.inputs[0].shape[-1])
     if callable(targets):  # a function of the output: the explainer's one score, for every image
         options["target"], targets = targets, 0
-    explainer = get_method(model, method, layer, **options)
+    layers = list(layer) if isinstance(layer, list | tuple) else [layer]
+    if not layers:
+        raise UserError("layer= is an empty list: give a layer, or several to average their maps")
+    explainers = [get_method(model, method, one, **options) for one in layers]
+    explainer = explainers[0]
     if top_k is None:
-        result = explainer.explain(images, targets)
+        result = _explain_layers(explainers, images, targets)
     else:
         images = explainer._check_images(images)
         if not 0 < top_k <= explainer.num_classes:
             raise UserError(f"top_k must be in 1..{explainer.num_classes}, got {top_k}")
         _, scores = explainer.head.forward(images)
         classes = np.argsort(-keras.ops.convert_to_numpy(scores), axis=1)[:, :top_k]  # (N, k), most probable first
-        flat = explainer.explain(np.repeat(images, top_k, axis=0), classes.reshape(-1))
+        flat = _explain_layers(explainers, np.repeat(images, top_k, axis=0), classes.reshape(-1))
         result = Explanation(*(a if a is None else a.reshape(len(images), top_k, *a.shape[1:]) for a in flat))
     extra = [result.raw] * raw + [result.targets] * return_targets
     return (result.maps, *extra) if extra else result.maps
+
+
+def _explain_layers(explainers: list[BaseCAM], images, targets) -> Explanation:
+    """One layer's explanation; or several layers' maps averaged, as pytorch-grad-cam averages its
+    ``target_layers``: each layer's raw map min-max normalised at its own resolution, upsampled to the image, the
+    mean normalised again (with ``smooth`` / ``aug_smooth``, each layer's smoothed map). ``raw`` is then the mean,
+    at the image's size: the layers' grids differ."""
+    first = explainers[0].explain(images, targets)
+    if len(explainers) == 1:
+        return first
+    per_layer = [first] + [e.explain(images, first.targets) for e in explainers[1:]]  # the classes of the first
+    view, size = explainers[0].view, explainers[0].input_shape[:2]
+    smoothed = explainers[0].smooth or explainers[0].aug_smooth
+    maps = [e.maps if smoothed else view.to_input(bilinear_resize(_minmax(e.raw), size)) for e in per_layer]
+    mean = np.mean(maps, axis=0)
+    return Explanation(_minmax(mean), mean, first.targets)
+
+
+def _minmax(maps: np.ndarray) -> np.ndarray:
+    """Each map (N, ...) min-max normalised to [0, 1]; a constant map becomes zeros."""
+    axes = tuple(range(1, maps.ndim))
+    lo, hi = maps.min(axis=axes, keepdims=True), maps.max(axis=axes, keepdims=True)
+    return np.divide(maps - lo, hi - lo, out=np.zeros_like(maps, dtype=np.float32), where=hi > lo)
 
 
 def _takes_any_size(model) -> bool:
@@ -154,6 +187,13 @@ __all__ = [
     "SmoothGrad",
     "IntegratedGradients",
     "RISE",
+    "GradCAMElementWise",
+    "EigenGradCAM",
+    "ShapleyCAM",
+    "FinerCAM",
+    "FEM",
+    "KPCACAM",
+    "FullGrad",
     "METHODS",
     "Explanation",
     "candidate_layers",

@@ -114,6 +114,12 @@ class Head:
         activations = self.grid.to_grid(activations) if as_grid else activations
         return activations, self._finish(outputs)
 
+    def scores_probed(self, images, replace: dict):
+        """The class scores of ``images`` with ``replace`` ({id(tensor): function of its value}) applied where
+        each tensor is made: how FullGrad marks every bias layer's output to differentiate with respect to."""
+        outputs = self.graph.run(self.graph.input, self._to_model(images), self._outputs, replace=replace)
+        return self._finish(outputs)
+
     @property
     def tail_alone(self) -> bool:
         """Whether the scores can be computed from the activations by the layers after the target alone: a layer of

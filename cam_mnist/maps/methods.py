@@ -11,6 +11,7 @@ from keras import ops
 from cam_mnist.maps.base import BaseCAM, as_float32, normalise, over_pairs, pick, resolve_targets
 from cam_mnist.maps.grids import upsample
 from cam_mnist.maps.layers import cam_weights
+from cam_mnist.maps.projection import cells, top_projection
 
 
 class CAM(BaseCAM):
@@ -153,14 +154,7 @@ class EigenCAM(BaseCAM):
         activations, scores = self.head.forward(images)
         activations = as_float32(activations)
         targets = resolve_targets(targets, scores)
-        b, h, w, k = ops.shape(activations)
-        flat = ops.reshape(activations, (b, h * w, k))
-        cells = None if None in activations.shape[1:3] else activations.shape[1] * activations.shape[2]
-        if cells is not None and cells < k:  # A A^T: (B, hw, hw), ascending eigenvalues sigma^2
-            values, vectors = ops.eigh(ops.matmul(flat, ops.transpose(flat, (0, 2, 1))))
-            projection = vectors[:, :, -1] * ops.sqrt(ops.maximum(values[:, -1:], 0.0))  # sigma_1 U_1, (B, h w)
-        else:  # A^T A: (B, K, K)
-            _, vectors = ops.eigh(ops.matmul(ops.transpose(flat, (0, 2, 1)), flat))
-            projection = ops.einsum("bnk,bk->bn", flat, vectors[:, :, -1])  # A V_1, (B, h w)
+        flat, shape = cells(activations)
+        projection = top_projection(flat)  # A V_1, (B, h w)
         sign = ops.where(ops.sum(projection, 1, keepdims=True) < 0, -1.0, 1.0)
-        return ops.reshape(sign * projection, (b, h, w)), targets
+        return ops.reshape(sign * projection, shape), targets

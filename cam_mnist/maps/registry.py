@@ -31,7 +31,8 @@ class MethodInfo:
         return getattr(importlib.import_module(module), name)
 
 
-_M, _P = "cam_mnist.maps.methods", "cam_mnist.maps.pixels"
+_M, _P, _V = "cam_mnist.maps.methods", "cam_mnist.maps.pixels", "cam_mnist.maps.variants"
+_F = "cam_mnist.maps.fullgrad"
 _ROWS = [
     MethodInfo(
         "cam", f"{_M}:CAM", "Zhou et al. 2016, arXiv 1512.04150", "weights of the GAP -> linear head", "1 forward"
@@ -80,6 +81,51 @@ _ROWS = [
         class_agnostic=True,
     ),
     MethodInfo(
+        "gradcam-elementwise",
+        f"{_V}:GradCAMElementWise",
+        "pytorch-grad-cam (Gildenblat et al. 2021)",
+        "gradients at the layer",
+        "1 forward + 1 backward",
+    ),
+    MethodInfo(
+        "eigengradcam",
+        f"{_V}:EigenGradCAM",
+        "pytorch-grad-cam; Muhammad & Yeasin 2020",
+        "gradients at the layer",
+        "1 forward + 1 backward",
+    ),
+    MethodInfo(
+        "shapleycam",
+        f"{_V}:ShapleyCAM",
+        "Cai 2025, arXiv 2501.06261",
+        "gradients and a Hessian-vector product at the layer",
+        "1 forward + 2 backward",
+    ),
+    MethodInfo(
+        "finercam",
+        f"{_V}:FinerCAM",
+        "Zhang et al. 2025, arXiv 2501.11309",
+        "gradients at the layer",
+        "1 forward + 1 backward",
+    ),
+    MethodInfo(
+        "fem",
+        f"{_V}:FEM",
+        "Fuad et al. 2020, IPTA",
+        "the layer's activations only (class-agnostic)",
+        "1 forward",
+        class_agnostic=True,
+    ),
+    MethodInfo(
+        "kpcacam",
+        f"{_V}:KPCACAM",
+        "Karmani et al. 2024, arXiv 2410.00267",
+        "the layer's activations only (class-agnostic)",
+        "1 forward + an eigendecomposition of the cells' hw x hw kernel matrix",
+        slow=True,  # 38 maps/s on the default's 25 x 25 map, against Grad-CAM's 1683: the eigendecomposition
+        class_agnostic=True,
+    ),
+    MethodInfo(
         "ablationcam",
         f"{_M}:AblationCAM",
         "Desai & Ramaswamy 2020, WACV",
@@ -109,6 +155,14 @@ _ROWS = [
         "Selvaraju et al. 2017, arXiv 1610.02391",
         "gradients to the input and the layer",
         "2 forward + 2 backward",
+        pixel_level=True,
+    ),
+    MethodInfo(
+        "fullgrad",
+        f"{_F}:FullGrad",
+        "Srinivas & Fleuret 2019, arXiv 1905.00780",
+        "gradients to the input and every bias",
+        "1 forward + 1 backward",
         pixel_level=True,
     ),
     MethodInfo(

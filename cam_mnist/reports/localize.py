@@ -18,6 +18,7 @@ import numpy as np
 
 from cam_mnist import maps
 from cam_mnist.core.boxes import IOU_CORRECT, boxes_from_maps
+from cam_mnist.core.memory import release_freed_memory
 from cam_mnist.core.runs import RunFolder, run_dir_or_latest
 from cam_mnist.core.tables import cell, metrics_markdown
 from cam_mnist.data.splits import Split
@@ -41,6 +42,7 @@ FAITHFULNESS_BASELINE = "random"
 # hundreds of passes, so that every method fits one time budget (docs/localization.md, "How long it takes").
 SLOW_IMAGES = 200  # test and validation images of the slow methods
 FAITHFUL_IMAGES = 500  # test images of the deletion and insertion curves (40 passes each)
+ROAD_IMAGES = 100  # of those, the images of ROAD (18 imputations each, a sparse solve of up to 9000 pixels)
 SANITY_IMAGES, SANITY_SLOW_IMAGES = 200, 10  # test and validation images of the sanity checks, 7 stages each
 GALLERY = 8  # the worst failures of each kind drawn
 TWIN_CHECK = 1000  # test images whose maps two methods must share, beside every validation map, to be twins
@@ -64,13 +66,27 @@ COLUMNS = [
     ("increase_in_confidence_pct", "incr. conf. %"),
     ("deletion_auc", "deletion AUC ↓"),
     ("insertion_auc", "insertion AUC ↑"),
+    ("road_morf", "ROAD MoRF ↓"),
+    ("road_lerf", "ROAD LeRF ↑"),
+    ("road_combined", "ROAD ↑"),
     ("images", "images"),
     ("seconds", "seconds"),
 ]
 
 
 def score(
-    name: str, maps_of, split, m: int, cal: dict, correct, *, probs=None, predict=None, faithful=0, segmentation=None
+    name: str,
+    maps_of,
+    split,
+    m: int,
+    cal: dict,
+    correct,
+    *,
+    probs=None,
+    predict=None,
+    faithful=0,
+    road=0,
+    segmentation=None,
 ):
     """Every metric of one method (or baseline) on the first ``m`` test images, made and scored a chunk at a time
     (:class:`cam_mnist.scoring.tally.Tally`): boxes at the paper's 20% and at the thresholds ``cal`` chosen on
@@ -80,7 +96,7 @@ def score(
     the segmentation the maps seed, scored too. Returns the row, the first chunk's true-class maps, and the
     segmentation's row (or None)."""
 
-    tally, first = Tally(cal, faithful=min(m, faithful)), None
+    tally, first = Tally(cal, faithful=min(m, faithful), road=road), None
     segments = None if segmentation is None else SegmentationTally(segmentation)
     for rows in _scoring_chunks(m):
         maps, predicted_maps = maps_of(rows)
@@ -141,6 +157,7 @@ def localize(
     images: int | None = None,
     slow_images: int = SLOW_IMAGES,
     faithful_images: int = FAITHFUL_IMAGES,
+    road_images: int = ROAD_IMAGES,
     examples: int = 6,
     sanity_images: int = SANITY_IMAGES,
     sanity_slow_images: int = SANITY_SLOW_IMAGES,
@@ -158,6 +175,7 @@ def localize(
         images: score only the first N test images (default: all of them).
         slow_images: test images for the slow methods (many passes per map: Score-CAM, occlusion).
         faithful_images: test images for the deletion / insertion curves.
+        road_images: the first of those scored by ROAD too (:mod:`cam_mnist.scoring.road`; 0: none).
         examples: test images in the examples figure.
         sanity_images, sanity_slow_images: test (and validation) images of the sanity checks
             (:mod:`cam_mnist.scoring.sanity`) for the fast and the slow methods; 0: no sanity checks.
@@ -175,7 +193,8 @@ def localize(
     n = min(images or len(split), len(split))
     job = Job(
         run_dir=run_dir, step=state.step, model=model, predict=predict, split=split, val=val, n=n,
-        slow_images=slow_images, faithful_images=faithful_images, examples=examples, log=log,
+        slow_images=slow_images, faithful_images=faithful_images, road_images=road_images, examples=examples,
+        log=log,
     )  # fmt: skip
     if split.labels.ndim == 2:
         return localize_digits(job, methods or DIGITS_DEFAULT, config.model.head)
@@ -213,6 +232,7 @@ class Job:
     n: int
     slow_images: int
     faithful_images: int
+    road_images: int
     examples: int  # images in the examples figure
     log: object
 
@@ -244,7 +264,8 @@ def _localize_one(job: Job, methods: list[str]) -> tuple[dict, list[str]]:
         began = time.perf_counter()
         row, seg_row, first, tau = _method_row(job, seen, method, scored, twin_segments)
         row["seconds"] = round(time.perf_counter() - began, 1)
-        maps.forget(job.model, method)  # its graphs: memory stays that of one method at a time, not of all fifteen
+        maps.forget(job.model, method)  # its graphs: memory stays that of one method at a time, not of all of them
+        release_freed_memory()
         rows.append(row)
         if seg_row is not None:
             segmented.append({**seg_row, "seconds": 0.0})
@@ -270,7 +291,8 @@ def _localize_one(job: Job, methods: list[str]) -> tuple[dict, list[str]]:
         "validation_images": len(job.val),
         "slow_images": min(job.n, job.slow_images),
         "faithfulness_images": min(job.n, job.faithful_images),
-        "methods": [{k: v for k, v in r.items() if k not in ("iou", "iou_calibrated")} for r in rows],
+        "road_images": min(job.n, job.faithful_images, job.road_images),
+        "methods": [{k: v for k, v in r.items() if k not in ("iou", "iou_calibrated", "road")} for r in rows],
         "probs": seen.probs,  # for the failures' gallery; not written
         "cam_iou": next((r["iou_calibrated"] for r in rows if r["method"] == "cam"), None),
     }
@@ -318,7 +340,7 @@ def _method_row(job: Job, seen: _Predictions, method: str, scored: list, twin_se
     if not METHODS[method].slow:  # the segmentation its maps seed: thresholds chosen on validation
         k = min(len(v), SEGMENTATION_CHOICE)
         seg = segmentation.choose(v.float_images(slice(0, k)), val_maps[0][:k], v.masks[:k])
-    faithful = {"probs": seen.probs, "predict": job.predict, "faithful": job.faithful_images}
+    faithful = {"probs": seen.probs, "predict": job.predict, "faithful": job.faithful_images, "road": job.road_images}
     row, _, seg_row = score(method, maps_of, split, m, cal, seen.correct, **faithful, segmentation=seg)
     row["v2_thresholds"] = cal["v2"]
     scored.append((fingerprint, row))
@@ -353,6 +375,7 @@ def _reference_rows(job: Job, seen: _Predictions, grid: tuple[int, int], example
         own = kind == FAITHFULNESS_BASELINE
         maps_of = lambda r, make=make, own=own: (make(r), make(r) if own else None)  # noqa: E731
         faithful = {"probs": seen.probs, "predict": job.predict, "faithful": job.faithful_images}
+        faithful["road"] = job.road_images
         row, first, _ = score(f"baseline: {kind}", maps_of, split, n, cal, seen.correct, **faithful)
         rows.append({**row, "seconds": 0.0})
         examples[f"baseline: {kind}"] = (first[: job.examples].copy(), cal["tau"])
@@ -399,4 +422,26 @@ def per_class(rows: list[dict], labels: np.ndarray, correct: np.ndarray) -> str:
         r["per_class_gt_known_loc"] = [mean(hit, k) for k in of]
         name = r["method"] + (f" (= {r['same_maps_as']})" if "same_maps_as" in r else "")
         lines.append(f"| {name} | {m} | " + " | ".join(cell("", v) for v in r["per_class_top1_loc"]) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *_per_class_road(rows, labels, classes)])
+
+
+def _per_class_road(rows: list[dict], labels: np.ndarray, classes: np.ndarray) -> list[str]:
+    """The ROAD score (combined, higher is more faithful) of each digit class, into each row that has one
+    (``per_class_road``); the table's lines."""
+    scored = [r for r in rows if "road" in r]
+    if not scored:
+        return []
+    lines = [
+        "ROAD (combined: (LeRF − MoRF) / 2 of the target's probability, higher is more faithful) per digit class, "
+        f"on the first {scored[0]['road_images']} test images.",
+        "",
+        "| method | images | " + " | ".join(str(c) for c in classes) + " |",
+        "|---|---|" + "---|" * len(classes),
+    ]
+    for r in scored:
+        k, per_image = r["road_images"], r["road"]
+        of = [labels[:k] == c for c in classes]
+        r["per_class_road"] = [round(float(per_image[c].mean()), 4) if c.any() else None for c in of]
+        name = r["method"] + (f" (= {r['same_maps_as']})" if "same_maps_as" in r else "")
+        lines.append(f"| {name} | {k} | " + " | ".join(cell("", v) for v in r["per_class_road"]) + " |")
+    return lines

@@ -10,6 +10,7 @@ import numpy as np
 from cam_mnist.core import boxes as bx
 from cam_mnist.maps.segmentation import segment
 from cam_mnist.scoring import localization as loc
+from cam_mnist.scoring import road
 
 CHUNK = 512  # images whose maps are made and scored at once: 20 MB of 100x100 maps (a multiple of explain's batch)
 
@@ -26,10 +27,11 @@ class Tally:
         cal: the thresholds chosen on validation (:func:`cam_mnist.scoring.localization.calibrate`): ``tau`` for the CAM
             paper's box, ``v2`` {delta: tau} for MaxBoxAccV2. The paper's 20% is always scored too.
         faithful: how many of the first images the deletion / insertion curves use (0: no faithfulness).
+        road: how many of those the ROAD scores use (:mod:`cam_mnist.scoring.road`; 0: none).
     """
 
-    def __init__(self, cal: dict, faithful: int = 0):
-        self.cal, self.faithful = cal, faithful
+    def __init__(self, cal: dict, faithful: int = 0, road: int = 0):
+        self.cal, self.faithful, self.road = cal, faithful, min(road, faithful)
         self.taus = sorted({bx.PAPER_THRESHOLD, cal["tau"], *cal["v2"].values()})
         self.largest = {t: [] for t in self.taus}  # (n,) IoU of the largest component's box, per threshold
         self.best = {t: [] for t in cal["v2"].values()}  # (n,) IoU of the best component's box (MaxBoxAccV2)
@@ -106,6 +108,11 @@ class Tally:
         if self._faithful_parts:
             images, maps, targets, probs = (np.concatenate(p) for p in zip(*self._faithful_parts, strict=True))
             result |= loc.deletion_insertion(predict, images, maps, targets, probs=probs)
+            if self.road:
+                k = min(self.road, len(images))
+                scores = road.road(predict, images[:k], maps[:k], targets[:k], probs[:k])
+                result |= {f"road_{name}": float(v.mean()) for name, v in scores.items()}
+                result["road"], result["road_images"] = scores["combined"], k  # per image: the per-class table
         return result
 
 
