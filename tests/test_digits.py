@@ -149,8 +149,8 @@ def test_tiny_run_eval_and_localize(tiny_two_digit_run, run_cli, data_dir):
     record = json.loads((tiny_two_digit_run / "eval" / "localization_digits.json").read_text())
     # Several digits per image: the fast layer-level methods, which are class-discriminative.
     assert [r["method"] for r in record["methods"]] == [
-        "cam", "gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "baseline: centre",
-        "baseline: random",
+        "cam", "gradcam", "gradcam++", "layercam", "hirescam", "xgradcam", "gradcam-elementwise", "eigengradcam",
+        "shapleycam", "finercam", "baseline: centre", "baseline: random",
     ]  # fmt: skip
     assert all(r["images"] == 200 for r in record["methods"])
     assert (tiny_two_digit_run / "eval" / "localization_digits_examples.png").stat().st_size > 0
