@@ -21,6 +21,7 @@ from scipy import stats
 from cam_mnist import maps
 from cam_mnist.core import boxes as bx
 from cam_mnist.core.errors import UserError
+from cam_mnist.core.memory import release_freed_memory
 from cam_mnist.maps import segmentation
 from cam_mnist.scoring import localization
 
@@ -138,18 +139,22 @@ def model_randomization(model, methods: dict[str, int], test, val, *, segmented=
     too (``gt_known_segmented``) for the ``segmented`` methods.
     """
     head = lambda split, n: tuple(a[:n] for a in split)  # noqa: E731
-    reference, out = {}, {}
-    for method, n in methods.items():
-        reference[method] = _explained(model, method, *head(test, n)[:2])
-        left = _gt_known(model, method, reference[method][0], head(test, n), head(val, n), method in segmented)
-        out[method] = [{"randomized": [], **similarity(*reference[method], *reference[method]), **left}]
-    copy = copy_of(model)
-    for done in cascade(copy, seed):
-        for method, n in methods.items():
+    out, copy = {}, copy_of(model)
+    for method, n in methods.items():  # one method at a time, through every stage: its graphs alone in memory
+        reference = _explained(model, method, *head(test, n)[:2])
+        left = _gt_known(model, method, reference[0], head(test, n), head(val, n), method in segmented)
+        out[method] = [{"randomized": [], **similarity(*reference, *reference), **left}]
+        copy.set_weights(model.get_weights())  # the cascade's seeds are fixed: every method sees the same stages
+        for done in cascade(copy, seed):
             maps = _explained(copy, method, *head(test, n)[:2])
             left = _gt_known(copy, method, maps[0], head(test, n), head(val, n), method in segmented)
-            out[method].append({"randomized": done, **similarity(*reference[method], *maps), **left})
-        log(f"  randomized {', '.join(done)}: " + ", ".join(f"{m} {out[m][-1]['spearman_abs']:.2f}" for m in methods))
+            out[method].append({"randomized": done, **similarity(*reference, *maps), **left})
+        maps.forget(model, method), maps.forget(copy, method)  # its graphs: not every method's at once
+        release_freed_memory()
+        log(
+            f"  {method}: Spearman with the trained maps by stage "
+            + ", ".join(f"{s['spearman_abs']:.2f}" for s in out[method][1:])
+        )
     return out
 
 
