@@ -146,9 +146,9 @@ def model_randomization(model, methods: dict[str, int], test, val, *, segmented=
         out[method] = [{"randomized": [], **similarity(*reference, *reference), **left}]
         copy.set_weights(model.get_weights())  # the cascade's seeds are fixed: every method sees the same stages
         for done in cascade(copy, seed):
-            maps = _explained(copy, method, *head(test, n)[:2])
-            left = _gt_known(copy, method, maps[0], head(test, n), head(val, n), method in segmented)
-            out[method].append({"randomized": done, **similarity(*reference, *maps), **left})
+            randomized = _explained(copy, method, *head(test, n)[:2])
+            left = _gt_known(copy, method, randomized[0], head(test, n), head(val, n), method in segmented)
+            out[method].append({"randomized": done, **similarity(*reference, *randomized), **left})
         maps.forget(model, method), maps.forget(copy, method)  # its graphs: not every method's at once
         release_freed_memory()
         log(
