@@ -95,8 +95,8 @@ def test_the_two_digits_preset_is_valid_with_either_head():
 def tiny_two_digit_run(tmp_path_factory, run_cli, data_dir):
     run_dir = tmp_path_factory.mktemp("runs") / "two"
     result = run_cli(
-        "train", "--preset", "tiny", "--digits", "2", "--head", "sigmoid", "--cam-gauge", "none", "--canvas", "60",
-        "--run-dir", run_dir, "--quiet", "--data-dir", data_dir,
+        "train", "--preset", "tiny", "--digits", "2", "--head", "sigmoid", "--cam-gauge", "none", "--map-entropy", "0",
+        "--canvas", "60", "--run-dir", run_dir, "--quiet", "--data-dir", data_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return run_dir
@@ -167,8 +167,8 @@ def test_a_softmax_over_two_digits_trains_on_half_of_each_digit(tmp_path, run_cl
 
     run_dir = tmp_path / "softmax"
     result = run_cli(
-        "train", "--preset", "tiny", "--digits", "2", "--head", "softmax", "--cam-gauge", "min", "--canvas", "60",
-        "--run-dir", run_dir, "--quiet", "--data-dir", data_dir,
+        "train", "--preset", "tiny", "--digits", "2", "--head", "softmax", "--cam-gauge", "min", "--map-entropy", "0",
+        "--canvas", "60", "--run-dir", run_dir, "--quiet", "--data-dir", data_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     model = keras.models.load_model(run_dir / "model.keras")

@@ -144,15 +144,21 @@ def test_frontier_plots_each_runs_localization_and_lists_its_newest_row(run_copy
     import csv
 
     other = shutil.copytree(run_copy, tmp_path / "other")
+    older = shutil.copytree(run_copy, tmp_path / "older")  # a run made before the worst-class column existed
+    header, *lines = (older / "metrics.csv").read_text().splitlines()
+    drop = header.split(",").index("val_loc_worst")
+    cut = lambda line: ",".join(v for i, v in enumerate(line.split(",")) if i != drop)  # noqa: E731
+    (older / "metrics.csv").write_text("\n".join(map(cut, [header, *lines])) + "\n")
     out = tmp_path / "docs" / "frontier.png"
-    result = run_cli("frontier", "--run-dir", run_copy, "--run-dir", other, "--out", out)
+    result = run_cli("frontier", "--run-dir", run_copy, "--run-dir", other, "--run-dir", older, "--out", out)
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0
     with open(run_copy / "metrics.csv") as f:
         newest = list(csv.DictReader(f))[-1]
     with open(out.with_suffix(".csv")) as f:
         rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == ["run", "other"]
+    assert [r["run"] for r in rows] == ["run", "other", "older"]
+    assert rows[2]["val_loc_worst"] == "" and rows[0]["val_loc_worst"] == newest["val_loc_worst"]
     for row in rows:
         assert row["design"] == "4x4/2 4x3 8x4/2 8x3x1 8x1"  # the tiny preset's layers
         assert row["step"] == newest["step"] and row["val_loc_tau"] == newest["val_loc_tau"]

@@ -21,7 +21,16 @@ from cam_mnist.reports import evaluate
 from cam_mnist.scoring import cam_localization, classification
 from cam_mnist.train import checkpoint
 
-VALIDATION_COLUMNS = ["step", "val_accuracy", "val_loss", "val_loc_tau", "val_tau", "val_loc_20", "val_peak_in_box"]
+VALIDATION_COLUMNS = [
+    "step",
+    "val_accuracy",
+    "val_loss",
+    "val_loc_tau",
+    "val_tau",
+    "val_loc_worst",
+    "val_loc_20",
+    "val_peak_in_box",
+]
 LONG_TINY = ["--preset", "tiny", "--steps", "300", "--checkpoint-every", "4", "--heatmap-every", "100", "--quiet"]
 
 
@@ -145,8 +154,16 @@ def test_every_heatmap_step_scores_localization(tiny_run, data_dir):
     tau = cam_localization.validation_threshold(model, val)
     again = cam_localization.cam_localization(model, val, classification.predict_probs(predict, val), tau)
     assert float(rows[-1]["val_tau"]) == pytest.approx(tau)
-    for column, key in [("val_loc_tau", "loc_tau"), ("val_loc_20", "loc_20"), ("val_peak_in_box", "peak_in_box")]:
+    for column, key in [("val_loc_tau", "loc_tau"), ("val_loc_20", "loc_20"), ("val_peak_in_box", "peak_in_box"),
+                        ("val_loc_worst", "worst_class")]:  # fmt: skip
         assert float(rows[-1][column]) == pytest.approx(again[key], abs=1e-4), column
+    # The worst class, scored again one class at a time: the lowest of the classes' own top-1 localizations.
+    probs = classification.predict_probs(predict, val)
+    per_class = [
+        cam_localization.cam_localization(model, val.subset(rows_of), probs[rows_of], tau)["loc_tau"]
+        for rows_of in (np.flatnonzero(val.labels.ravel() == c) for c in np.unique(val.labels))
+    ]
+    assert again["worst_class"] == pytest.approx(min(per_class)) and min(per_class) <= again["loc_tau"]
     log = (tiny_run / "train.log").read_text()
     assert log.count("val_loc_tau=") == len(rows) and log.count("val_peak_in_box=") == len(rows)
     assert "CAM top-1 localization" in log.splitlines()[-1]  # the final line scores the test split
@@ -154,7 +171,8 @@ def test_every_heatmap_step_scores_localization(tiny_run, data_dir):
     assert summary["tau_from_val"] == float(rows[-1]["val_tau"])  # the last validation step's threshold
     tested = cam_localization.cam_localization(model, test, classification.predict_probs(predict, test), tau)
     for key, name in [("test_cam_top1_loc_tau", "loc_tau"), ("test_cam_top1_loc_20", "loc_20"),
-                      ("test_cam_peak_in_box", "peak_in_box")]:  # fmt: skip
+                      ("test_cam_peak_in_box", "peak_in_box"),
+                      ("test_cam_top1_loc_worst_class", "worst_class")]:  # fmt: skip
         assert summary[key] == pytest.approx(tested[name], abs=1e-4), key
 
 
@@ -335,6 +353,7 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     # values that had no effect loads; a run that used one is refused, naming the commit.
     old = config.preset("default").to_dict()
     del old["data"]["hide_patch"], old["data"]["hide_epochs"], old["train"]["cam_gauge"], old["model"]["precision"]
+    del old["train"]["map_entropy"]
     old["data"] |= {"rotate": 0.0, "rescale": 0.0}
     old["model"] |= {"widths": [24, 48, 64], "pool_first": True, "stem_stride": 2, "quarter_convs": 2}
     old["train"]["weight_decay"] = 0.0
@@ -342,6 +361,7 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     path.write_text(json.dumps(old))
     loaded = config.RunConfig.load(path)
     assert (loaded.data.hide_patch, loaded.data.hide_epochs, loaded.train.cam_gauge) == (0, 0, "none")
+    assert loaded.train.map_entropy == 0.0  # trained before the map's entropy was in the loss
     assert loaded.model == dataclasses.replace(config.preset("default").model, precision="float32")
     for centred, gauge in ((True, "mean"), (False, "none")):
         path.write_text(json.dumps({**old, "train": {**old["train"], "center_logits": centred}}))
@@ -385,8 +405,13 @@ def test_every_preset_validates_and_builds_a_cam_model():
     # two-digits is the default's network and recipe with a sigmoid per class, which has no free gauge.
     two = config.preset("two-digits")
     assert dataclasses.replace(two.model, head="softmax") == default.model and two.model.head == "sigmoid"
-    assert dataclasses.replace(two.train, cam_gauge=default.train.cam_gauge) == default.train
-    assert two.train.cam_gauge == "none" and two.data.digits == 2
+    same = dataclasses.replace(two.train, cam_gauge=default.train.cam_gauge, map_entropy=default.train.map_entropy)
+    assert same == default.train and two.train.cam_gauge == "none" and two.data.digits == 2
+    # default-v1 is the default before the map's entropy joined its loss, as long was measured.
+    v1 = config.preset("default-v1")
+    assert dataclasses.replace(v1.train, map_entropy=default.train.map_entropy) == default.train
+    assert (v1.data, v1.model) == (default.data, default.model)
+    assert v1.train.map_entropy == long.train.map_entropy == 0 < default.train.map_entropy
 
 
 def test_native_bfloat16_reads_the_cpus_flags(tmp_path):
@@ -604,3 +629,66 @@ def test_a_second_signal_aborts_as_the_signal_would():
         assert signal.getsignal(signal.SIGTERM) == before  # the next one does what it did before: ends the process
     finally:
         flag.restore()
+
+
+def test_cam_entropy_is_the_entropy_of_the_true_class_map():
+    # Worked by hand: image 0's class-0 map is flat on 4 of its 6 cells (entropy log 4), image 1's class-2 map lights
+    # one cell (entropy 0) once the ReLU clips the cell where a negative weight wins. The batch mean: log(4) / 2.
+    import tensorflow as tf
+
+    from cam_mnist.train.map_terms import cam_entropy
+
+    features = np.zeros((2, 2, 3, 2), np.float32)
+    features[0, :, :2, 0] = 3.0  # image 0: channel 0 on a 2 x 2 block
+    features[1, 0, 0, 0] = 1.0  # image 1: channel 0 on one cell, channel 1 on another
+    features[1, 1, 2, 1] = 5.0
+    kernel = np.array([[0.5, 0.0, 2.0], [0.0, 1.0, -1.0]], np.float32)  # (K=2, C=3): class 2 weighs channel 1 < 0
+    labels = np.array([0, 2])
+    got = float(cam_entropy(tf.constant(features), tf.constant(kernel), tf.constant(labels)))
+    assert got == pytest.approx(np.log(4) / 2, abs=1e-6)
+    # The same from numpy, on random maps: -sum p log p of each ReLU'd true-class map, averaged.
+    rng = np.random.default_rng(0)
+    features, kernel, labels = rng.random((4, 5, 5, 3), np.float32), rng.normal(size=(3, 10)), rng.integers(0, 10, 4)
+    maps = np.maximum(np.einsum("bhwk,kb->bhw", features, kernel[:, labels]), 0).reshape(4, -1)
+    p = maps / maps.sum(1, keepdims=True)
+    expected = np.mean([-(q[q > 0] * np.log(q[q > 0])).sum() for q in p])
+    assert float(cam_entropy(features, kernel.astype(np.float32), labels)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_map_entropy_term_sharpens_the_map_it_trains(data_dir):
+    # One batch, 30 steps from the same initial weights, with and without the term: the term's run ends with lower
+    # entropy true-class maps, which is what it is for.
+    from cam_mnist.data.splits import training_data
+    from cam_mnist.train.map_terms import cam_entropy
+    from cam_mnist.train.trainer import Trainer
+
+    entropies = {}
+    for weight in (0.0, 1.0):
+        run = config.preset("tiny")
+        run.train.schedule, run.train.lr, run.train.steps, run.train.warmup_steps = "constant", 0.02, 30, 0
+        run.train.map_entropy = weight
+        trainer = Trainer(run, data_dir / "unused-run", training_data(run, data_dir), log=lambda m: None)
+        images, labels = trainer.batch(0)
+        for _ in range(30):
+            trainer._train_step(images, labels, np.float32(0))
+        import keras
+
+        features = keras.Model(trainer.model.inputs, trainer.model.get_layer("cam_features").output)
+        x = images[..., None].astype(np.float32) / 255
+        entropies[weight] = float(cam_entropy(features(x), trainer.model.get_layer("logits").kernel, labels))
+    assert entropies[1.0] < entropies[0.0] - 0.2, entropies
+
+
+def test_map_entropy_is_refused_where_there_is_no_one_true_map():
+    for section, field, value in [("data", "digits", 2), ("model", "head", "sigmoid")]:  # on a canvas for two
+        run = config.preset("tiny")
+        run.data.canvas = 60
+        run.train.map_entropy = 0.1
+        run.train.cam_gauge = "none"
+        setattr(getattr(run, section), field, value)
+        with pytest.raises(UserError, match=r"map_entropy \(0.1\) needs one digit .* add --map-entropy 0"):
+            config.validate(run)
+    run = config.preset("tiny")
+    run.train.map_entropy = -1.0
+    with pytest.raises(UserError, match="map_entropy must be >= 0"):
+        config.validate(run)

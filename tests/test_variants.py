@@ -231,7 +231,7 @@ def test_imputation_is_the_weighted_mean_of_the_neighbours():
     image = np.arange(9, dtype=np.float64).reshape(1, 3, 3, 1) ** 2
     removed = np.zeros((1, 3, 3), bool)
     removed[0, 1, 1] = True  # the centre: 1/6 of each direct neighbour, 1/12 of each diagonal one
-    expected = (image[0, [0, 1, 1, 2], [1, 0, 2, 1], 0].sum() / 6 + image[0, [0, 0, 2, 2], [0, 2, 0, 2], 0].sum() / 12)
+    expected = image[0, [0, 1, 1, 2], [1, 0, 2, 1], 0].sum() / 6 + image[0, [0, 0, 2, 2], [0, 2, 0, 2], 0].sum() / 12
     out = road.impute(image, removed, noise=0.0)
     assert out[0, 1, 1, 0] == pytest.approx(expected)
     np.testing.assert_array_equal(out[~removed], image[~removed])  # the rest untouched

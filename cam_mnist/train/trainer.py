@@ -25,10 +25,11 @@ from cam_mnist.core.errors import UserError
 from cam_mnist.core.runs import RunFolder
 from cam_mnist.core.tables import read_csv_rows, write_csv_rows
 from cam_mnist.data.splits import TrainEpoch, TrainingData
-from cam_mnist.model import LOGITS, NUM_CLASSES, batched, build_model, logits_model
+from cam_mnist.model import FEATURES, LOGITS, NUM_CLASSES, batched, build_model, logits_model
 from cam_mnist.scoring.cam_localization import cam_localization, validation_threshold
 from cam_mnist.scoring.classification import multi_hot, predict_probs, score
 from cam_mnist.train import checkpoint, distribute
+from cam_mnist.train.map_terms import cam_entropy
 from cam_mnist.train.summaries import EventLog
 from cam_mnist.viz import panel, viewer
 
@@ -40,6 +41,7 @@ METRICS_FIELDS = [
     "val_loss",
     "val_loc_tau",  # CAM top-1 localization at the threshold tau that boxes the most validation digits
     "val_tau",
+    "val_loc_worst",  # val_loc_tau of the class boxed least often
     "val_loc_20",  # the same at the CAM paper's 20% of the map's maximum
     "val_peak_in_box",  # the map's maximum lies in the digit's box
     "lr",
@@ -173,15 +175,24 @@ class Trainer:
     def _compile_train_step(self):
         """The compiled step: every replica's gradients applied at once, the gauge fixed, and whether any worker
         was asked to stop."""
+        import keras
         import tensorflow as tf
 
         batch_size, strategy = self.config.train.batch_size, self.strategy
-        logits, loss_fn, variables = logits_model(self.model), self._loss(), self.model.trainable_variables
+        loss_fn, variables = self._loss(), self.model.trainable_variables
+        entropy_weight, kernel = self.config.train.map_entropy, self.model.get_layer(LOGITS).kernel
+        logits = logits_model(self.model)
+        if entropy_weight:  # the CAM layer's activations too, for the map's entropy
+            logits = keras.Model(self.model.inputs, [logits.output, self.model.get_layer(FEATURES).output])
 
         def replica_step(images_u8, targets):  # (b, H, W) uint8; (b,) int32 or (b, classes) float32: a replica's
             images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (b, H, W, 1) in [0, 1]
             with tf.GradientTape() as tape:
-                per_image = loss_fn(targets, logits(images, training=True))
+                if entropy_weight:
+                    scores, features = logits(images, training=True)
+                    per_image = loss_fn(targets, scores) + entropy_weight * cam_entropy(features, kernel, targets)
+                else:
+                    per_image = loss_fn(targets, logits(images, training=True))
                 loss = tf.nn.compute_average_loss(per_image, global_batch_size=batch_size)
             # Keras' optimizer sums the gradients of every replica before applying them.
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
@@ -316,6 +327,7 @@ class Trainer:
             "val_loss": f"{val['loss']:.5f}",
             "val_loc_tau": f"{cam['loc_tau']:.5f}",
             "val_tau": f"{cam['tau']:.2f}",
+            "val_loc_worst": f"{cam['worst_class']:.5f}",
             "val_loc_20": f"{cam['loc_20']:.5f}",
             "val_peak_in_box": f"{cam['peak_in_box']:.5f}",
             "lr": f"{self.learning_rate():.6g}",
@@ -331,6 +343,7 @@ class Trainer:
                 "val/loss": val["loss"],
                 "val/cam_loc_tau": cam["loc_tau"],
                 "val/tau": cam["tau"],
+                "val/cam_loc_worst_class": cam["worst_class"],
                 "val/cam_loc_20": cam["loc_20"],
                 "val/peak_in_box": cam["peak_in_box"],
             },
@@ -366,6 +379,7 @@ class Trainer:
             "test_loss": test["loss"],
             "test_cam_top1_loc_tau": cam["loc_tau"],
             "tau_from_val": cam["tau"],
+            "test_cam_top1_loc_worst_class": cam["worst_class"],
             "test_cam_top1_loc_20": cam["loc_20"],
             "test_cam_peak_in_box": cam["peak_in_box"],
             "train_seconds": round(acc["elapsed_s"], 1),

@@ -131,19 +131,33 @@ def line_plot(
     save_figure(path, fig)
 
 
-def frontier(path: Path, series: dict, panels: list, targets: dict, xlabel: str) -> None:
+def frontier(path: Path, series: dict, panels: list, targets: dict, xlabel: str, trade: tuple[str, str]) -> None:
     """One panel per (key, title, y range) of ``panels``; in each, one line per run of ``series`` (run -> key ->
-    (x, y)), and the target of ``targets[key]`` dashed."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), sharex=True)
-    for ax, (key, title, ylim) in zip(axes, panels, strict=True):
+    (x, y); a run without ``key`` is left out of that panel), and the target of ``targets[key]`` dashed. A last
+    panel puts each run's newest point of the two keys of ``trade`` (x, y) against each other, labelled with the
+    run's name and last x of ``xlabel`` (its minutes): the trade between them at a glance."""
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 4.4))
+    for ax, (key, title, ylim) in zip(axes, panels, strict=False):
         for i, (run, values) in enumerate(series.items()):  # tab20's colours, then again with another line style
-            style = ("-", ":", "-.")[i // 20 % 3]
-            ax.plot(*values[key], marker="o", markersize=3, label=run, color=plt.cm.tab20(i % 20), linestyle=style)
+            if key in values:
+                style = ("-", ":", "-.")[i // 20 % 3]
+                ax.plot(*values[key], marker="o", markersize=3, label=run, color=plt.cm.tab20(i % 20), linestyle=style)
         if key in targets:
             ax.axhline(targets[key], linestyle="--", color="grey", label=f"target {targets[key]:.3g}")
         ax.set(title=title, xlabel=xlabel, ylim=ylim)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
+    ax, (kx, ky) = axes[-1], trade
+    for i, (run, values) in enumerate(series.items()):
+        (x, vx), (_, vy) = values[kx], values[ky]
+        ax.scatter(vx[-1], vy[-1], color=plt.cm.tab20(i % 20), s=24)
+        ax.annotate(f"{run}, {x[-1]:.0f}", (vx[-1], vy[-1]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for key, line in ((kx, ax.axvline), (ky, ax.axhline)):
+        if key in targets:
+            line(targets[key], linestyle="--", color="grey")
+    ax.set(title=f"newest {ky} against {kx} (label: {xlabel})", xlabel=kx, ylabel=ky)
+    ax.title.set_fontsize(8)
+    ax.grid(alpha=0.3)
     save_figure(path, fig)
 
 

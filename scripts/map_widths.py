@@ -1,0 +1,51 @@
+"""Where a run's CAM is too wide: per class on validation, GT-known localization at the tau chosen there, the mean
+width x height of the map's box and of the true box, and how strongly the cells beside a map's peak fire.
+
+    .venv/bin/python scripts/map_widths.py out/default out/default-v1      # docs/experiments.md, Part 7
+"""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from cam_mnist.config import load_run
+from cam_mnist.core import boxes as bx
+from cam_mnist.data.splits import DATA_DIR
+from cam_mnist.model import FEATURES, LOGITS
+from cam_mnist.reports import evaluate
+from cam_mnist.scoring import localization
+from cam_mnist.scoring.cam_localization import true_class_maps
+
+
+def size(boxes: np.ndarray) -> str:  # (y0, x0, y1, x1) -> mean "width x height"
+    return f"{(boxes[:, 3] - boxes[:, 1]).mean():.1f} x {(boxes[:, 2] - boxes[:, 0]).mean():.1f}"
+
+
+def neighbours(cells: np.ndarray) -> np.ndarray:
+    """Mean over maps of (left, right, up, down) neighbour of the peak cell, each / the peak (peaks off the edge)."""
+    ratios = []
+    for m in cells:
+        i, j = np.unravel_index(m.argmax(), m.shape)
+        if 0 < i < m.shape[0] - 1 and 0 < j < m.shape[1] - 1:
+            ratios.append([m[i, j - 1], m[i, j + 1], m[i - 1, j], m[i + 1, j]] / m[i, j])
+    return np.mean(ratios, axis=0)
+
+
+for run in map(Path, sys.argv[1:]):
+    config, model = load_run(run), keras.models.load_model(run / "model.keras")
+    val = evaluate.validation_for(config, config.data, DATA_DIR)
+    maps, truth, labels = true_class_maps(model, val), val.boxes.reshape(-1, 4), val.labels.ravel()
+    tau = localization.choose_threshold(maps, truth)
+    found = bx.boxes_from_maps(maps, tau)
+    hit = bx.iou(found, truth) >= 0.5
+    print(f"{run}: tau {tau:.2f}, GT-known {hit.mean():.4f}; per class 0-9:", *(f"{hit[labels == c].mean():.2f}"
+                                                                                for c in range(10)))  # fmt: skip
+    features = keras.Model(model.inputs, model.get_layer(FEATURES).output)
+    x = val.float_images()
+    a = np.concatenate([np.asarray(features(x[i : i + 250]), np.float32) for i in range(0, len(x), 250)])
+    cells = np.maximum(np.einsum("nhwk,kn->nhw", a, model.get_layer(LOGITS).kernel.numpy()[:, labels]), 0)
+    for c in (1, 0, 8):
+        print(f"  {c}s: map's box {size(found[labels == c])} px, true box {size(truth[labels == c])} px; beside the "
+              f"peak (left, right, up, down) {np.round(neighbours(cells[labels == c]), 2).tolist()}")  # fmt: skip
