@@ -125,8 +125,9 @@ class TrainConfig:
     cam_gauge: str = _opt(
         "min",
         "softmax head: the per-channel constant taken out of the CAM weights w_k^c after every step, which changes "
-        "no prediction, only the CAM: 'min' (each channel's smallest class weight 0, so every weight >= 0 and a map "
-        "only adds evidence), 'mean' (zero mean over classes: the part every class shares out of each CAM), 'none'",
+        "no prediction, only the CAM (and so the map --map-entropy sharpens): 'min' (each channel's smallest class "
+        "weight 0, so every weight >= 0 and a map only adds evidence), 'mean' (zero mean over classes: the part "
+        "every class shares out of each CAM), 'none'",
     )
     map_entropy: float = _opt(
         0.01,

@@ -47,5 +47,6 @@ for run in map(Path, sys.argv[1:]):
     a = np.concatenate([np.asarray(features(x[i : i + 250]), np.float32) for i in range(0, len(x), 250)])
     cells = np.maximum(np.einsum("nhwk,kn->nhw", a, model.get_layer(LOGITS).kernel.numpy()[:, labels]), 0)
     for c in (1, 0, 8):
+        beside = [round(float(v), 2) for v in neighbours(cells[labels == c])]
         print(f"  {c}s: map's box {size(found[labels == c])} px, true box {size(truth[labels == c])} px; beside the "
-              f"peak (left, right, up, down) {np.round(neighbours(cells[labels == c]), 2).tolist()}")  # fmt: skip
+              f"peak (left, right, up, down) {beside}")  # fmt: skip

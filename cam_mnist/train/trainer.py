@@ -165,7 +165,8 @@ class Trainer:
         drift and the initial weights leave an arbitrary such part; after each step it is fixed. 'mean' takes out
         what every class shares (zero mean over classes), so a class's map also subtracts the features other classes
         use; 'min' makes each channel's smallest weight 0, so every weight is >= 0 and a map only adds the evidence
-        its class weighs more than the least-weighing class."""
+        its class weighs more than the least-weighing class. The map's entropy term (``map_entropy``) is computed on
+        the map of the gauge fixed here, so with it the gauge is part of the training signal."""
         import tensorflow as tf
 
         kernel = self.model.get_layer(LOGITS).kernel  # (K, C): the CAM weights w_k^c
