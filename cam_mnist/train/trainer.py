@@ -42,7 +42,7 @@ METRICS_FIELDS = [
     "val_loc_tau",  # CAM top-1 localization at the threshold tau that boxes the most validation digits
     "val_tau",
     "val_loc_worst",  # val_loc_tau of the class boxed least often
-    "val_loc_20",  # the same at the CAM paper's 20% of the map's maximum
+    "val_loc_20",  # CAM top-1 localization at the CAM paper's 20% of the map's maximum
     "val_peak_in_box",  # the map's maximum lies in the digit's box
     "lr",
     "elapsed_s",
