@@ -658,6 +658,8 @@ def test_cam_entropy_is_the_entropy_of_the_true_class_map():
 def test_the_map_entropy_term_sharpens_the_map_it_trains(data_dir):
     # One batch, 30 steps from the same initial weights, with and without the term: the term's run ends with lower
     # entropy true-class maps, which is what it is for.
+    import keras
+
     from cam_mnist.data.splits import training_data
     from cam_mnist.train.map_terms import cam_entropy
     from cam_mnist.train.trainer import Trainer
@@ -671,8 +673,6 @@ def test_the_map_entropy_term_sharpens_the_map_it_trains(data_dir):
         images, labels = trainer.batch(0)
         for _ in range(30):
             trainer._train_step(images, labels, np.float32(0))
-        import keras
-
         features = keras.Model(trainer.model.inputs, trainer.model.get_layer("cam_features").output)
         x = images[..., None].astype(np.float32) / 255
         entropies[weight] = float(cam_entropy(features(x), trainer.model.get_layer("logits").kernel, labels))
