@@ -56,28 +56,34 @@ class DataConfig:
 
 
 LAYER_SPEC = re.compile(
-    r"^(?P<width>\d+)x(?P<kh>\d+)(?:x(?P<kw>\d+))?(?:/(?P<stride>\d+))?(?:d(?P<dilation>\d+))?(?P<pool>p)?$"
+    r"^(?P<width>\d+)x(?P<kh>\d+)(?:x(?P<kw>\d+))?(?:/(?P<stride>\d+))?(?:d(?P<dilation>\d+))?"
+    r"(?:(?P<pool>p)|(?P<transposed>t))?$"
 )
 
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """One conv of the 'stack' arch, written ``WIDTHxK[xKW][/STRIDE][dDILATION][p]``: K x K kernel (or K high,
-    KW wide), ``p``: a 2x2 max-pool after it."""
+    """One conv of the 'stack' arch, written ``WIDTHxK[xKW][/STRIDE][dDILATION][p|t]``: K x K kernel (or K high,
+    KW wide), ``p``: a 2x2 max-pool after it, ``t``: transposed, so that STRIDE *upsamples* (``32x2/2t`` turns each
+    cell into a learned 2x2 block: a finer CAM map at little cost)."""
 
     width: int
     kernel: tuple[int, int]
     stride: int = 1
     dilation: int = 1
     pool: bool = False
+    transposed: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> ConvSpec:
         m = LAYER_SPEC.match(spec)
         if m is None:
-            raise UserError(f"bad layer {spec!r}: write WIDTHxK[xKW][/STRIDE][dDILATION][p], e.g. 32x4/2 or 64x3x1")
+            raise UserError(
+                f"bad layer {spec!r}: write WIDTHxK[xKW][/STRIDE][dDILATION][p|t], e.g. 32x4/2, 64x3x1 or 32x2/2t"
+            )
         kernel = (int(m["kh"]), int(m["kw"] or m["kh"]))
-        return cls(int(m["width"]), kernel, int(m["stride"] or 1), int(m["dilation"] or 1), m["pool"] is not None)
+        stride, dilation = int(m["stride"] or 1), int(m["dilation"] or 1)
+        return cls(int(m["width"]), kernel, stride, dilation, m["pool"] is not None, m["transposed"] is not None)
 
 
 # Our network (docs/experiments.md has the search): five convs, batch norm and ReLU after each, whose last one is
@@ -95,7 +101,8 @@ class ModelConfig:
         "stack", "'stack' (ours: see layers) or 'lenet' (the reference: conv5x5x32, pool, conv5x5x64, pool)"
     )
     layers: tuple[str, ...] = _opt(
-        FINE, "'stack' arch: one WIDTHxK[xKW][/STRIDE][dDILATION][p] per conv (p: 2x2 max-pool), e.g. 24x4/2 64x3x1"
+        FINE, "'stack' arch: one WIDTHxK[xKW][/STRIDE][dDILATION][p|t] per conv (p: 2x2 max-pool, t: transposed, "
+        "upsampling by STRIDE), e.g. 24x4/2 64x3x1 32x2/2t"
     )
     batch_norm: bool = _opt(True, "batch norm after each conv of the 'stack' arch")
     head: str = _opt(

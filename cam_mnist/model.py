@@ -46,7 +46,8 @@ def _stack(x, config: ModelConfig, synchronized: bool = False):
     for i, s in enumerate(specs, start=1):
         last = i == len(specs)
         name = "last_conv" if last else f"conv{i}"
-        x = layers.Conv2D(
+        conv = layers.Conv2DTranspose if s.transposed else layers.Conv2D
+        x = conv(
             s.width,
             s.kernel,
             s.stride,

@@ -338,6 +338,9 @@ def test_config_round_trip_and_overrides(tmp_path):
         config.validate(config.RunConfig.from_dict({"train": {"optimizer": "rmsprop"}}))
     with pytest.raises(UserError, match="--layers is for the 'stack' arch"):
         config.config_from_args(parser.parse_args(["train", "--preset", "seed", "--layers", "8x3"]))
+    assert config.ConvSpec.parse("32x2/2t") == config.ConvSpec(32, (2, 2), 2, transposed=True)
+    with pytest.raises(UserError, match=r"bad layer '32x2/2pt': write .*\[p\|t\]"):  # pool, then upsample: no
+        config.config_from_args(parser.parse_args(["train", "--preset", "tiny", "--layers", "8x4/2", "32x2/2pt"]))
 
 
 def test_the_defaults_are_the_default_preset():
@@ -476,12 +479,14 @@ def test_the_cam_gauge_changes_the_cam_but_no_prediction(tmp_path, data_dir, run
     [
         (("4x4/2", "4x4/2", "4x3", "4x1"), True),  # even kernels at stride 2: each cell centred on its pixels
         (("4x5/2", "4x3/2", "4x3", "4x1"), False),  # odd ones: TensorFlow pads less before than after
+        (("4x4/2", "4x4/2", "4x3", "4x2/2t"), True),  # a transposed 2x2 conv splits each cell into 2x2 finer ones
     ],
 )
 def test_stack_map_cells_sit_where_the_cam_upsampling_puts_them(layers, aligned):
-    # CAM upsampling (bilinear, half-pixel centres) puts cell j of a stride-4 map at pixel 4j + 1.5. A cell's
-    # receptive field is centred there only if every strided conv pads evenly; with odd kernels the map lands
-    # over a pixel up and left of the digit (on a trained model: 1.9 and 1.6 pixels, docs/experiments.md).
+    # CAM upsampling (bilinear, half-pixel centres) puts cell j of a stride-s map at pixel s*j + (s - 1)/2: 4j + 1.5
+    # at stride 4. A cell's receptive field is centred there only if every strided conv pads evenly; with odd kernels
+    # the map lands over a pixel up and left of the digit (on a trained model: 1.9 and 1.6 pixels,
+    # docs/experiments.md).
     import keras
 
     from cam_mnist.model import FEATURES, build_model
@@ -489,14 +494,15 @@ def test_stack_map_cells_sit_where_the_cam_upsampling_puts_them(layers, aligned)
     model_config = config.RunConfig.from_dict({"model": {"arch": "stack", "layers": layers, "batch_norm": False}})
     model = build_model(model_config.model, 40)
     for layer in model.layers:  # every weight positive and equal: a cell answers to all of its receptive field
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
             layer.kernel.assign(np.ones(layer.kernel.shape, np.float32))
             layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
     features = keras.Model(model.input, model.get_layer(FEATURES).output)
     image = np.zeros((1, 40, 40, 1), np.float32)
     image[0, 16:20, 12:16] = 1  # a 4x4 block (one stride period, so no cell is favoured): centre (17.5, 13.5)
-    response = np.asarray(features(image))[0].sum(-1)  # (10, 10)
-    cells = np.indices(response.shape) * 4 + 1.5  # each cell's pixel position as the upsampling places it
+    response = np.asarray(features(image))[0].sum(-1)  # (10, 10), or (20, 20) after the transposed conv
+    stride = 40 // response.shape[0]
+    cells = np.indices(response.shape) * stride + (stride - 1) / 2  # each cell's pixel position as upsampling puts it
     centre = (cells * response).sum((1, 2)) / response.sum()
     if aligned:
         np.testing.assert_allclose(centre, [17.5, 13.5], atol=1e-4)
