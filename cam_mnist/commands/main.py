@@ -16,6 +16,7 @@ from cam_mnist import config as cfg
 from cam_mnist.commands import data, evaluate, explain, frontier, localize, tools, train
 from cam_mnist.commands.common import EXIT_BAD_INPUT, PROG, STORAGE_ERRORS
 from cam_mnist.core.errors import UserError, missing_backend
+from cam_mnist.core.memory import few_malloc_arenas
 
 NEEDS_KERAS = {"train", "eval", "localize", "explain", "layers", "bench"}
 # The reproduction's training is TensorFlow's (tf.data, tf.distribute, its bfloat16 policy); maps and evaluation
@@ -116,6 +117,7 @@ def configured_backend() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    few_malloc_arenas()  # before any thread starts
     args = build_parser().parse_args(argv)
     try:
         backend = configured_backend()

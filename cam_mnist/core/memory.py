@@ -6,6 +6,20 @@ import ctypes
 import gc
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter: the most malloc arenas the process's threads may spread over
+
+
+def few_malloc_arenas(arenas: int = 2) -> None:
+    """Let the process's threads share ``arenas`` malloc arenas (glibc; nothing elsewhere). glibc gives each thread
+    that allocates at once its own arena, up to 8 per core; TensorFlow's thread pools then leave freed memory in
+    many of them, which ``malloc_trim`` cannot merge. Two arenas took 0.07 GiB off ``localize``'s peak on 2 cores
+    (docs/localization.md). Must run before the threads start, so the command line calls it first."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def release_freed_memory() -> None:
     """Collect the garbage and hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
     elsewhere). Each method's graphs and maps are freed after it, but glibc keeps the freed pages, and the next

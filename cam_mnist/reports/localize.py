@@ -120,7 +120,7 @@ def score(
 
 def _scoring_chunks(m: int) -> list[slice]:
     """The first TWIN_CHECK images (the maps that identify a method), then chunks of the rest: each chunk's maps
-    are made in explain's batches of 128 exactly where a single call over all the images made them."""
+    are made in explain's batches of 64 exactly where a single call over all the images made them."""
 
     head = min(m, TWIN_CHECK)
     return [slice(0, head)] + [slice(head + r.start, head + r.stop) for r in chunks(m - head)]
