@@ -101,8 +101,9 @@ class ModelConfig:
         "stack", "'stack' (ours: see layers) or 'lenet' (the reference: conv5x5x32, pool, conv5x5x64, pool)"
     )
     layers: tuple[str, ...] = _opt(
-        FINE, "'stack' arch: one WIDTHxK[xKW][/STRIDE][dDILATION][p|t] per conv (p: 2x2 max-pool, t: transposed, "
-        "upsampling by STRIDE), e.g. 24x4/2 64x3x1 32x2/2t"
+        FINE,
+        "'stack' arch: one WIDTHxK[xKW][/STRIDE][dDILATION][p|t] per conv (p: 2x2 max-pool, t: transposed, "
+        "upsampling by STRIDE), e.g. 24x4/2 64x3x1 32x2/2t",
     )
     batch_norm: bool = _opt(True, "batch norm after each conv of the 'stack' arch")
     head: str = _opt(

@@ -64,6 +64,36 @@ def test_peak_memory_is_the_commands_own():
     assert big["wall_s"] > 0
 
 
+ARENAS = """
+import ctypes, sys, threading
+from cam_mnist.core.memory import few_malloc_arenas
+if sys.argv[1] == "limit":
+    assert few_malloc_arenas(2)
+keep, ready = [], threading.Barrier(7)
+def work():  # each thread mallocs while the others are alive: glibc gives it an arena of its own if it may
+    keep.append(bytearray(100_000))
+    ready.wait()
+threads = [threading.Thread(target=work) for _ in range(6)]
+[t.start() for t in threads]; ready.wait(); [t.join() for t in threads]
+libc = ctypes.CDLL("libc.so.6")
+libc.fflush(None); libc.malloc_info(0, ctypes.c_void_p.in_dll(libc, "stdout")); libc.fflush(None)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_command_lines_arena_limit_keeps_threads_to_two_malloc_arenas():
+    import subprocess
+
+    # malloc_info lists one <heap> per arena: six threads allocating at once spread over seven without the limit.
+    heaps = {
+        kind: subprocess.run(
+            [sys.executable, "-c", ARENAS, kind], capture_output=True, text=True, check=True
+        ).stdout.count("<heap nr=")
+        for kind in ("limit", "none")
+    }
+    assert heaps == {"limit": 2, "none": 7}
+
+
 def test_a_nested_application_row_per_method():
     from cam_mnist.reports.bench import nested_application
 

@@ -111,8 +111,8 @@ class BaseCAM:
     are not channel-weighted sums, :meth:`signed_maps`). Their names live in :mod:`cam_mnist.maps.registry` alone."""
 
     needs_gradients = True
-    # Images per graph call; methods with many forward passes per image use fewer. 64 makes maps as fast as 128 on
-    # a CPU and takes 0.1 GiB off `localize`'s peak (docs/localization.md, "How long it takes").
+    # Images per graph call; methods with many forward passes per image use fewer. 64 rather than 128 took 0.1 GiB
+    # off `localize`'s peak, its methods' times within the machine's drift (docs/localization.md, "How long it takes").
     default_batch_size = 64
     inputs = ("image", "signal", "volume")  # the inputs the method is defined for (grids.InputView)
 
