@@ -10,13 +10,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from cam_mnist import maps as cams
 from cam_mnist.config import load_run
 from cam_mnist.core import boxes as bx
 from cam_mnist.data.splits import DATA_DIR
-from cam_mnist.model import FEATURES, LOGITS
 from cam_mnist.reports import evaluate
 from cam_mnist.scoring import localization
-from cam_mnist.scoring.cam_localization import true_class_maps
 
 
 def size(boxes: np.ndarray) -> str:  # (y0, x0, y1, x1) -> mean "width x height"
@@ -36,16 +35,14 @@ def neighbours(cells: np.ndarray) -> np.ndarray:
 for run in map(Path, sys.argv[1:]):
     config, model = load_run(run), keras.models.load_model(run / "model.keras")
     val = evaluate.validation_for(config, config.data, DATA_DIR)
-    maps, truth, labels = true_class_maps(model, val), val.boxes.reshape(-1, 4), val.labels.ravel()
+    truth, labels = val.boxes.reshape(-1, 4), val.labels.ravel()
+    # the true class's CAM, upsampled as scored, and its cells (w >= 0 under the min gauge: ReLU changes nothing)
+    maps, cells = cams.explain(model, val.float_images(), "cam", labels, raw=True)
     tau = localization.choose_threshold(maps, truth)
     found = bx.boxes_from_maps(maps, tau)
-    hit = bx.iou(found, truth) >= 0.5
+    hit = bx.iou(found, truth) >= bx.IOU_CORRECT
     print(f"{run}: tau {tau:.2f}, GT-known {hit.mean():.4f}; per class 0-9:", *(f"{hit[labels == c].mean():.2f}"
                                                                                 for c in range(10)))  # fmt: skip
-    features = keras.Model(model.inputs, model.get_layer(FEATURES).output)
-    x = val.float_images()
-    a = np.concatenate([np.asarray(features(x[i : i + 250]), np.float32) for i in range(0, len(x), 250)])
-    cells = np.maximum(np.einsum("nhwk,kn->nhw", a, model.get_layer(LOGITS).kernel.numpy()[:, labels]), 0)
     for c in (1, 0, 8):
         beside = [round(float(v), 2) for v in neighbours(cells[labels == c])]
         print(f"  {c}s: map's box {size(found[labels == c])} px, true box {size(truth[labels == c])} px; beside the "
