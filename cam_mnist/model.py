@@ -34,7 +34,7 @@ def _lenet(x, config: ModelConfig, synchronized: bool = False):
     return layers.MaxPooling2D(name=FEATURES, **kw)(x)  # (B, H/4, W/4, 64)
 
 
-def _stack(x, config: ModelConfig, synchronized: bool = False):
+def _stack(inputs, config: ModelConfig, synchronized: bool = False):
     # Ours: a plain stack, one conv -> (pool) -> BN -> ReLU per entry of ``layers``; the last one's ReLU output is
     # A^k. BN lets Adam use a high learning rate; its momentum is 0.9, not Keras' 0.99, so that the moving statistics
     # keep up with weights that Adam moves quickly (with 0.99 inference-mode accuracy lagged training for hundreds
@@ -43,6 +43,7 @@ def _stack(x, config: ModelConfig, synchronized: bool = False):
 
     specs = [ConvSpec.parse(s) for s in config.layers]
     kw = {"dtype": config.precision}
+    x = inputs
     for i, s in enumerate(specs, start=1):
         last = i == len(specs)
         name = "last_conv" if last else f"conv{i}"
@@ -61,8 +62,33 @@ def _stack(x, config: ModelConfig, synchronized: bool = False):
             x = layers.MaxPooling2D(name=f"pool{i}", **kw)(x)
         if config.batch_norm:
             x = layers.BatchNormalization(momentum=0.9, synchronized=synchronized, name=f"{name}_bn", **kw)(x)
-        x = layers.ReLU(name=FEATURES if last else f"relu{i}", **kw)(x)
+        x = layers.ReLU(name=FEATURES if last and not config.local_gate else f"relu{i}", **kw)(x)
+    if config.local_gate:
+        x = _local_gate(inputs, x, map_stride(specs), config, synchronized)
     return x
+
+
+def map_stride(specs: list[ConvSpec]) -> int:
+    """Pixels between neighbouring map cells: the strides and pools down, the transposed convs' strides up."""
+    down = np.prod([s.stride * (2 if s.pool else 1) for s in specs if not s.transposed])
+    return int(down // np.prod([s.stride for s in specs if s.transposed]))
+
+
+def _local_gate(inputs, context, stride: int, config: ModelConfig, synchronized: bool):
+    # A^k = ReLU(stack)^k * g^k: a gate g^k in (0, 1) per map cell and channel, read from the cell's own
+    # stride x stride pixels alone, so the map is M_c = sum_k w_k^c g^k ReLU(stack)^k (CAM paper eq. 2 on A). The
+    # stack's receptive field (14 px wide) decides which class a cell sees; the gate whether the cell's own pixels
+    # hold that channel's part of it, so the cells beside a 1, whose receptive fields only graze its stroke, can stay
+    # dark. One gate shared by every channel boxed fewer 1s (docs/experiments.md, Part 7).
+    from keras import layers
+
+    kw = {"dtype": config.precision}  # 'same' pads a canvas the stride does not divide as the stack's convs do
+    width = context.shape[-1]
+    g = layers.Conv2D(width, stride, stride, "same", use_bias=not config.batch_norm, name="gate_conv", **kw)(inputs)
+    if config.batch_norm:
+        g = layers.BatchNormalization(momentum=0.9, synchronized=synchronized, name="gate_bn", **kw)(g)
+    g = layers.Activation("sigmoid", name="gate", **kw)(g)
+    return layers.Multiply(name=FEATURES, **kw)([context, g])
 
 
 def build_model(

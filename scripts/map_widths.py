@@ -1,5 +1,6 @@
 """Where a run's CAM is too wide: per class on validation, GT-known localization at the tau chosen there, the mean
-width x height of the map's box and of the true box, and how strongly the cells beside a map's peak fire.
+width x height of the map's box and of the true box, how strongly the cells beside a map's peak fire, and the 1s
+boxed by how wide their true box is (the map's box keeps about one width whatever the stroke's).
 
     .venv/bin/python scripts/map_widths.py out/default out/default-v1      # docs/experiments.md, Part 7
 """
@@ -20,6 +21,17 @@ from cam_mnist.scoring import localization
 
 def size(boxes: np.ndarray) -> str:  # (y0, x0, y1, x1) -> mean "width x height"
     return f"{(boxes[:, 3] - boxes[:, 1]).mean():.1f} x {(boxes[:, 2] - boxes[:, 0]).mean():.1f}"
+
+
+def by_true_width(found: np.ndarray, truth: np.ndarray, hit: np.ndarray) -> str:
+    """'true width lo-hi px: share boxed (n), map's box w px' per 3-px bin of the true box's width."""
+    true_w, found_w = truth[:, 3] - truth[:, 1], found[:, 3] - found[:, 1]
+    rows = []
+    for lo in range(0, int(true_w.max()) + 1, 3):
+        s = (true_w >= lo) & (true_w < lo + 3)
+        if s.any():
+            rows.append(f"{lo}-{lo + 2} px: {hit[s].mean():.0%} of {s.sum()}, map's box {found_w[s].mean():.1f} px")
+    return "; ".join(rows)
 
 
 def neighbours(cells: np.ndarray) -> np.ndarray:
@@ -47,3 +59,5 @@ for run in map(Path, sys.argv[1:]):
         beside = [round(float(v), 2) for v in neighbours(cells[labels == c])]
         print(f"  {c}s: map's box {size(found[labels == c])} px, true box {size(truth[labels == c])} px; beside the "
               f"peak (left, right, up, down) {beside}")  # fmt: skip
+    ones = labels == 1
+    print("  1s by their true box's width:", by_true_width(found[ones], truth[ones], hit[ones]))

@@ -160,7 +160,7 @@ def test_frontier_plots_each_runs_localization_and_lists_its_newest_row(run_copy
     assert [r["run"] for r in rows] == ["run", "other", "older"]
     assert rows[2]["val_loc_worst"] == "" and rows[0]["val_loc_worst"] == newest["val_loc_worst"]
     for row in rows:
-        assert row["design"] == "4x4/2 4x3 8x4/2 8x3x1 8x1 + entropy 0.01"  # the tiny preset's layers and term
+        assert row["design"] == "4x4/2 4x3 8x4/2 8x3x1 8x1 + gate + entropy 0.01"  # tiny: layers, gate, term
         assert row["step"] == newest["step"] and row["val_loc_tau"] == newest["val_loc_tau"]
         assert float(row["minutes"]) == pytest.approx(float(newest["elapsed_s"]) / 60, abs=0.05)
         assert (row["val_loc_20"], row["val_peak_in_box"]) == (newest["val_loc_20"], newest["val_peak_in_box"])

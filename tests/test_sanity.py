@@ -20,9 +20,14 @@ def tiny_model():
 
 
 def test_blocks_go_from_the_logits_down_with_each_batch_norm_beside_its_conv(tiny_model):
+    # The local gate's conv sits between last_conv and its batch norm in the model's layer list (a branch from the
+    # image); each batch norm still joins the conv that feeds it.
+    listed = [layer.name for layer in tiny_model.layers]
+    assert listed.index("last_conv") < listed.index("gate_conv") < listed.index("last_conv_bn")
     names = [[layer.name for layer in block] for block in sanity.blocks(tiny_model)]
     assert names == [
         ["logits"],
+        ["gate_conv", "gate_bn"],
         ["last_conv", "last_conv_bn"],
         ["conv4", "conv4_bn"],
         ["conv3", "conv3_bn"],

@@ -356,7 +356,7 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     # values that had no effect loads; a run that used one is refused, naming the commit.
     old = config.preset("default").to_dict()
     del old["data"]["hide_patch"], old["data"]["hide_epochs"], old["train"]["cam_gauge"], old["model"]["precision"]
-    del old["train"]["map_entropy"]
+    del old["train"]["map_entropy"], old["model"]["local_gate"]
     old["data"] |= {"rotate": 0.0, "rescale": 0.0}
     old["model"] |= {"widths": [24, 48, 64], "pool_first": True, "stem_stride": 2, "quarter_convs": 2}
     old["train"]["weight_decay"] = 0.0
@@ -365,7 +365,8 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     loaded = config.RunConfig.load(path)
     assert (loaded.data.hide_patch, loaded.data.hide_epochs, loaded.train.cam_gauge) == (0, 0, "none")
     assert loaded.train.map_entropy == 0.0  # trained before the map's entropy was in the loss
-    assert loaded.model == dataclasses.replace(config.preset("default").model, precision="float32")
+    expected = dataclasses.replace(config.preset("default").model, precision="float32", local_gate=False)
+    assert loaded.model == expected  # and before the local gate
     for centred, gauge in ((True, "mean"), (False, "none")):
         path.write_text(json.dumps({**old, "train": {**old["train"], "center_logits": centred}}))
         assert config.RunConfig.load(path).train.cam_gauge == gauge
@@ -398,7 +399,8 @@ def test_every_preset_validates_and_builds_a_cam_model():
     default, long = config.preset("default"), config.preset("long")
     assert default.model.precision == config.preset("seed-adam").model.precision == "mixed_bfloat16"
     assert [config.preset(p).model.precision for p in ("long", "seed", "tiny")] == ["float32"] * 3
-    assert dataclasses.replace(long.model, precision=default.model.precision) == default.model
+    ungated = dataclasses.replace(default.model, local_gate=False)  # the presets measured before the gate existed
+    assert dataclasses.replace(long.model, precision=default.model.precision) == ungated and default.model.local_gate
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert long.data.extra_train_digits > default.data.extra_train_digits == 0
     assert long.train.cam_gauge == default.train.cam_gauge == "min"  # a softmax head: every CAM weight >= 0
@@ -407,13 +409,15 @@ def test_every_preset_validates_and_builds_a_cam_model():
     assert (seed.train.optimizer, seed_adam.train.optimizer) == ("sgd", default.train.optimizer)
     # two-digits is the default's network and recipe with a sigmoid per class, which has no free gauge.
     two = config.preset("two-digits")
-    assert dataclasses.replace(two.model, head="softmax") == default.model and two.model.head == "sigmoid"
+    assert dataclasses.replace(two.model, head="softmax") == ungated and two.model.head == "sigmoid"
     same = dataclasses.replace(two.train, cam_gauge=default.train.cam_gauge, map_entropy=default.train.map_entropy)
     assert same == default.train and two.train.cam_gauge == "none" and two.data.digits == 2
-    # default-v1 is the default before the map's entropy joined its loss, as long was measured.
-    v1 = config.preset("default-v1")
+    # default-v2 is the default before the local gate; default-v1 that before the map's entropy joined its loss, as
+    # long was measured.
+    v1, v2 = config.preset("default-v1"), config.preset("default-v2")
+    assert (v2.data, v2.model, v2.train) == (default.data, ungated, default.train)
     assert dataclasses.replace(v1.train, map_entropy=default.train.map_entropy) == default.train
-    assert (v1.data, v1.model) == (default.data, default.model)
+    assert (v1.data, v1.model) == (default.data, ungated)
     assert v1.train.map_entropy == long.train.map_entropy == 0 < default.train.map_entropy
 
 
@@ -491,7 +495,10 @@ def test_stack_map_cells_sit_where_the_cam_upsampling_puts_them(layers, aligned)
 
     from cam_mnist.model import FEATURES, build_model
 
-    model_config = config.RunConfig.from_dict({"model": {"arch": "stack", "layers": layers, "batch_norm": False}})
+    # The stack alone: the local gate reads each cell's own pixels (test_local_gate_reads_only_its_cells_own_pixels...)
+    model_config = config.RunConfig.from_dict(
+        {"model": {"arch": "stack", "layers": layers, "batch_norm": False, "local_gate": False}}
+    )
     model = build_model(model_config.model, 40)
     for layer in model.layers:  # every weight positive and equal: a cell answers to all of its receptive field
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
@@ -508,6 +515,31 @@ def test_stack_map_cells_sit_where_the_cam_upsampling_puts_them(layers, aligned)
         np.testing.assert_allclose(centre, [17.5, 13.5], atol=1e-4)
     else:
         assert (centre < np.array([17.5, 13.5]) - 1).all(), centre
+
+
+def test_local_gate_reads_only_its_cells_own_pixels_and_multiplies_the_cam_layer():
+    # The gate of map cell (i, j) sees the stride x stride pixels the cell sits on and nothing else: changing one
+    # pixel changes the gate of its own cell only, while the stack's receptive field (wider) changes its neighbours
+    # too; the CAM layer is the stack's ReLU times the gate, channel by channel.
+    import keras
+
+    from cam_mnist.model import FEATURES, build_model
+
+    run = config.RunConfig.from_dict({"model": {"layers": ["4x4/2", "4x3", "4x4/2"], "local_gate": True}})
+    model = build_model(run.model, 40)
+    parts = keras.Model(model.input, [model.get_layer(n).output for n in ("gate", "relu3", FEATURES)])
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 40, 40, 1)).astype(np.float32)
+    changed = image.copy()
+    changed[0, 4 * 3 + 2, 4 * 5 + 1] += 1.0  # a pixel of cell (3, 5): stride 4
+    (gate, context, cam), (gate2, context2, _) = (
+        [np.asarray(keras.ops.cast(a, "float32"))[0] for a in parts(x)] for x in (image, changed)
+    )
+    moved = np.abs(gate2 - gate).max(-1) > 0
+    assert moved[3, 5] and moved.sum() == 1, np.argwhere(moved)
+    assert (np.abs(context2 - context).max(-1) > 0).sum() > 1  # the stack sees beyond its cell
+    np.testing.assert_allclose(cam, context * gate, rtol=2e-2, atol=1e-3)  # bfloat16 product
+    assert ((gate > 0) & (gate < 1)).all()
 
 
 def test_picture_puts_each_panel_image_at_each_step_in_a_grid(tiny_run, tmp_path, run_cli):

@@ -28,17 +28,31 @@ from cam_mnist.scoring import localization
 
 def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
     """The model's layers with weights, grouped into blocks, the top (nearest the output) first: a batch
-    normalisation belongs to the layer before it (a conv and its batch norm are one block), as Adebayo et al.
-    randomize a network block by block."""
+    normalisation belongs to the layer that feeds it (a conv and its batch norm are one block, also where a branch
+    beside it, such as the local gate, comes between them in the model's layer list), as Adebayo et al. randomize a
+    network block by block."""
     out: list[list] = []
+    block_of: dict[int, list] = {}  # id(layer) -> its block
     for layer in model.layers:  # graph order, input first
         if not layer.weights:
             continue
         if isinstance(layer, keras.layers.BatchNormalization) and out:
-            out[-1].append(layer)
+            # its feeder's block; a feeder without weights (or a layer called twice): the layer listed before it
+            block = block_of.get(id(_feeder(layer)), out[-1])
+            block.append(layer)
         else:
-            out.append([layer])
+            block = [layer]
+            out.append(block)
+        block_of[id(layer)] = block
     return out[::-1]
+
+
+def _feeder(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+    """The layer whose output ``layer`` takes, where it is called once on one tensor; otherwise None."""
+    try:
+        return layer.input._keras_history.operation
+    except (AttributeError, ValueError):  # called several times, or never in a functional graph
+        return None
 
 
 def reinitialize(layer: keras.layers.Layer, seed: int) -> None:
