@@ -89,7 +89,8 @@ class ConvSpec:
 # Our network (docs/experiments.md has the search): five convs, batch norm and ReLU after each, whose last one is
 # the CAM layer, a 25x25 map (stride 4). Strided convs have even kernels, so every map cell is centred on the pixels
 # it sees (odd kernels shifted the map 1.5-2 pixels up-left). Receptive field 14 pixels wide and 22 high: about a
-# digit's shape, so a map cell fires on the digit it lies on and little beside it.
+# digit's shape, so a map cell fires on the digit it lies on and little beside it. With ``local_gate`` (the default)
+# each cell is also gated by its own 4x4 pixels, which keeps the cells beside a thin stroke dark (model.py).
 FINE = ("24x4/2", "24x3", "48x4/2", "64x3x1", "64x1")
 
 

@@ -1,7 +1,8 @@
 """The CAM network: a conv stack, then global average pooling -> bias-free linear -> softmax (Zhou et al. 2016, §2).
 
 Every model built here is a flat Keras functional model with three named layers the CAM family relies on:
-  - ``cam_features``: the (B, h, w, K) activations A^k that GAP averages (the CAM paper's f_k(x, y));
+  - ``cam_features``: the (B, h, w, K) activations A^k that GAP averages (the CAM paper's f_k(x, y)); in the default
+    'stack' network, each cell's ReLU output times a gate read from that cell's own pixels (``local_gate``);
   - ``logits``: the bias-free Dense layer, S_c = sum_k w_k^c * mean_xy f_k(x, y)  (paper eq. before eq. 1);
   - ``probs``: softmax over the logits (or, with the ``sigmoid`` head, a sigmoid per class), the model's output.
 Keeping logits and softmax apart makes CAM weights (the Dense kernel) and gradients w.r.t. logits well defined.

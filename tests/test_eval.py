@@ -253,8 +253,9 @@ def test_localize_scores_every_method_on_a_tiny_run(run_copy, data_dir, run_cli)
     assert seg["mask_iou"] == pytest.approx(bx.mask_iou(found, split.masks[:64]).mean())
     # the sanity checks: every method, every stage; the failures' gallery, linked from the viewer
     stages = record["model_randomization"]["cam"]
-    assert list(record["model_randomization"]) == list(METHODS) and len(stages) == 1 + 6
-    assert [s["randomized"][-1] for s in stages[1:]] == ["logits", "last_conv", "conv4", "conv3", "conv2", "conv1"]
+    assert list(record["model_randomization"]) == list(METHODS) and len(stages) == 1 + 7
+    top_down = ["logits", "gate_conv", "last_conv", "conv4", "conv3", "conv2", "conv1"]  # the gate: above last_conv
+    assert [s["randomized"][-1] for s in stages[1:]] == top_down
     assert stages[0]["spearman"] == pytest.approx(1.0) and "gt_known_segmented" in stages[0]
     for kind in ("misclassified", "boxed_wrong"):
         if record["failures"][kind]["images"]:
