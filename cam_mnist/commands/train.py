@@ -101,7 +101,9 @@ def add_parser(commands) -> None:
         "--preset",
         default="default",
         choices=list(cfg.PRESETS),
-        help="named settings: " + "; ".join(f"{name}: {text}" for name, text in cfg.PRESET_HELP.items()),
+        # argparse formats help with %: a preset's "98.80% test" must be escaped
+        help="named settings: "
+        + "; ".join(f"{name}: {text}" for name, text in cfg.PRESET_HELP.items()).replace("%", "%%"),
     )
     p.add_argument("--run-dir", help="run folder; if it has checkpoints the run resumes (default: out/<preset>-<time>)")
     p.add_argument("--resume", action="store_true", help="resume the newest run (out/latest)")
