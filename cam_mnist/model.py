@@ -37,9 +37,9 @@ def _lenet(x, config: ModelConfig, synchronized: bool = False):
 
 def _stack(inputs, config: ModelConfig, synchronized: bool = False):
     # Ours: a plain stack, one conv -> (pool) -> BN -> ReLU per entry of ``layers``; the last one's ReLU output is
-    # A^k. BN lets Adam use a high learning rate; its momentum is 0.9, not Keras' 0.99, so that the moving statistics
-    # keep up with weights that Adam moves quickly (with 0.99 inference-mode accuracy lagged training for hundreds
-    # of steps: 11% against 95%).
+    # A^k (times the local gate, where there is one). BN lets Adam use a high learning rate; its momentum is 0.9, not
+    # Keras' 0.99, so that the moving statistics keep up with weights that Adam moves quickly (with 0.99
+    # inference-mode accuracy lagged training for hundreds of steps: 11% against 95%).
     from keras import layers
 
     specs = [ConvSpec.parse(s) for s in config.layers]
