@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,12 @@ class ConvSpec:
         return cls(int(m["width"]), kernel, stride, dilation, m["pool"] is not None, m["transposed"] is not None)
 
 
+def map_stride(specs: list[ConvSpec]) -> int:
+    """Pixels between neighbouring map cells: the strides and pools down, the transposed convs' strides up."""
+    down = math.prod(s.stride * (2 if s.pool else 1) for s in specs if not s.transposed)
+    return down // math.prod(s.stride for s in specs if s.transposed)
+
+
 # Our network (docs/experiments.md has the search): five convs, batch norm and ReLU after each, whose last one is
 # the CAM layer, a 25x25 map (stride 4). Strided convs have even kernels, so every map cell is centred on the pixels
 # it sees (odd kernels shifted the map 1.5-2 pixels up-left). Receptive field 14 pixels wide and 22 high: about a
@@ -112,6 +119,11 @@ class ModelConfig:
         "'stack' arch: multiply each CAM channel by a gate in (0, 1) read from its cell's own pixels alone (a conv "
         "whose kernel and stride are the map's stride), so a cell whose receptive field only grazes a stroke can "
         "stay dark (docs/experiments.md, Part 7)",
+    )
+    gate_stride: int = _opt(
+        0,
+        "local gate: pixels between the gated map's cells; 0 is the stack's own stride, a divisor of it copies each "
+        "stack cell onto finer cells, each gated by its own pixels",
     )
     head: str = _opt(
         "softmax",
@@ -427,6 +439,7 @@ def validate(config: RunConfig) -> None:
         (m.arch != "stack" or len(m.layers) > 0, "the 'stack' arch needs --layers"),
         (m.arch != "lenet" or not m.layers, "--layers is for the 'stack' arch; 'lenet' is a fixed network"),
         (m.arch == "stack" or not m.local_gate, "--local-gate is for the 'stack' arch; add --no-local-gate"),
+        (m.gate_stride >= 0, f"gate_stride must be >= 0 (0: the map's own stride), got {m.gate_stride}"),
         (t.cam_gauge in ("none", "mean", "min"), f"cam_gauge must be 'none', 'mean' or 'min', got {t.cam_gauge!r}"),
         (
             t.cam_gauge == "none" or m.head == "softmax",
@@ -447,8 +460,12 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(f"bad config: {message}")
-    for spec in m.layers:
-        ConvSpec.parse(spec)  # raises, naming the bad layer
+    specs = [ConvSpec.parse(spec) for spec in m.layers]  # raises, naming the bad layer
+    if m.gate_stride and (not m.local_gate or map_stride(specs) % m.gate_stride):
+        raise UserError(
+            f"bad config: gate_stride {m.gate_stride} needs --local-gate and must divide the stack's map stride "
+            f"({map_stride(specs) if specs else 'none'} pixels)"
+        )
 
 
 def load_run(run_dir: Path) -> RunConfig:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cam_mnist.config import ConvSpec, ModelConfig, RunConfig
+from cam_mnist.config import ConvSpec, ModelConfig, RunConfig, map_stride
 
 if TYPE_CHECKING:  # keras is imported where a model is built: reading checkpoints and configs needs no TensorFlow
     import keras
@@ -69,12 +69,6 @@ def _stack(inputs, config: ModelConfig, synchronized: bool = False):
     return x
 
 
-def map_stride(specs: list[ConvSpec]) -> int:
-    """Pixels between neighbouring map cells: the strides and pools down, the transposed convs' strides up."""
-    down = np.prod([s.stride * (2 if s.pool else 1) for s in specs if not s.transposed])
-    return int(down // np.prod([s.stride for s in specs if s.transposed]))
-
-
 def _local_gate(inputs, context, stride: int, config: ModelConfig, synchronized: bool):
     # A^k = ReLU(stack)^k * g^k: a gate g^k in (0, 1) per map cell and channel, read from the cell's own
     # stride x stride pixels alone, so the map is M_c = sum_k w_k^c g^k ReLU(stack)^k (CAM paper eq. 2 on A). The
@@ -85,6 +79,11 @@ def _local_gate(inputs, context, stride: int, config: ModelConfig, synchronized:
 
     kw = {"dtype": config.precision}  # 'same' pads a canvas the stride does not divide as the stack's convs do
     width = context.shape[-1]
+    if config.gate_stride and config.gate_stride < stride:
+        # A finer map than the stack's: each cell's ReLU output copied onto its (stride / gate_stride)^2 sub-cells,
+        # which the gate then tells apart by their own pixels (a 2-px grid can box a 3-px stroke; a 4-px one not).
+        context = layers.UpSampling2D(stride // config.gate_stride, name="gate_upsample", **kw)(context)
+        stride = config.gate_stride
     g = layers.Conv2D(width, stride, stride, "same", use_bias=not config.batch_norm, name="gate_conv", **kw)(inputs)
     if config.batch_norm:
         g = layers.BatchNormalization(momentum=0.9, synchronized=synchronized, name="gate_bn", **kw)(g)

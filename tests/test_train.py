@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -517,29 +518,49 @@ def test_stack_map_cells_sit_where_the_cam_upsampling_puts_them(layers, aligned)
         assert (centre < np.array([17.5, 13.5]) - 1).all(), centre
 
 
-def test_local_gate_reads_only_its_cells_own_pixels_and_multiplies_the_cam_layer():
+@pytest.mark.parametrize("gate_stride", [0, 2])
+def test_local_gate_reads_only_its_cells_own_pixels_and_multiplies_the_cam_layer(gate_stride):
     # The gate of map cell (i, j) sees the stride x stride pixels the cell sits on and nothing else: changing one
     # pixel changes the gate of its own cell only, while the stack's receptive field (wider) changes its neighbours
-    # too; the CAM layer is the stack's ReLU times the gate, channel by channel.
+    # too; the CAM layer is the stack's ReLU times the gate, channel by channel. With gate_stride 2 on a stride-4
+    # stack each stack cell is copied onto 2x2 finer cells, each gated by its own 2x2 pixels.
     import keras
 
     from cam_mnist.model import FEATURES, build_model
 
-    run = config.RunConfig.from_dict({"model": {"layers": ["4x4/2", "4x3", "4x4/2"], "local_gate": True}})
+    layers = {"layers": ["4x4/2", "4x3", "4x4/2"], "local_gate": True, "gate_stride": gate_stride}
+    run = config.RunConfig.from_dict({"model": layers})
+    config.validate(run)
     model = build_model(run.model, 40)
     parts = keras.Model(model.input, [model.get_layer(n).output for n in ("gate", "relu3", FEATURES)])
     rng = np.random.default_rng(0)
     image = rng.random((1, 40, 40, 1)).astype(np.float32)
     changed = image.copy()
-    changed[0, 4 * 3 + 2, 4 * 5 + 1] += 1.0  # a pixel of cell (3, 5): stride 4
+    changed[0, 4 * 3 + 2, 4 * 5 + 1] += 1.0  # a pixel of cell (3, 5) at stride 4, of cell (7, 10) at stride 2
     (gate, context, cam), (gate2, context2, _) = (
         [np.asarray(keras.ops.cast(a, "float32"))[0] for a in parts(x)] for x in (image, changed)
     )
+    stride = gate_stride or 4
+    assert gate.shape[:2] == cam.shape[:2] == (40 // stride, 40 // stride)
     moved = np.abs(gate2 - gate).max(-1) > 0
-    assert moved[3, 5] and moved.sum() == 1, np.argwhere(moved)
+    assert moved[(4 * 3 + 2) // stride, (4 * 5 + 1) // stride] and moved.sum() == 1, np.argwhere(moved)
     assert (np.abs(context2 - context).max(-1) > 0).sum() > 1  # the stack sees beyond its cell
-    np.testing.assert_allclose(cam, context * gate, rtol=2e-2, atol=1e-3)  # bfloat16 product
+    copied = np.repeat(np.repeat(context, 4 // stride, 0), 4 // stride, 1)  # each stack cell on its finer cells
+    np.testing.assert_allclose(cam, copied * gate, rtol=2e-2, atol=1e-3)  # bfloat16 product
     assert ((gate > 0) & (gate < 1)).all()
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"gate_stride": 3}, "gate_stride 3 needs --local-gate and must divide the stack's map stride (4 pixels)"),
+        ({"gate_stride": 2, "local_gate": False}, "gate_stride 2 needs --local-gate"),
+        ({"gate_stride": -1}, "gate_stride must be >= 0"),
+    ],
+)
+def test_a_gate_stride_that_cannot_split_the_map_is_refused_by_name(model, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        config.validate(config.RunConfig.from_dict({"model": model}))
 
 
 def test_picture_puts_each_panel_image_at_each_step_in_a_grid(tiny_run, tmp_path, run_cli):

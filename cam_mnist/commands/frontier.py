@@ -34,9 +34,10 @@ FIELDS = [
 
 def design(config) -> str:
     """A run's network in one line: its layer specs, or "lenet" for the reference's fixed network, the local gate
-    where it has one, and the weight of the map's entropy in its loss where it has one."""
+    where it has one (its stride where finer than the stack's), the weight of the map's entropy where it has one."""
     network = " ".join(config.model.layers) if config.model.arch == "stack" else config.model.arch
-    network += " + gate" if config.model.local_gate else ""
+    gate = config.model.gate_stride
+    network += (f" + gate every {gate} px" if gate else " + gate") if config.model.local_gate else ""
     return network + (f" + entropy {config.train.map_entropy:g}" if config.train.map_entropy else "")
 
 

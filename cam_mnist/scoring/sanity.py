@@ -23,6 +23,7 @@ from cam_mnist.core import boxes as bx
 from cam_mnist.core.errors import UserError
 from cam_mnist.core.memory import release_freed_memory
 from cam_mnist.maps import segmentation
+from cam_mnist.maps.graph import FlatGraph
 from cam_mnist.scoring import localization
 
 
@@ -31,6 +32,7 @@ def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
     normalisation belongs to the layer that feeds it (a conv and its batch norm are one block, also where a branch
     beside it, such as the local gate, comes between them in the model's layer list), as Adebayo et al. randomize a
     network block by block."""
+    feeder = _feeders(model)
     out: list[list] = []
     block_of: dict[int, list] = {}  # id(layer) -> its block
     for layer in model.layers:  # graph order, input first
@@ -38,7 +40,7 @@ def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
             continue
         if isinstance(layer, keras.layers.BatchNormalization) and out:
             # its feeder's block; a feeder without weights (or a layer called twice): the layer listed before it
-            block = block_of.get(id(_feeder(layer)), out[-1])
+            block = block_of.get(id(feeder.get(id(layer))), out[-1])
             block.append(layer)
         else:
             block = [layer]
@@ -47,12 +49,11 @@ def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
     return out[::-1]
 
 
-def _feeder(layer: keras.layers.Layer) -> keras.layers.Layer | None:
-    """The layer whose output ``layer`` takes, where it is called once on one tensor; otherwise None."""
-    try:
-        return layer.input._keras_history.operation
-    except (AttributeError, ValueError):  # called several times, or never in a functional graph
-        return None
+def _feeders(model: keras.Model) -> dict[int, keras.layers.Layer]:
+    """id(layer) -> the layer whose output its first call takes first, as the explainers read the graph."""
+    graph = FlatGraph.of(model)
+    fed_by = ((call.layer, graph.producer(call.inputs[0])) for call in graph.calls if call.inputs)
+    return {id(layer): source.layer for layer, source in reversed(list(fed_by)) if source is not None}
 
 
 def reinitialize(layer: keras.layers.Layer, seed: int) -> None:
