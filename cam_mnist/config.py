@@ -125,6 +125,7 @@ class ModelConfig:
         "local gate: pixels between the gated map's cells; 0 is the stack's own stride, a divisor of it copies each "
         "stack cell onto finer cells, each gated by its own pixels",
     )
+    ink_gate: bool = _opt(False, "the local gate's form: tanh(ReLU(conv)) of the cell's pixels, 0 where they are blank")
     head: str = _opt(
         "softmax",
         "'softmax' (with K digits per image its target is 1/K on each digit's class) or 'sigmoid' (each class "
@@ -247,7 +248,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 # Fields added after runs were already saved, with the value that reproduces those runs (the feature off).
 ADDED_LATER = {
     "data": {"hide_patch": 0, "hide_epochs": 0},
-    "model": {"precision": "float32", "local_gate": False},
+    "model": {"precision": "float32", "local_gate": False, "gate_stride": 0, "ink_gate": False},
     "train": {"cam_gauge": "none", "map_entropy": 0.0},
 }
 # Fields renamed: the old name and a function of its value giving the new field's value.
@@ -275,6 +276,8 @@ RETIRED = {
 PRESET_HELP = {
     "default": "ours: 25x25 CAM map, each cell gated by its own pixels, hide-and-seek, CAM weights >= 0 (min gauge), "
     "the map's entropy in the loss (0.01), bfloat16, 7900 steps (~21 min)",
+    "sharp": "the default with the ink gate (closed on blank pixels): the 1s boxed 86%, 96.35% top-1 localization, "
+    "98.59% test accuracy, 0.14 below the default on validation",
     "default-v2": "the default before the local gate (98.80% test accuracy, 93.62% top-1 localization, the 1s 61%)",
     "default-v1": "the default until issue 45: default-v2 without the map's entropy (98.54% test accuracy, 92.37% "
     "top-1 localization)",
@@ -287,11 +290,14 @@ PRESET_HELP = {
 }
 OFF = {"data": {"hide_patch": 0}, "train": {"cam_gauge": "none", "map_entropy": 0.0}}  # ours, off: the reference's
 LENET = {"arch": "lenet", "layers": (), "batch_norm": False, "precision": "float32", "local_gate": False}
-UNGATED = {"local_gate": False}  # the presets measured before the local gate existed
+UNGATED = {"local_gate": False, "ink_gate": False}  # the presets measured before the local gate existed
 PRESETS: dict[str, dict[str, dict]] = {
     "default": {},
     # The defaults before the local gate and before the map's entropy joined the loss (docs/experiments.md, Part 7):
     # kept to reproduce their numbers, and beside the default in the frontier.
+    # The ink gate: the map the issue asked for (every class boxed >= 86% on test) at 0.14 points of validation
+    # accuracy, so not the default (docs/experiments.md, Part 7).
+    "sharp": {"model": {"ink_gate": True}},
     "default-v2": {"model": UNGATED},
     "default-v1": {"model": UNGATED, "train": {"map_entropy": 0.0}},
     # The default's network at batch 128 for 10k steps (26 epochs, hide-and-seek in the first 12), trained on 58k

@@ -166,6 +166,22 @@ def test_frontier_plots_each_runs_localization_and_lists_its_newest_row(run_copy
         assert (row["val_loc_20"], row["val_peak_in_box"]) == (newest["val_loc_20"], newest["val_peak_in_box"])
 
 
+@pytest.mark.parametrize(
+    "model, train, expected",
+    [
+        ({"local_gate": False}, {"map_entropy": 0.0}, "24x4/2 24x3 48x4/2 64x3x1 64x1"),
+        ({}, {}, "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate + entropy 0.01"),
+        ({"ink_gate": True}, {}, "24x4/2 24x3 48x4/2 64x3x1 64x1 + ink gate + entropy 0.01"),
+        ({"gate_stride": 2}, {"map_entropy": 0.03}, "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate every 2 px + entropy 0.03"),
+        ({"arch": "lenet", "layers": [], "local_gate": False, "ink_gate": True}, {}, "lenet + entropy 0.01"),
+    ],
+)
+def test_the_frontier_names_each_runs_design_in_one_line(model, train, expected):
+    from cam_mnist.commands.frontier import design
+
+    assert design(config.RunConfig.from_dict({"model": model, "train": train})) == expected
+
+
 def test_frontier_refuses_a_run_without_localization_rows(run_copy, tmp_path, run_cli):
     metrics = run_copy / "metrics.csv"
     header, *rows = metrics.read_text().splitlines()

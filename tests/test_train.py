@@ -357,7 +357,7 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     # values that had no effect loads; a run that used one is refused, naming the commit.
     old = config.preset("default").to_dict()
     del old["data"]["hide_patch"], old["data"]["hide_epochs"], old["train"]["cam_gauge"], old["model"]["precision"]
-    del old["train"]["map_entropy"], old["model"]["local_gate"]
+    del old["train"]["map_entropy"], old["model"]["local_gate"], old["model"]["gate_stride"], old["model"]["ink_gate"]
     old["data"] |= {"rotate": 0.0, "rescale": 0.0}
     old["model"] |= {"widths": [24, 48, 64], "pool_first": True, "stem_stride": 2, "quarter_convs": 2}
     old["train"]["weight_decay"] = 0.0
@@ -366,8 +366,10 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     loaded = config.RunConfig.load(path)
     assert (loaded.data.hide_patch, loaded.data.hide_epochs, loaded.train.cam_gauge) == (0, 0, "none")
     assert loaded.train.map_entropy == 0.0  # trained before the map's entropy was in the loss
-    expected = dataclasses.replace(config.preset("default").model, precision="float32", local_gate=False)
-    assert loaded.model == expected  # and before the local gate
+    expected = dataclasses.replace(
+        config.preset("default").model, precision="float32", local_gate=False, gate_stride=0, ink_gate=False
+    )
+    assert loaded.model == expected  # and before the local gate and its forms
     for centred, gauge in ((True, "mean"), (False, "none")):
         path.write_text(json.dumps({**old, "train": {**old["train"], "center_logits": centred}}))
         assert config.RunConfig.load(path).train.cam_gauge == gauge
@@ -400,7 +402,7 @@ def test_every_preset_validates_and_builds_a_cam_model():
     default, long = config.preset("default"), config.preset("long")
     assert default.model.precision == config.preset("seed-adam").model.precision == "mixed_bfloat16"
     assert [config.preset(p).model.precision for p in ("long", "seed", "tiny")] == ["float32"] * 3
-    ungated = dataclasses.replace(default.model, local_gate=False)  # the presets measured before the gate existed
+    ungated = dataclasses.replace(default.model, local_gate=False, ink_gate=False)  # measured before the gate existed
     assert dataclasses.replace(long.model, precision=default.model.precision) == ungated and default.model.local_gate
     assert long.train.steps * long.train.batch_size > default.train.steps * default.train.batch_size
     assert long.data.extra_train_digits > default.data.extra_train_digits == 0
@@ -548,6 +550,31 @@ def test_local_gate_reads_only_its_cells_own_pixels_and_multiplies_the_cam_layer
     copied = np.repeat(np.repeat(context, 4 // stride, 0), 4 // stride, 1)  # each stack cell on its finer cells
     np.testing.assert_allclose(cam, copied * gate, rtol=2e-2, atol=1e-3)  # bfloat16 product
     assert ((gate > 0) & (gate < 1)).all()
+
+
+def test_the_ink_gate_closes_exactly_the_cells_whose_own_pixels_are_blank():
+    # A stroke 3 px wide inside one column of 4-px cells: the stack's receptive field sees it from the columns
+    # beside it too, but their own pixels are blank, so the ink gate (tanh(ReLU(conv)), no bias) is exactly 0 there
+    # and so is the CAM layer; on the stroke's cells it is open for some channels and below 1 for all.
+    import keras
+
+    from cam_mnist.model import FEATURES, build_model
+
+    layers = {"layers": ["4x4/2", "4x3", "4x4/2"], "local_gate": True, "ink_gate": True}
+    run = config.RunConfig.from_dict({"model": layers})
+    config.validate(run)
+    keras.utils.set_random_seed(0)
+    model = build_model(run.model, 40)
+    parts = keras.Model(model.input, [model.get_layer(n).output for n in ("gate", "relu3", FEATURES)])
+    image = np.zeros((1, 40, 40, 1), np.float32)
+    image[0, 12:28, 17:20] = 1.0  # rows of cells 3-6, inside cell column 4 (pixels 16-19)
+    gate, context, cam = (np.asarray(keras.ops.cast(a, "float32"))[0] for a in parts(image))
+    inked = np.zeros((10, 10), bool)
+    inked[3:7, 4] = True
+    np.testing.assert_array_equal(gate[~inked], 0.0)
+    np.testing.assert_array_equal(cam[~inked], 0.0)
+    assert (context[3:7, 3].max(-1) > 0).all() and (context[3:7, 5].max(-1) > 0).all()  # the stack sees it there
+    assert (gate[inked].max(-1) > 0).all() and (gate < 1).all()
 
 
 @pytest.mark.parametrize(

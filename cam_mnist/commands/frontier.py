@@ -34,10 +34,12 @@ FIELDS = [
 
 def design(config) -> str:
     """A run's network in one line: its layer specs, or "lenet" for the reference's fixed network, the local gate
-    where it has one (its stride where finer than the stack's), the weight of the map's entropy where it has one."""
-    network = " ".join(config.model.layers) if config.model.arch == "stack" else config.model.arch
-    gate = config.model.gate_stride
-    network += (f" + gate every {gate} px" if gate else " + gate") if config.model.local_gate else ""
+    where it has one (its form, its stride where finer than the stack's), the map's entropy's weight where nonzero."""
+    m = config.model
+    network = " ".join(m.layers) if m.arch == "stack" else m.arch
+    if m.local_gate:
+        network += " + ink gate" if m.ink_gate else " + gate"
+        network += f" every {m.gate_stride} px" if m.gate_stride else ""
     return network + (f" + entropy {config.train.map_entropy:g}" if config.train.map_entropy else "")
 
 
