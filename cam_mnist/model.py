@@ -81,7 +81,8 @@ def _local_gate(inputs, context, stride: int, config: ModelConfig, synchronized:
     width = context.shape[-1]
     if config.gate_stride and config.gate_stride < stride:
         # A finer map than the stack's: each cell's ReLU output copied onto its (stride / gate_stride)^2 sub-cells,
-        # which the gate then tells apart by their own pixels (a 2-px grid can box a 3-px stroke; a 4-px one not).
+        # which the gate then tells apart by their own pixels. Meant to box 3-px strokes; at 2 px it did not narrow
+        # the 1s' boxes and cost 37% of the speed (docs/experiments.md, Part 7).
         context = layers.UpSampling2D(stride // config.gate_stride, name="gate_upsample", **kw)(context)
         stride = config.gate_stride
     bias = not (config.batch_norm or config.ink_gate)
