@@ -90,7 +90,8 @@ def _local_gate(inputs, context, stride: int, config: ModelConfig, synchronized:
     if config.ink_gate:
         # g = tanh(ReLU(conv)), no bias, no batch norm: exactly 0 on a cell whose own pixels are blank, so the
         # cells beside a thin stroke close whatever the stack sees (the sigmoid form must learn to: beside a 1's
-        # peak it kept 0.47 of the peak on validation, this one 0.18).
+        # peak it kept 0.47 of the peak on validation, this one 0.18). The price: the map follows the image's ink, and
+        # survives a randomized network (the sanity check of docs/experiments.md, Part 7): not the default.
         g = layers.ReLU(name="gate_relu", **kw)(g)
         g = layers.Activation("tanh", name="gate", **kw)(g)
     else:
