@@ -15,20 +15,20 @@ import keras
 from cam_mnist.config import load_run
 from cam_mnist.data.splits import DATA_DIR
 from cam_mnist.reports import evaluate
-from cam_mnist.scoring.cam_localization import cam_localization, validation_threshold
+from cam_mnist.scoring.cam_localization import cam_localization
 
 
-def line(name: str, model, split, tau: float | None = None) -> str:
+def line(name: str, model, split, tau: float | None = None) -> tuple[str, float]:
+    """The split's scores as one printed entry, and the tau they used (chosen on ``split`` where ``tau`` is None)."""
     probs = model.predict(split.float_images(), batch_size=250, verbose=0)
-    labels = split.labels.ravel()
-    errors = int((probs.argmax(1) != labels).sum())
+    errors = int((probs.argmax(1) != split.labels.ravel()).sum())
     cam = cam_localization(model, split, probs, tau)
-    each = [cam_localization(model, split.subset(labels == c), probs[labels == c], cam["tau"]) for c in range(10)]
-    return (
+    text = (
         f"  {name:>10s} {len(split):5d} images: accuracy {1 - errors / len(split):.4f} ({errors} errors), top-1 loc "
         f"{cam['loc_tau']:.4f} at tau {cam['tau']:.2f}, at 20% {cam['loc_20']:.4f}, peak in box "
-        f"{cam['peak_in_box']:.4f}\n{'':13s}per class 0-9: " + " ".join(f"{c['loc_tau']:.3f}" for c in each)
+        f"{cam['peak_in_box']:.4f}\n{'':13s}per class: " + " ".join(f"{c}:{v:.3f}" for c, v in cam["per_class"].items())
     )
+    return text, cam["tau"]
 
 
 for run in map(Path, sys.argv[1:]):
@@ -36,8 +36,9 @@ for run in map(Path, sys.argv[1:]):
     model = keras.models.load_model(run / "model.keras")
     whole = dataclasses.replace(config, train=dataclasses.replace(config.train, val_size=None))
     val, all_val = (evaluate.validation_for(c, config.data, DATA_DIR) for c in (config, whole))
-    print(run.name)
-    print(line("validation", model, val))
-    print(line("all of it", model, all_val))
     _, test = evaluate.split_for(config, DATA_DIR)
-    print(line("test", model, test, validation_threshold(model, val)), flush=True)
+    print(run.name)
+    text, tau = line("validation", model, val)  # the tau the run itself chose, applied to test below
+    print(text)
+    print(line("all of it", model, all_val)[0])
+    print(line("test", model, test, tau)[0], flush=True)

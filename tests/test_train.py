@@ -165,6 +165,7 @@ def test_every_heatmap_step_scores_localization(tiny_run, data_dir):
         for rows_of in (np.flatnonzero(val.labels.ravel() == c) for c in np.unique(val.labels))
     ]
     assert again["worst_class"] == pytest.approx(min(per_class)) and min(per_class) <= again["loc_tau"]
+    assert list(again["per_class"].values()) == pytest.approx(per_class)
     log = (tiny_run / "train.log").read_text()
     assert log.count("val_loc_tau=") == len(rows) and log.count("val_peak_in_box=") == len(rows)
     assert "CAM top-1 localization" in log.splitlines()[-1]  # the final line scores the test split

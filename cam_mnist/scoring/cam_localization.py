@@ -22,7 +22,8 @@ def cam_localization(model, split: Split, probs: np.ndarray, tau: float | None =
     - ``loc_tau``: top-1 localization at the threshold ``tau`` chosen on validation (:func:`localization.
       choose_threshold`); with ``tau=None`` it is chosen on ``split`` itself, which is what training reports on
       its validation images;
-    - ``worst_class``: ``loc_tau`` of the class boxed least often (the digit 1 for a map wider than its stroke);
+    - ``per_class``: ``loc_tau`` of each class present, {class: share}; ``worst_class``: the lowest of them (the
+      digit 1 for a map wider than its stroke);
     - ``peak_in_box``: the map's maximum lies in the digit's box.
     Where the class is predicted, the predicted class's map is the true class's, so no other maps are needed."""
     sweep = localization.MAXBOX_THRESHOLDS if tau is None else [tau]
@@ -30,12 +31,14 @@ def cam_localization(model, split: Split, probs: np.ndarray, tau: float | None =
     tau = localization.best_threshold({float(t): ious[float(t)] for t in sweep}) if tau is None else tau
     found = detected(probs, split.labels).ravel()
     boxed, classes = found & (ious[tau] >= IOU_CORRECT), split.labels.ravel()
+    per_class = {int(c): float(boxed[classes == c].mean()) for c in np.unique(classes)}
     return {
         "loc_20": float((found & (ious[PAPER_THRESHOLD] >= IOU_CORRECT)).mean()),
         "gt_known_20": float((ious[PAPER_THRESHOLD] >= IOU_CORRECT).mean()),
         "loc_tau": float(boxed.mean()),
         "tau": float(tau),
-        "worst_class": float(min(boxed[classes == c].mean() for c in np.unique(classes))),
+        "per_class": per_class,
+        "worst_class": min(per_class.values()),
         "peak_in_box": float(peak.mean()),
     }
 

@@ -51,9 +51,12 @@ def blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
 
 def _feeders(model: keras.Model) -> dict[int, keras.layers.Layer]:
     """id(layer) -> the layer whose output its first call takes first, as the explainers read the graph."""
-    graph = FlatGraph.of(model)
-    fed_by = ((call.layer, graph.producer(call.inputs[0])) for call in graph.calls if call.inputs)
-    return {id(layer): source.layer for layer, source in reversed(list(fed_by)) if source is not None}
+    graph, feeders = FlatGraph.of(model), {}
+    for call in graph.calls:
+        source = graph.producer(call.inputs[0]) if call.inputs else None
+        if source is not None:
+            feeders.setdefault(id(call.layer), source.layer)
+    return feeders
 
 
 def reinitialize(layer: keras.layers.Layer, seed: int) -> None:
