@@ -2,6 +2,7 @@
 at the tau chosen on validation: accuracy, CAM top-1 localization, and each class's.
 
     .venv/bin/python scripts/whole_validation.py out/default out/full-ink      # docs/experiments.md, Part 7
+    .venv/bin/python scripts/whole_validation.py --validation-only out/s6-*    # short runs: test stays unseen
 
 A run trained on validation digits (``long``: ``extra_train_digits``) is scored on the held-out rest only.
 """
@@ -31,14 +32,16 @@ def line(name: str, model, split, tau: float | None = None) -> tuple[str, float]
     return text, cam["tau"]
 
 
-for run in map(Path, sys.argv[1:]):
+runs = [Path(a) for a in sys.argv[1:] if a != "--validation-only"]
+for run in runs:
     config = load_run(run)
     model = keras.models.load_model(run / "model.keras")
     whole = dataclasses.replace(config, train=dataclasses.replace(config.train, val_size=None))
     val, all_val = (evaluate.validation_for(c, config.data, DATA_DIR) for c in (config, whole))
-    _, test = evaluate.split_for(config, DATA_DIR)
     print(run.name)
     text, tau = line("validation", model, val)  # the tau the run itself chose, applied to test below
     print(text)
     print(line("all of it", model, all_val)[0])
-    print(line("test", model, test, tau)[0], flush=True)
+    if "--validation-only" not in sys.argv:
+        _, test = evaluate.split_for(config, DATA_DIR)
+        print(line("test", model, test, tau)[0], flush=True)

@@ -742,28 +742,40 @@ def test_cam_entropy_is_the_entropy_of_the_true_class_map():
     assert float(cam_entropy(features, kernel.astype(np.float32), labels)) == pytest.approx(expected, rel=1e-5)
 
 
-def test_the_map_entropy_term_sharpens_the_map_it_trains(data_dir):
-    # One batch, 30 steps from the same initial weights, with and without the term: the term's run ends with lower
-    # entropy true-class maps, which is what it is for.
+def test_the_map_terms_sharpen_what_they_train(data_dir):
+    # One batch, 30 steps from the same initial weights, with and without each term: the entropy term's run ends with
+    # lower entropy true-class maps, the gate spread's with gates open on fewer cells, which is what each is for.
     import keras
 
     from cam_mnist.data.splits import training_data
-    from cam_mnist.train.map_terms import cam_entropy
+    from cam_mnist.train.map_terms import cam_entropy, gate_spread
     from cam_mnist.train.trainer import Trainer
 
-    entropies = {}
-    for weight in (0.0, 1.0):
+    entropies, spreads = {}, {}
+    for terms in [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]:
         run = config.preset("tiny")
         run.train.schedule, run.train.lr, run.train.steps, run.train.warmup_steps = "constant", 0.02, 30, 0
-        run.train.map_entropy = weight
+        run.train.map_entropy, run.train.gate_spread = terms
         trainer = Trainer(run, data_dir / "unused-run", training_data(run, data_dir), log=lambda m: None)
         images, labels = trainer.batch(0)
         for _ in range(30):
             trainer._train_step(images, labels, np.float32(0))
-        features = keras.Model(trainer.model.inputs, trainer.model.get_layer("cam_features").output)
-        x = images[..., None].astype(np.float32) / 255
-        entropies[weight] = float(cam_entropy(features(x), trainer.model.get_layer("logits").kernel, labels))
-    assert entropies[1.0] < entropies[0.0] - 0.2, entropies
+        read = keras.Model(trainer.model.input, [trainer.model.get_layer(n).output for n in ("cam_features", "gate")])
+        features, gates = read(images[..., None].astype(np.float32) / 255)
+        entropies[terms] = float(cam_entropy(features, trainer.model.get_layer("logits").kernel, labels))
+        spreads[terms] = float(np.mean(gate_spread(gates)))
+    assert entropies[1.0, 0.0] < entropies[0.0, 0.0] - 0.2, entropies
+    assert spreads[0.0, 1.0] < spreads[0.0, 0.0] - 0.1, spreads
+
+
+def test_gate_spread_is_each_channels_mean_gate_over_its_largest():
+    # From numpy, on random gates; a gate open alike on every cell spreads 1 however far it is open.
+    from cam_mnist.train.map_terms import gate_spread
+
+    gates = np.random.default_rng(0).random((3, 4, 5, 2), np.float32)
+    expected = (gates.mean(axis=(1, 2)) / gates.max(axis=(1, 2))).mean(axis=1)
+    np.testing.assert_allclose(gate_spread(gates), expected, rtol=1e-6)
+    np.testing.assert_allclose(gate_spread(np.full((2, 3, 3, 4), 0.3, np.float32)), 1.0, rtol=1e-6)
 
 
 def test_map_entropy_is_refused_where_there_is_no_one_true_map():
@@ -778,4 +790,8 @@ def test_map_entropy_is_refused_where_there_is_no_one_true_map():
     run = config.preset("tiny")
     run.train.map_entropy = -1.0
     with pytest.raises(UserError, match="map_entropy must be >= 0"):
+        config.validate(run)
+    run = config.preset("tiny")
+    run.train.gate_spread, run.model.ink_gate = 0.1, True
+    with pytest.raises(UserError, match=r"gate_spread \(0.1\) acts on the sigmoid local gate"):
         config.validate(run)

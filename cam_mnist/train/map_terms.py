@@ -1,4 +1,4 @@
-"""A training term on the CAM itself, from labels alone: the entropy of the true class's map.
+"""Training terms on the CAM itself, from labels alone: the entropy of the true class's map, the local gate's spread.
 
 GAP rewards a map for firing wherever a cell sees its class, so a cell whose receptive field only grazes a stroke
 fires too: a 1's map is three cells wide around a stroke one cell wide, and its box fails IoU 0.5 (docs/
@@ -26,3 +26,18 @@ def cam_entropy(features, kernel, labels):
     maps = tf.reshape(maps, (tf.shape(maps)[0], -1))
     p = maps / (tf.reduce_sum(maps, axis=1, keepdims=True) + EPS)
     return tf.reduce_mean(-tf.reduce_sum(p * tf.math.log(p + EPS), axis=1))
+
+
+def gate_spread(gates):
+    """Mean over the batch and the channels of each channel's mean gate over its largest: 1 for a gate open alike on
+    every cell, near the share of open cells for one that opens on a few.
+
+    ``gates``: (B, h, w, K) the local gate g^k in (0, 1) (model.py). The classification loss leaves a gate open on
+    the cells beside a thin stroke, whose stack outputs see the stroke too; this term asks every channel to open only
+    where it is needed. Divided by the channel's largest gate, it cannot be lowered by shrinking every gate alike
+    (which the CAM weights would undo), only by closing some cells more than others."""
+    import tensorflow as tf
+
+    gates = tf.cast(gates, tf.float32)
+    spread = tf.reduce_mean(gates, axis=(1, 2)) / (tf.reduce_max(gates, axis=(1, 2)) + EPS)  # (B, K)
+    return tf.reduce_mean(spread, axis=1)  # (B,): one term per image, as the loss is

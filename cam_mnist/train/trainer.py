@@ -29,7 +29,7 @@ from cam_mnist.model import FEATURES, LOGITS, NUM_CLASSES, batched, build_model,
 from cam_mnist.scoring.cam_localization import cam_localization, validation_threshold
 from cam_mnist.scoring.classification import multi_hot, predict_probs, score
 from cam_mnist.train import checkpoint, distribute
-from cam_mnist.train.map_terms import cam_entropy
+from cam_mnist.train.map_terms import cam_entropy, gate_spread
 from cam_mnist.train.summaries import EventLog
 from cam_mnist.viz import panel, viewer
 
@@ -182,18 +182,21 @@ class Trainer:
         batch_size, strategy = self.config.train.batch_size, self.strategy
         loss_fn, variables = self._loss(), self.model.trainable_variables
         entropy_weight, kernel = self.config.train.map_entropy, self.model.get_layer(LOGITS).kernel
-        logits = logits_model(self.model)
-        if entropy_weight:  # the CAM layer's activations too, for the map's entropy
-            logits = keras.Model(self.model.inputs, [logits.output, self.model.get_layer(FEATURES).output])
+        spread_weight = self.config.train.gate_spread
+        # The terms on the map read more of the model than its logits: the CAM layer's activations, the local gate.
+        read = [FEATURES] * bool(entropy_weight) + ["gate"] * bool(spread_weight)
+        outputs = {LOGITS: logits_model(self.model).output} | {n: self.model.get_layer(n).output for n in read}
+        net = keras.Model(self.model.inputs, outputs)
 
         def replica_step(images_u8, targets):  # (b, H, W) uint8; (b,) int32 or (b, classes) float32: a replica's
             images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (b, H, W, 1) in [0, 1]
             with tf.GradientTape() as tape:
+                out = net(images, training=True)
+                per_image = loss_fn(targets, out[LOGITS])
                 if entropy_weight:
-                    scores, features = logits(images, training=True)
-                    per_image = loss_fn(targets, scores) + entropy_weight * cam_entropy(features, kernel, targets)
-                else:
-                    per_image = loss_fn(targets, logits(images, training=True))
+                    per_image += entropy_weight * cam_entropy(out[FEATURES], kernel, targets)
+                if spread_weight:
+                    per_image += spread_weight * gate_spread(out["gate"])
                 loss = tf.nn.compute_average_loss(per_image, global_batch_size=batch_size)
             # Keras' optimizer sums the gradients of every replica before applying them.
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
