@@ -417,12 +417,15 @@ def test_every_preset_validates_and_builds_a_cam_model():
     same = dataclasses.replace(two.train, cam_gauge=default.train.cam_gauge, map_entropy=default.train.map_entropy)
     assert same == default.train and two.train.cam_gauge == "none" and two.data.digits == 2
     # default-v2 is the default before the local gate; default-v1 that before the map's entropy joined its loss, as
-    # long was measured.
+    # long was measured. spread is the default with the gate's spread in its loss, which the default leaves out.
     v1, v2 = config.preset("default-v1"), config.preset("default-v2")
     assert (v2.data, v2.model, v2.train) == (default.data, ungated, default.train)
     assert dataclasses.replace(v1.train, map_entropy=default.train.map_entropy) == default.train
     assert (v1.data, v1.model) == (default.data, ungated)
     assert v1.train.map_entropy == long.train.map_entropy == 0 < default.train.map_entropy
+    spread = config.preset("spread")
+    assert (spread.data, spread.model) == (default.data, default.model)
+    assert dataclasses.replace(spread.train, gate_spread=0.0) == default.train and spread.train.gate_spread > 0
 
 
 def test_native_bfloat16_reads_the_cpus_flags(tmp_path):
