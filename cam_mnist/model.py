@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # keras is imported where a model is built: reading checkpoin
     import keras
 
 FEATURES, LOGITS, PROBS = "cam_features", "logits", "probs"
+GATE = "gate"  # the local gate g^k, which the gate's spread term reads (train/map_terms.py)
 NUM_CLASSES = 10
 
 
@@ -74,7 +75,8 @@ def _local_gate(inputs, context, stride: int, config: ModelConfig, synchronized:
     # stride x stride pixels alone, so the map is M_c = sum_k w_k^c g^k ReLU(stack)^k (CAM paper eq. 2 on A). The
     # stack's receptive field (14 px wide) decides which class a cell sees; the gate whether the cell's own pixels
     # hold that channel's part of it, so the cells beside a 1, whose receptive fields only graze its stroke, can stay
-    # dark. One gate shared by every channel boxed fewer 1s (docs/experiments.md, Part 7).
+    # dark. One gate shared by every channel boxed fewer 1s (docs/experiments.md, Part 7). Labels alone leave it
+    # 0.47 open there; the gate's spread in the loss (``gate_spread``, preset ``spread``) closes it to about 0.27.
     from keras import layers
 
     kw = {"dtype": config.precision}  # 'same' pads a canvas the stride does not divide as the stack's convs do
@@ -93,11 +95,11 @@ def _local_gate(inputs, context, stride: int, config: ModelConfig, synchronized:
         # peak it kept 0.47 of the peak on validation, this one 0.18). The price: the map follows the image's ink, and
         # survives a randomized network (the sanity check of docs/experiments.md, Part 7): not the default.
         g = layers.ReLU(name="gate_relu", **kw)(g)
-        g = layers.Activation("tanh", name="gate", **kw)(g)
+        g = layers.Activation("tanh", name=GATE, **kw)(g)
     else:
         if config.batch_norm:
             g = layers.BatchNormalization(momentum=0.9, synchronized=synchronized, name="gate_bn", **kw)(g)
-        g = layers.Activation("sigmoid", name="gate", **kw)(g)
+        g = layers.Activation("sigmoid", name=GATE, **kw)(g)
     return layers.Multiply(name=FEATURES, **kw)([context, g])
 
 

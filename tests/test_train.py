@@ -751,6 +751,7 @@ def test_the_map_terms_sharpen_what_they_train(data_dir):
     import keras
 
     from cam_mnist.data.splits import training_data
+    from cam_mnist.model import FEATURES, GATE
     from cam_mnist.train.map_terms import cam_entropy, gate_spread
     from cam_mnist.train.trainer import Trainer
 
@@ -763,7 +764,7 @@ def test_the_map_terms_sharpen_what_they_train(data_dir):
         images, labels = trainer.batch(0)
         for _ in range(30):
             trainer._train_step(images, labels, np.float32(0))
-        read = keras.Model(trainer.model.input, [trainer.model.get_layer(n).output for n in ("cam_features", "gate")])
+        read = keras.Model(trainer.model.input, [trainer.model.get_layer(n).output for n in (FEATURES, GATE)])
         features, gates = read(images[..., None].astype(np.float32) / 255)
         entropies[terms] = float(cam_entropy(features, trainer.model.get_layer("logits").kernel, labels))
         spreads[terms] = float(np.mean(gate_spread(gates)))

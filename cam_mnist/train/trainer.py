@@ -25,7 +25,7 @@ from cam_mnist.core.errors import UserError
 from cam_mnist.core.runs import RunFolder
 from cam_mnist.core.tables import read_csv_rows, write_csv_rows
 from cam_mnist.data.splits import TrainEpoch, TrainingData
-from cam_mnist.model import FEATURES, LOGITS, NUM_CLASSES, batched, build_model, logits_model
+from cam_mnist.model import FEATURES, GATE, LOGITS, NUM_CLASSES, batched, build_model, logits_model
 from cam_mnist.scoring.cam_localization import cam_localization, validation_threshold
 from cam_mnist.scoring.classification import multi_hot, predict_probs, score
 from cam_mnist.train import checkpoint, distribute
@@ -184,7 +184,7 @@ class Trainer:
         entropy_weight, kernel = self.config.train.map_entropy, self.model.get_layer(LOGITS).kernel
         spread_weight = self.config.train.gate_spread
         # The terms on the map read more of the model than its logits: the CAM layer's activations, the local gate.
-        read = [FEATURES] * bool(entropy_weight) + ["gate"] * bool(spread_weight)
+        read = [FEATURES] * bool(entropy_weight) + [GATE] * bool(spread_weight)
         outputs = {LOGITS: logits_model(self.model).output} | {n: self.model.get_layer(n).output for n in read}
         net = keras.Model(self.model.inputs, outputs)
 
@@ -196,7 +196,7 @@ class Trainer:
                 if entropy_weight:
                     per_image += entropy_weight * cam_entropy(out[FEATURES], kernel, targets)
                 if spread_weight:
-                    per_image += spread_weight * gate_spread(out["gate"])
+                    per_image += spread_weight * gate_spread(out[GATE])
                 loss = tf.nn.compute_average_loss(per_image, global_batch_size=batch_size)
             # Keras' optimizer sums the gradients of every replica before applying them.
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
