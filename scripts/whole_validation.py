@@ -32,8 +32,8 @@ def line(name: str, model, split, tau: float | None = None) -> tuple[str, float]
     return text, cam["tau"]
 
 
-runs = [Path(a) for a in sys.argv[1:] if a != "--validation-only"]
-for run in runs:
+validation_only = "--validation-only" in sys.argv
+for run in (Path(a) for a in sys.argv[1:] if a != "--validation-only"):
     config = load_run(run)
     model = keras.models.load_model(run / "model.keras")
     whole = dataclasses.replace(config, train=dataclasses.replace(config.train, val_size=None))
@@ -42,6 +42,6 @@ for run in runs:
     text, tau = line("validation", model, val)  # the tau the run itself chose, applied to test below
     print(text)
     print(line("all of it", model, all_val)[0])
-    if "--validation-only" not in sys.argv:
+    if not validation_only:
         _, test = evaluate.split_for(config, DATA_DIR)
         print(line("test", model, test, tau)[0], flush=True)
