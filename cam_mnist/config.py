@@ -46,6 +46,12 @@ class DataConfig:
     )
     hide_prob: float = _opt(0.2, "hide-and-seek: the chance that each square is blanked")
     hide_epochs: int = _opt(4, "hide-and-seek only in the first this many epochs, then whole images (0: in all)")
+    small_canvas: int = _opt(
+        0,
+        "progressive resizing: training's first small_epochs epochs on a canvas this many pixels wide, the clutter as "
+        "dense per pixel, so a step costs about (small_canvas / canvas)^2 of one on the whole canvas (0: off)",
+    )
+    small_epochs: int = _opt(0, "epochs on the small canvas, then the whole canvas (see small_canvas)")
     test_size: int = _opt(
         0, "held-out test images that score the run (the split's first N; 0: all 10k); the tiny preset's tests use few"
     )
@@ -253,7 +259,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 # Fields added after runs were already saved, with the value that reproduces those runs (the feature off).
 ADDED_LATER = {
-    "data": {"hide_patch": 0, "hide_epochs": 0},
+    "data": {"hide_patch": 0, "hide_epochs": 0, "small_canvas": 0, "small_epochs": 0},
     "model": {"precision": "float32", "local_gate": False, "gate_stride": 0, "ink_gate": False},
     "train": {"cam_gauge": "none", "map_entropy": 0.0, "gate_spread": 0.0},
 }
@@ -439,6 +445,19 @@ def validate(config: RunConfig) -> None:
         (0 <= d.hide_patch <= d.canvas, f"hide_patch must be in 0..{d.canvas} pixels, got {d.hide_patch}"),
         (0 <= d.hide_prob < 1, f"hide_prob must be in [0, 1), got {d.hide_prob}"),
         (d.hide_epochs >= 0, f"hide_epochs must be >= 0, got {d.hide_epochs}"),
+        (
+            d.small_canvas == 0 or 28 * d.digits <= d.small_canvas < d.canvas,
+            f"small_canvas must be 0 (off) or in {28 * d.digits}..{d.canvas - 1} pixels (it holds {d.digits} 28x28 "
+            f"digit(s) and is smaller than the canvas), got {d.small_canvas}",
+        ),
+        (
+            (d.small_canvas > 0) == (d.small_epochs > 0),
+            f"small_canvas ({d.small_canvas}) and small_epochs ({d.small_epochs}) go together: give both or neither",
+        ),
+        (
+            d.hide_patch <= (d.small_canvas or d.canvas),
+            f"hide_patch ({d.hide_patch}) must fit the small canvas ({d.small_canvas} pixels)",
+        ),
         (
             0 <= d.test_size <= SPLIT_SIZES["test"],
             f"test_size must be in 0..{SPLIT_SIZES['test']} (0: the whole split), got {d.test_size}",

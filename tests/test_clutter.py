@@ -156,6 +156,25 @@ def test_extra_train_digits_are_the_first_validation_digits_and_leave_validation
         np.testing.assert_array_equal(getattr(kept, field), getattr(val, field)[2000:])
 
 
+def test_small_canvas_epochs_hold_the_same_digits_among_as_dense_clutter(digits):
+    plain = dataclasses.replace(SMALL, train_size=300)
+    small = dataclasses.replace(plain, small_canvas=40, small_epochs=1)
+    e0, e0_plain, e1, e1_plain = (
+        data.train_epoch(digits, c, seed=3, epoch=e, with_masks=True) for e in (0, 1) for c in (small, plain)
+    )
+    assert e0.images.shape == (300, 40, 40) and e0_plain.images.shape == (300, 60, 60)
+    np.testing.assert_array_equal(e0.source_index, e0_plain.source_index)  # the same digits, in the same order
+    assert (e0.boxes >= 0).all() and (e0.boxes[:, 2:] <= 40).all()  # each digit whole on the small canvas
+    for a, b in (("images", "images"), ("labels", "labels")):  # past small_epochs, the run's own images
+        np.testing.assert_array_equal(getattr(e1, a), getattr(e1_plain, b))
+
+    def clutter_density(split):  # ink per pixel outside the digit's own pixels
+        return (split.images * ~split.masks).sum() / (~split.masks).sum()
+
+    # 8 distractors on 60x60, round(8 * (40/60)^2) = 4 on 40x40: 1.0 of the density, give or take clipping's overlaps
+    assert 0.8 < clutter_density(e0) / clutter_density(e0_plain) < 1.25
+
+
 def _val_blanked(digits: dict[str, Digits], index: slice) -> dict[str, Digits]:
     """``digits`` with the validation digits at ``index`` zeroed."""
     images = digits["val"].images.copy()
@@ -170,13 +189,25 @@ def _val_blanked(digits: dict[str, Digits], index: slice) -> dict[str, Digits]:
         ("extra_train_digits", 10_000),
         ("hide_patch", -1),
         ("hide_prob", 1.0),
+        ("small_canvas", 27),  # a 28x28 digit does not fit
+        ("small_canvas", 100),  # not smaller than the canvas
     ],
 )
 def test_bad_data_settings_are_refused(field, value):
     from cam_mnist.config import RunConfig, validate
 
     with pytest.raises(ValueError, match=f"{field} must be"):
-        validate(RunConfig.from_dict({"data": {field: value}}))
+        epochs = {"small_epochs": 1} if field == "small_canvas" else {}  # a small canvas comes with its epochs
+        validate(RunConfig.from_dict({"data": {field: value, **epochs}}))
+
+
+def test_a_small_canvas_needs_its_epochs_and_room_for_the_hidden_squares():
+    from cam_mnist.config import RunConfig, validate
+
+    with pytest.raises(ValueError, match=r"small_canvas \(0\) and small_epochs \(2\) go together"):
+        validate(RunConfig.from_dict({"data": {"small_epochs": 2}}))
+    with pytest.raises(ValueError, match=r"hide_patch \(40\) must fit the small canvas \(32 pixels\)"):
+        validate(RunConfig.from_dict({"data": {"small_canvas": 32, "small_epochs": 1, "hide_patch": 40}}))
 
 
 def test_hide_and_seek_blanks_grid_squares_of_training_images_only(digits):

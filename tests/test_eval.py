@@ -183,6 +183,13 @@ def test_the_frontier_names_each_runs_design_in_one_line(model, train, expected)
     assert design(config.RunConfig.from_dict({"model": model, "train": train})) == expected
 
 
+def test_the_frontier_names_the_small_canvas_of_a_runs_first_epochs():
+    from cam_mnist.commands.frontier import design
+
+    small = config.RunConfig.from_dict({"data": {"small_canvas": 64, "small_epochs": 4}})
+    assert design(small) == "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate + entropy 0.01 + 4 epochs at 64 px"
+
+
 def test_frontier_refuses_a_run_without_localization_rows(run_copy, tmp_path, run_cli):
     metrics = run_copy / "metrics.csv"
     header, *rows = metrics.read_text().splitlines()

@@ -315,6 +315,24 @@ def test_resume_refuses_clashing_flags(tiny_run, run_cli, repo_root):
     assert "started with other settings (batch_size)" in result.stderr
 
 
+def test_small_canvas_epochs_train_the_same_network_then_switch_to_the_whole_canvas(tiny_run, tmp_path, data_dir, run_cli):
+    # The tiny preset: 16 steps an epoch on a 40x40 canvas; here the first epoch on 32x32, then 8 steps on 40x40.
+    run_dir = tmp_path / "small"
+    flags = ["--small-canvas", "32", "--small-epochs", "1", "--steps", "24", "--quiet", "--data-dir", data_dir]
+    result = run_cli("train", "--preset", "tiny", "--run-dir", run_dir, *flags)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run_dir / "config.json").read_text())["data"]
+    assert (config["canvas"], config["small_canvas"], config["small_epochs"]) == (40, 32, 1)
+    small_step4, plain_step4 = (_weights(checkpoint.path_for(r, 4)) for r in (run_dir, tiny_run))
+    assert [w.shape for w in small_step4] == [w.shape for w in plain_step4]  # one network, whatever the canvas
+    assert any(not np.array_equal(a, b) for a, b in zip(small_step4, plain_step4, strict=True))  # other images
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 24  # past the switch to the whole canvas, then scored on 40x40 test images
+    import keras
+
+    assert keras.saving.load_model(run_dir / "model.keras").input_shape == (None, 40, 40, 1)
+
+
 def test_only_newest_checkpoints_kept(tmp_path, data_dir, run_cli, repo_root):
     run_dir = tmp_path / "keep"
     result = run_cli(

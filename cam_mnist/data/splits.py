@@ -174,6 +174,7 @@ class TrainEpoch:
     """
 
     def __init__(self, digits: dict[str, Digits], config: DataConfig, seed: int, epoch: int):
+        config = epoch_config(config, epoch)
         self.pool, self.config = training_digits(digits, config), config
         self.pool_boxes = clutter.digit_boxes(self.pool.images)  # once, not at every batch
         rng = _rng(seed, "train", epoch)
@@ -203,6 +204,18 @@ class TrainEpoch:
         if self.hiding is not None:
             split = dataclasses.replace(split, images=clutter.hide(split.images, c.hide_patch, self.hiding.take(index)))
         return split
+
+
+def epoch_config(config: DataConfig, epoch: int) -> DataConfig:
+    """The data settings of training epoch ``epoch``: the run's own, or, in its first ``small_epochs`` epochs, a canvas
+    ``small_canvas`` pixels wide holding as many distractors per pixel (rounded). Progressive resizing (fast.ai's
+    ImageNet training for DAWNBench, 2018): the network is convolutional up to GAP, so it learns the same digits,
+    at the same size, among the same clutter from smaller images at a fraction of a step's cost, and its last epochs
+    on the whole canvas fit it (its batch norm, the share of blank cells GAP averages) to the images it is scored on."""
+    if not config.small_canvas or epoch >= config.small_epochs:
+        return config
+    share = (config.small_canvas / config.canvas) ** 2
+    return dataclasses.replace(config, canvas=config.small_canvas, distractors=round(config.distractors * share))
 
 
 def train_epoch(

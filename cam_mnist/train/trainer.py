@@ -187,6 +187,9 @@ class Trainer:
         read = [FEATURES] * bool(entropy_weight) + [GATE] * bool(spread_weight)
         outputs = {LOGITS: logits_model(self.model).output} | {n: self.model.get_layer(n).output for n in read}
         net = keras.Model(self.model.inputs, outputs)
+        # The layers take any canvas, the model's input spec only its own: a small-canvas epoch (data.small_canvas,
+        # progressive resizing) runs the same layers, and so the same weights, on smaller images.
+        net.input_spec = None
 
         def replica_step(images_u8, targets):  # (b, H, W) uint8; (b,) int32 or (b, classes) float32: a replica's
             images = tf.cast(images_u8, tf.float32)[..., None] / 255.0  # (b, H, W, 1) in [0, 1]
@@ -242,7 +245,8 @@ class Trainer:
         import tensorflow as tf
 
         first = self.batch(start, rows)
-        spec = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in first)
+        # Batch and canvas unfixed: the canvas changes where the small-canvas epochs end (data.small_canvas).
+        spec = tuple(tf.TensorSpec((None,) * a.ndim, tf.as_dtype(a.dtype)) for a in first)
 
         def steps():
             yield first
