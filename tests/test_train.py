@@ -315,7 +315,9 @@ def test_resume_refuses_clashing_flags(tiny_run, run_cli, repo_root):
     assert "started with other settings (batch_size)" in result.stderr
 
 
-def test_small_canvas_epochs_train_the_same_network_then_switch_to_the_whole_canvas(tiny_run, tmp_path, data_dir, run_cli):
+def test_small_canvas_epochs_train_the_same_network_then_switch_to_the_whole_canvas(
+    tiny_run, tmp_path, data_dir, run_cli
+):
     # The tiny preset: 16 steps an epoch on a 40x40 canvas; here the first epoch on 32x32, then 8 steps on 40x40.
     run_dir = tmp_path / "small"
     flags = ["--small-canvas", "32", "--small-epochs", "1", "--steps", "24", "--quiet", "--data-dir", data_dir]
