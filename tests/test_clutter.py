@@ -10,7 +10,8 @@ from cam_mnist.data import clutter
 from cam_mnist.data import splits as data
 from cam_mnist.data.mnist import Digits
 
-SMALL = DataConfig(canvas=60, distractors=8, hide_patch=0)  # plain training images unless a test hides
+# Plain training images on the whole canvas unless a test hides or shrinks it.
+SMALL = DataConfig(canvas=60, distractors=8, hide_patch=0, small_canvas=0, small_epochs=0)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +206,7 @@ def test_a_small_canvas_needs_its_epochs_and_room_for_the_hidden_squares():
     from cam_mnist.config import RunConfig, validate
 
     with pytest.raises(ValueError, match=r"small_canvas \(0\) and small_epochs \(2\) go together"):
-        validate(RunConfig.from_dict({"data": {"small_epochs": 2}}))
+        validate(RunConfig.from_dict({"data": {"small_canvas": 0, "small_epochs": 2}}))
     with pytest.raises(ValueError, match=r"hide_patch \(40\) must fit the small canvas \(32 pixels\)"):
         validate(RunConfig.from_dict({"data": {"small_canvas": 32, "small_epochs": 1, "hide_patch": 40}}))
 

@@ -379,6 +379,7 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     old = config.preset("default").to_dict()
     del old["data"]["hide_patch"], old["data"]["hide_epochs"], old["train"]["cam_gauge"], old["model"]["precision"]
     del old["train"]["map_entropy"], old["model"]["local_gate"], old["model"]["gate_stride"], old["model"]["ink_gate"]
+    del old["data"]["small_canvas"], old["data"]["small_epochs"]
     old["data"] |= {"rotate": 0.0, "rescale": 0.0}
     old["model"] |= {"widths": [24, 48, 64], "pool_first": True, "stem_stride": 2, "quarter_convs": 2}
     old["train"]["weight_decay"] = 0.0
@@ -387,6 +388,7 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     loaded = config.RunConfig.load(path)
     assert (loaded.data.hide_patch, loaded.data.hide_epochs, loaded.train.cam_gauge) == (0, 0, "none")
     assert loaded.train.map_entropy == 0.0  # trained before the map's entropy was in the loss
+    assert loaded.data.small_canvas == loaded.data.small_epochs == 0  # and on the whole canvas throughout
     expected = dataclasses.replace(
         config.preset("default").model, precision="float32", local_gate=False, gate_stride=0, ink_gate=False
     )
@@ -431,21 +433,30 @@ def test_every_preset_validates_and_builds_a_cam_model():
     seed, seed_adam = config.preset("seed"), config.preset("seed-adam")
     assert seed.model == dataclasses.replace(seed_adam.model, precision="float32") and seed.model.arch == "lenet"
     assert (seed.train.optimizer, seed_adam.train.optimizer) == ("sgd", default.train.optimizer)
-    # two-digits is the default's network and recipe with a sigmoid per class, which has no free gauge.
+    # default-v3 is the default before progressive resizing and the gate's spread: 7900 steps on the whole canvas.
+    v3 = config.preset("default-v3")
+    assert v3.model == default.model and default.data.small_canvas > 0 == v3.data.small_canvas
+    assert dataclasses.replace(v3.data, small_canvas=default.data.small_canvas, small_epochs=6) == default.data
+    assert (v3.train.steps, v3.train.gate_spread, default.train.gate_spread) == (7900, 0, 0.1)
+    # quick is the default in fewer steps, on as many small-canvas epochs.
+    quick = config.preset("quick")
+    assert (quick.data, quick.model) == (default.data, default.model) and quick.train.steps < default.train.steps
+    assert dataclasses.replace(quick.train, steps=10_560, heatmap_every=1056, checkpoint_every=1056) == default.train
+    # two-digits is default-v3's network and recipe with a sigmoid per class, which has no free gauge.
     two = config.preset("two-digits")
     assert dataclasses.replace(two.model, head="softmax") == ungated and two.model.head == "sigmoid"
-    same = dataclasses.replace(two.train, cam_gauge=default.train.cam_gauge, map_entropy=default.train.map_entropy)
-    assert same == default.train and two.train.cam_gauge == "none" and two.data.digits == 2
-    # default-v2 is the default before the local gate; default-v1 that before the map's entropy joined its loss, as
-    # long was measured. spread is the default with the gate's spread in its loss, which the default leaves out.
+    same = dataclasses.replace(two.train, cam_gauge=v3.train.cam_gauge, map_entropy=v3.train.map_entropy)
+    assert same == v3.train and two.train.cam_gauge == "none" and two.data.digits == 2
+    # default-v2 is default-v3 before the local gate; default-v1 that before the map's entropy joined its loss, as
+    # long was measured. spread is default-v3 with the gate's spread in its loss.
     v1, v2 = config.preset("default-v1"), config.preset("default-v2")
-    assert (v2.data, v2.model, v2.train) == (default.data, ungated, default.train)
-    assert dataclasses.replace(v1.train, map_entropy=default.train.map_entropy) == default.train
-    assert (v1.data, v1.model) == (default.data, ungated)
-    assert v1.train.map_entropy == long.train.map_entropy == 0 < default.train.map_entropy
+    assert (v2.data, v2.model, v2.train) == (v3.data, ungated, v3.train)
+    assert dataclasses.replace(v1.train, map_entropy=v3.train.map_entropy) == v3.train
+    assert (v1.data, v1.model) == (v3.data, ungated)
+    assert v1.train.map_entropy == long.train.map_entropy == 0 < v3.train.map_entropy
     spread = config.preset("spread")
-    assert (spread.data, spread.model) == (default.data, default.model)
-    assert dataclasses.replace(spread.train, gate_spread=0.0) == default.train and spread.train.gate_spread > 0
+    assert (spread.data, spread.model) == (v3.data, v3.model)
+    assert dataclasses.replace(spread.train, gate_spread=0.0) == v3.train and spread.train.gate_spread > 0
 
 
 def test_native_bfloat16_reads_the_cpus_flags(tmp_path):
