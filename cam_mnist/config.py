@@ -321,8 +321,8 @@ LENET = {"arch": "lenet", "layers": (), "batch_norm": False, "precision": "float
 UNGATED = {"local_gate": False, "ink_gate": False}  # the presets measured before the local gate existed
 PRESETS: dict[str, dict[str, dict]] = {
     "default": {},
-    # The default in 8800 steps instead of 10,560: the same images as default-v3's 7900 steps in 16 minutes of
-    # training loop instead of 21, so that a fresh clone fits 20 minutes; 0.1 points less validation accuracy.
+    # The default in 8800 steps instead of 10,560: 16 minutes of training loop instead of 21.7, so that a fresh
+    # clone fits 20 minutes, at 0.1 points less validation accuracy (docs/experiments.md, Part 7).
     "quick": {"train": {"steps": 8800, "heatmap_every": 880, "checkpoint_every": 880}},
     # The ink gate: every class boxed >= 86% on test, at 0.14 points of validation accuracy, and its CAM fails the
     # cascading-randomization sanity check (a random network's maps keep the trained ones' ranks: the gate is 0
@@ -483,7 +483,8 @@ def validate(config: RunConfig) -> None:
         ),
         (
             (d.small_canvas > 0) == (d.small_epochs > 0),
-            f"small_canvas ({d.small_canvas}) and small_epochs ({d.small_epochs}) go together: give both or neither",
+            f"small_canvas ({d.small_canvas}) and small_epochs ({d.small_epochs}) go together: give both, or "
+            "--small-canvas 0 --small-epochs 0 for the whole canvas",
         ),
         (
             d.hide_patch <= (d.small_canvas or d.canvas),
