@@ -291,7 +291,7 @@ RETIRED = {
 PRESET_HELP = {
     "default": "ours: 25x25 CAM map, each cell gated by its own pixels, hide-and-seek, CAM weights >= 0 (min gauge), "
     "the map's entropy (0.01) and the gate's spread (0.1) in the loss, the first 6 epochs on 64x64 canvases, "
-    "bfloat16, 10,560 steps (~26 min)",
+    "bfloat16, 10,560 steps (~27 min)",
     "quick": "the default in 8800 steps, so that a fresh clone's make train takes 19 min on 2 cores: 98.70% test "
     "accuracy, 96.91% top-1 localization",
     "default-v3": "the default before progressive resizing and the gate's spread: 7900 steps on the whole canvas "
