@@ -25,6 +25,9 @@ WORKER = Path(__file__).with_name("backend_worker.py")
 BACKENDS = ("tensorflow", "jax", "torch")
 # Maps are in [0, 1]; float32 on three backends agrees to ~1e-5 (different kernels and summation orders).
 TOLERANCE = 1e-4
+# Ablation-CAM's weights are (y - y_k) / y, differences of near-equal scores, so kernels' rounding grows there: on
+# MobileNetV2 under PyTorch 1.8e-4 seen on an Intel Xeon with AMX (every other method 1e-5 or less).
+TOLERANCE_OF = {"ablationcam": 1e-3}
 
 
 def start_under(backend: str, *args) -> subprocess.Popen:
@@ -126,7 +129,8 @@ def test_every_method_gives_tensorflows_maps(maps, backend, case):
         assert ours[key].max() > 0 or (case, method) in FLAT, method
         np.testing.assert_array_equal(ours[f"{key}/classes"], theirs[f"{key}/classes"], err_msg=method)
         differences[method] = float(np.abs(ours[key] - theirs[key]).max())
-    assert max(differences.values()) < TOLERANCE, {m: d for m, d in differences.items() if d >= TOLERANCE}
+    over = {m: d for m, d in differences.items() if d >= TOLERANCE_OF.get(m, TOLERANCE)}
+    assert not over, over
     np.testing.assert_array_equal(ours[f"{case}/segment"], theirs[f"{case}/segment"])
 
 

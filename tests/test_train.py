@@ -596,7 +596,7 @@ def test_the_ink_gate_closes_exactly_the_cells_whose_own_pixels_are_blank():
     from cam_mnist.model import FEATURES, build_model
 
     layers = {"layers": ["4x4/2", "4x3", "4x4/2"], "local_gate": True, "ink_gate": True}
-    run = config.RunConfig.from_dict({"model": layers})
+    run = config.RunConfig.from_dict({"model": layers, "train": {"gate_spread": 0.0}})  # no spread: no sigmoid gate
     config.validate(run)
     keras.utils.set_random_seed(0)
     model = build_model(run.model, 40)
@@ -622,7 +622,7 @@ def test_the_ink_gate_closes_exactly_the_cells_whose_own_pixels_are_blank():
 )
 def test_a_gate_stride_that_cannot_split_the_map_is_refused_by_name(model, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        config.validate(config.RunConfig.from_dict({"model": model}))
+        config.validate(config.RunConfig.from_dict({"model": model, "train": {"gate_spread": 0.0}}))
 
 
 def test_picture_puts_each_panel_image_at_each_step_in_a_grid(tiny_run, tmp_path, run_cli):
@@ -698,21 +698,22 @@ def test_the_viewer_slider_shows_each_steps_pictures_and_captions(tiny_run, tmp_
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_training_learns_one_batch(data_dir, precision):
-    # The training step overfits one batch of 32 in 40 updates: the loss falls below a fifth of where it began and
+    # The training step overfits one batch of 32 in 60 updates: the loss falls below a fifth of where it began and
     # the batch is classified right. A flipped gradient sign, a loss on the wrong targets or an optimizer that never
-    # applies its update would not. In both precisions (the default's is bfloat16).
+    # applies its update would not. In both precisions (the default's is bfloat16). After 40 updates an Intel Xeon's
+    # float32 kernels classified 28 of the 32 (an AMD EPYC's at least 29).
     from cam_mnist.data.splits import training_data
     from cam_mnist.train.trainer import Trainer
 
     run = config.preset("tiny")
     run.model.precision = precision
-    run.train.schedule, run.train.lr, run.train.steps, run.train.warmup_steps = "constant", 0.05, 40, 0
+    run.train.schedule, run.train.lr, run.train.steps, run.train.warmup_steps = "constant", 0.05, 60, 0
     trainer = Trainer(run, data_dir / "unused-run", training_data(run, data_dir), log=lambda m: None)
     images, labels = trainer.batch(0)
-    losses = [float(trainer._train_step(images, labels, np.float32(0))[0]) for _ in range(40)]
+    losses = [float(trainer._train_step(images, labels, np.float32(0))[0]) for _ in range(60)]
     x = images[..., None].astype(np.float32) / 255
     predicted = np.asarray(trainer.model(x, training=True)).argmax(1)  # as the steps saw it: batch statistics
-    assert losses[-1] < losses[0] / 5, losses  # 2.41 -> 0.22 (float32), 0.16 (bfloat16) measured
+    assert losses[-1] < losses[0] / 5, losses
     assert (predicted == labels).mean() >= 0.9
 
 
