@@ -310,13 +310,12 @@ PRESET_HELP = {
     "random-labels": "the default's network trained on permuted labels for 1580 steps: the sanity checks' reference",
     "tiny": "default-v3's recipe at a tenth of its widths on a 40x40 canvas: seconds, for tests",
 }
-# What the presets measured before progressive resizing trained on: the whole canvas from the first step, 7900 steps.
+# What the presets measured before progressive resizing trained on: the whole canvas from the first step, without
+# the gate's spread (which needs the sigmoid gate), default-v3's 7900 steps.
 WHOLE_CANVAS = {"small_canvas": 0, "small_epochs": 0}
-STEPS_V3 = {"steps": 7900, "heatmap_every": 790, "checkpoint_every": 790}
-OFF = {  # ours, off: the reference's
-    "data": {"hide_patch": 0, **WHOLE_CANVAS},
-    "train": {"cam_gauge": "none", "map_entropy": 0.0, "gate_spread": 0.0},
-}
+NO_SPREAD = {"gate_spread": 0.0}
+TRAIN_V3 = {"steps": 7900, "heatmap_every": 790, "checkpoint_every": 790, **NO_SPREAD}
+OFF = {"data": {"hide_patch": 0, **WHOLE_CANVAS}, "train": {"cam_gauge": "none", "map_entropy": 0.0, **NO_SPREAD}}
 LENET = {"arch": "lenet", "layers": (), "batch_norm": False, "precision": "float32", "local_gate": False}
 UNGATED = {"local_gate": False, "ink_gate": False}  # the presets measured before the local gate existed
 PRESETS: dict[str, dict[str, dict]] = {
@@ -327,19 +326,15 @@ PRESETS: dict[str, dict[str, dict]] = {
     # The ink gate: every class boxed >= 86% on test, at 0.14 points of validation accuracy, and its CAM fails the
     # cascading-randomization sanity check (a random network's maps keep the trained ones' ranks: the gate is 0
     # wherever the image is blank), so not the default (docs/experiments.md, Part 7).
-    "sharp": {"data": WHOLE_CANVAS, "model": {"ink_gate": True}, "train": {**STEPS_V3, "gate_spread": 0.0}},
+    "sharp": {"data": WHOLE_CANVAS, "model": {"ink_gate": True}, "train": TRAIN_V3},
     # The gate's spread in the loss on default-v3: the 1s boxed 87% on validation (two seeds), default-v3 81%, at
     # 0.07 points of validation accuracy (the mean of two seeds on all 10k images) (docs/experiments.md, Part 7).
-    "spread": {"data": WHOLE_CANVAS, "train": {**STEPS_V3, "gate_spread": 0.1}},
+    "spread": {"data": WHOLE_CANVAS, "train": {**TRAIN_V3, "gate_spread": 0.1}},
     # The defaults before progressive resizing and the gate's spread, before the local gate, and before the map's
     # entropy joined the loss (docs/experiments.md, Part 7): kept to reproduce their numbers, and for the frontier.
-    "default-v3": {"data": WHOLE_CANVAS, "train": {**STEPS_V3, "gate_spread": 0.0}},
-    "default-v2": {"data": WHOLE_CANVAS, "model": UNGATED, "train": {**STEPS_V3, "gate_spread": 0.0}},
-    "default-v1": {
-        "data": WHOLE_CANVAS,
-        "model": UNGATED,
-        "train": {**STEPS_V3, "gate_spread": 0.0, "map_entropy": 0.0},
-    },
+    "default-v3": {"data": WHOLE_CANVAS, "train": TRAIN_V3},
+    "default-v2": {"data": WHOLE_CANVAS, "model": UNGATED, "train": TRAIN_V3},
+    "default-v1": {"data": WHOLE_CANVAS, "model": UNGATED, "train": {**TRAIN_V3, "map_entropy": 0.0}},
     # The default's network at batch 128 for 10k steps (26 epochs, hide-and-seek in the first 12), trained on 58k
     # digits: MNIST's 50k train and the first 8000 validation digits (validation scores the other 2000). It trains
     # in float32, the precision its results in docs/experiments.md were measured with.
@@ -348,7 +343,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "model": {"precision": "float32", **UNGATED},
         "train": {
             "map_entropy": 0.0,  # measured before the term existed
-            "gate_spread": 0.0,
+            **NO_SPREAD,
             "steps": 10_000,
             "batch_size": 128,
             "warmup_steps": 200,
@@ -364,7 +359,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "data": {"digits": 2, **WHOLE_CANVAS},
         "model": {"head": "sigmoid", **UNGATED},
         # no one true class's map, no gate; the 7900 steps it was measured with
-        "train": {**STEPS_V3, "cam_gauge": "none", "map_entropy": 0.0, "gate_spread": 0.0},
+        "train": {**TRAIN_V3, "cam_gauge": "none", "map_entropy": 0.0},
     },
     "seed": {
         "data": OFF["data"],
@@ -389,8 +384,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "data": OFF["data"],
         "model": {**LENET, "precision": "mixed_bfloat16"},
         "train": {
+            **NO_SPREAD,  # no gate to spread
             "lr": 4.8e-2,
-            "gate_spread": 0.0,  # no gate to spread
             "steps": 9600,
             "warmup_steps": 400,
             "heatmap_every": 960,
@@ -408,7 +403,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "data": {"canvas": 40, "distractors": 2, "train_size": 512, "hide_epochs": 0, "test_size": 300, **WHOLE_CANVAS},
         "model": {"layers": ("4x4/2", "4x3", "8x4/2", "8x3x1", "8x1"), "precision": "float32"},
         "train": {
-            "gate_spread": 0.0,  # default-v3's terms: the tests that need the gate's spread turn it on
+            **NO_SPREAD,  # default-v3's terms: the tests that need the gate's spread turn it on
             "steps": 12,
             "batch_size": 32,
             "heatmap_every": 4,

@@ -180,7 +180,7 @@ def test_frontier_plots_each_runs_localization_and_lists_its_newest_row(run_copy
 def test_the_frontier_names_each_runs_design_in_one_line(model, train, expected):
     from cam_mnist.commands.frontier import design
 
-    v3 = {"data": config.WHOLE_CANVAS, "model": model, "train": {"gate_spread": 0.0, **train}}  # default-v3's terms
+    v3 = {"data": config.WHOLE_CANVAS, "model": model, "train": {**config.NO_SPREAD, **train}}  # default-v3's terms
     assert design(config.RunConfig.from_dict(v3)) == expected
 
 

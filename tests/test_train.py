@@ -596,7 +596,7 @@ def test_the_ink_gate_closes_exactly_the_cells_whose_own_pixels_are_blank():
     from cam_mnist.model import FEATURES, build_model
 
     layers = {"layers": ["4x4/2", "4x3", "4x4/2"], "local_gate": True, "ink_gate": True}
-    run = config.RunConfig.from_dict({"model": layers, "train": {"gate_spread": 0.0}})  # no spread: no sigmoid gate
+    run = config.RunConfig.from_dict({"model": layers, "train": config.NO_SPREAD})  # no spread: no sigmoid gate
     config.validate(run)
     keras.utils.set_random_seed(0)
     model = build_model(run.model, 40)
@@ -622,7 +622,7 @@ def test_the_ink_gate_closes_exactly_the_cells_whose_own_pixels_are_blank():
 )
 def test_a_gate_stride_that_cannot_split_the_map_is_refused_by_name(model, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        config.validate(config.RunConfig.from_dict({"model": model, "train": {"gate_spread": 0.0}}))
+        config.validate(config.RunConfig.from_dict({"model": model, "train": config.NO_SPREAD}))
 
 
 def test_picture_puts_each_panel_image_at_each_step_in_a_grid(tiny_run, tmp_path, run_cli):
