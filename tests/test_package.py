@@ -205,12 +205,18 @@ def test_mistakes_are_answered_before_tensorflow_is_imported(tiny_run, tmp_path,
     no_checkpoint = tmp_path / "fresh"
     no_checkpoint.mkdir()
     (no_checkpoint / "config.json").write_bytes((tiny_run / "config.json").read_bytes())
+    retired = tmp_path / "retired"  # a run saved under a preset retired since: resumable, its flags still checked
+    retired.mkdir()
+    (retired / "config.json").write_text((tiny_run / "config.json").read_text().replace('"tiny"', '"quick"', 1))
     mistakes = {
         ("eval", "--run-dir", tmp_path / "nowhere"): "no such run folder",
         ("eval", "--run-dir", tiny_run, "--every", "0"): "--every must be at least 1",
         ("localize", "--run-dir", no_checkpoint): "no checkpoints in",
         ("eval", "--run-dir", tiny_run, "--data-dir", tmp_path / "no-data"): "no MNIST file; run `make data`",
         ("train", "--run-dir", tiny_run, "--steps", "7"): "was started with other settings (steps)",
+        ("train", "--run-dir", retired, "--steps", "7"): "was started with other settings (steps)",
+        ("train", "--preset", "quick"): "preset 'quick' is retired: the default now trains in less time",
+        ("train", "--preset", "nope"): "unknown preset 'nope': choose one of default,",
         ("explain", tmp_path / "a.png", "--model", not_a_model): "not a Keras model",
         ("layers", "--model", tmp_path / "none.keras"): "no such model file",
         ("frontier", "--run-dir", tmp_path / "nowhere"): "no such run folder",

@@ -436,12 +436,19 @@ def test_every_preset_validates_and_builds_a_cam_model():
     # default-v3 is the default before progressive resizing and the gate's spread: 7900 steps on the whole canvas.
     v3 = config.preset("default-v3")
     assert v3.model == default.model and default.data.small_canvas > 0 == v3.data.small_canvas
-    assert dataclasses.replace(v3.data, small_canvas=default.data.small_canvas, small_epochs=6) == default.data
+    small = {"small_canvas": default.data.small_canvas, "small_epochs": default.data.small_epochs}
+    assert dataclasses.replace(v3.data, **small) == default.data
     assert (v3.train.steps, v3.train.gate_spread, default.train.gate_spread) == (7900, 0, 0.1)
-    # quick is the default in fewer steps, on as many small-canvas epochs.
-    quick = config.preset("quick")
-    assert (quick.data, quick.model) == (default.data, default.model) and quick.train.steps < default.train.steps
-    assert dataclasses.replace(quick.train, steps=10_560, heatmap_every=1056, checkpoint_every=1056) == default.train
+    # default-v4 is the default on 64x64 canvases for its first 6 epochs (of 13.5), not 48x48 for 15 (of 19).
+    v4 = config.preset("default-v4")
+    assert (v4.model, dataclasses.replace(v4.data, **small)) == (default.model, default.data)
+    assert (v4.data.small_canvas, v4.data.small_epochs, default.data.small_canvas, default.data.small_epochs) == (
+        64,
+        6,
+        48,
+        15,
+    )
+    assert dataclasses.replace(v4.train, steps=14_840, heatmap_every=1855, checkpoint_every=1855) == default.train
     # two-digits is default-v3's network and recipe with a sigmoid per class, which has no free gauge.
     two = config.preset("two-digits")
     assert dataclasses.replace(two.model, head="softmax") == ungated and two.model.head == "sigmoid"

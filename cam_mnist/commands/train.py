@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -33,7 +32,8 @@ def resolve_run(args) -> tuple[cfg.RunConfig, Path]:
         run_dir = latest_run()
     if run_dir is not None and RunFolder(run_dir).config.exists():
         saved = cfg.RunConfig.load(RunFolder(run_dir).config)
-        wanted = cfg.config_from_args(argparse.Namespace(**{**vars(args), "preset": saved.preset}))
+        # The flags on top of the saved config, not of its preset: a preset may have changed or been retired since.
+        wanted = cfg.with_args(cfg.RunConfig.load(RunFolder(run_dir).config), args)
         flat_saved, flat_wanted = _flatten(saved), _flatten(wanted)
         clashes = [k for k in _given_overrides(args) if flat_saved[k] != flat_wanted[k]]
         if clashes:
@@ -100,7 +100,7 @@ def add_parser(commands) -> None:
     p.add_argument(
         "--preset",
         default="default",
-        choices=list(cfg.PRESETS),
+        # no argparse choices: a retired preset is answered with what replaced it (config.RETIRED_PRESETS)
         # argparse formats help with %: a preset's "98.80% test" must be escaped
         help="named settings: "
         + "; ".join(f"{name}: {text}" for name, text in cfg.PRESET_HELP.items()).replace("%", "%%"),
