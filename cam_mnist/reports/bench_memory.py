@@ -49,6 +49,7 @@ def rows(run_dir: Path, data_dir: str = "data", sizes=(2000, 10_000), train_size
         for size in train_sizes:  # 200 steps of the default preset: its data, validation and final test scoring
             command = [*cli, "train", "--run-dir", str(tmp / f"train-{size}"), "--train-size", str(size)]
             command += ["--steps", "200", "--heatmap-every", "200", "--checkpoint-every", "200", "--quiet"]
+            command += ["--small-canvas", "0", "--small-epochs", "0"]  # the whole canvas's steps, the larger ones
             out.append({"command": "train (200 steps)", "size": f"{size} training images", **peak(command)})
             print(f"  {out[-1]}", flush=True)
         # localize writes into the run's eval/: it scores a copy, so the run's own results stay as they are
