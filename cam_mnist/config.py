@@ -9,6 +9,7 @@ be traced to the settings that made it.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -311,7 +312,7 @@ PRESET_HELP = {
     "tiny": "default-v3's recipe at a tenth of its widths on a 40x40 canvas: seconds, for tests",
 }
 # What the presets measured before progressive resizing trained on: the whole canvas from the first step, without
-# the gate's spread (which needs the sigmoid gate), default-v3's 7900 steps. default-v4's progressive resizing.
+# the gate's spread (which needs the sigmoid gate), default-v3's 7900 steps; and default-v4's small canvases.
 WHOLE_CANVAS = {"small_canvas": 0, "small_epochs": 0}
 NO_SPREAD = {"gate_spread": 0.0}
 TRAIN_V3 = {"steps": 7900, "heatmap_every": 790, "checkpoint_every": 790, **NO_SPREAD}
@@ -458,7 +459,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def with_args(config: RunConfig, args: argparse.Namespace) -> RunConfig:
-    """``config`` (changed in place) with every flag the user gave applied on top, validated."""
+    """A copy of ``config`` with every flag the user gave applied on top, validated."""
+    config = copy.deepcopy(config)
     for section, kind in SECTIONS.items():
         target = getattr(config, section)
         for f in dataclasses.fields(kind):

@@ -33,7 +33,7 @@ def resolve_run(args) -> tuple[cfg.RunConfig, Path]:
     if run_dir is not None and RunFolder(run_dir).config.exists():
         saved = cfg.RunConfig.load(RunFolder(run_dir).config)
         # The flags on top of the saved config, not of its preset: a preset may have changed or been retired since.
-        wanted = cfg.with_args(cfg.RunConfig.load(RunFolder(run_dir).config), args)
+        wanted = cfg.with_args(saved, args)
         flat_saved, flat_wanted = _flatten(saved), _flatten(wanted)
         clashes = [k for k in _given_overrides(args) if flat_saved[k] != flat_wanted[k]]
         if clashes:
