@@ -439,11 +439,15 @@ def test_every_preset_validates_and_builds_a_cam_model():
     small = {"small_canvas": default.data.small_canvas, "small_epochs": default.data.small_epochs}
     assert dataclasses.replace(v3.data, **small) == default.data
     assert (v3.train.steps, v3.train.gate_spread, default.train.gate_spread) == (7900, 0, 0.1)
-    # default-v4 is the default on 64x64 canvases for its first 6 epochs (of 13.5), not 48x48 for 15 (of 19).
-    v4 = config.preset("default-v4")
-    assert (v4.model, dataclasses.replace(v4.data, **small)) == (default.model, default.data)
-    assert (v4.data.small_canvas, v4.data.small_epochs) == (64, 6) and small == {"small_canvas": 48, "small_epochs": 15}
-    assert dataclasses.replace(v4.train, steps=14_840, heatmap_every=1855, checkpoint_every=1855) == default.train
+    # default-v5 is the default with 15 of its 19 epochs on 48x48 canvases, not 21 of 23; default-v4 with 6 of 13.5
+    # on 64x64.
+    assert small == {"small_canvas": 48, "small_epochs": 21} and default.train.steps == 17_968
+    v5, v4 = config.preset("default-v5"), config.preset("default-v4")
+    for old, canvas, epochs, steps in [(v5, 48, 15, 14_840), (v4, 64, 6, 10_560)]:
+        assert (old.model, dataclasses.replace(old.data, **small)) == (default.model, default.data)
+        assert (old.data.small_canvas, old.data.small_epochs, old.train.steps) == (canvas, epochs, steps)
+        every = {"heatmap_every": 2246, "checkpoint_every": 2246}
+        assert dataclasses.replace(old.train, steps=17_968, **every) == default.train
     # two-digits is default-v3's network and recipe with a sigmoid per class, which has no free gauge.
     two = config.preset("two-digits")
     assert dataclasses.replace(two.model, head="softmax") == ungated and two.model.head == "sigmoid"

@@ -35,7 +35,7 @@ def add_parser(commands) -> None:
         commands,
         "picture",
         "the panel's maps at a few steps of a run, one row per image (the README's picture)",
-        ["--run-dir out/default --images 0 3 5 --out docs/heatmaps.png", "--steps 1855 11130 14840"],
+        ["--run-dir out/default --images 0 3 5 --out docs/heatmaps.png", "--steps 2246 15722 17968"],
     )
     p.add_argument("--run-dir", help="training run (default: out/latest)")
     p.add_argument("--images", type=int, nargs="+", default=[0, 1, 2], help="panel images, one row each")

