@@ -17,7 +17,7 @@ from cam_mnist.maps import METHODS
 from cam_mnist.maps.grids import token_layout
 from cam_mnist.maps.targets import BoxTarget, RegionTarget, RegressionTarget
 
-keras_hub = pytest.importorskip("keras_hub")  # in requirements.txt: skipped only outside `make test`
+keras_hub = pytest.importorskip("keras_hub")  # in requirements-test.txt: skipped only outside `make test`
 FEW = {"smoothgrad": {"samples": 4}, "integrated-gradients": {"steps": 4}, "rise": {"masks": 32}}
 
 

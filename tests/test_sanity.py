@@ -88,7 +88,7 @@ def test_the_mark_needs_both_the_box_and_the_ranking_gone():
 
 
 def test_pointing_game_and_relevance_mass_agree_with_quantus(rng):
-    quantus = pytest.importorskip("quantus", reason="Quantus (requirements.txt) is not installed")
+    quantus = pytest.importorskip("quantus", reason="Quantus (requirements-test.txt) is not installed")
     n = 12
     maps = rng.random((n, 1, 24, 24)).astype(np.float32) ** 4  # (N, 1, H, W): Quantus' channels-first maps
     masks = np.zeros((n, 1, 24, 24), bool)
