@@ -4,7 +4,11 @@ at the tau chosen on validation: accuracy, CAM top-1 localization, and each clas
     .venv/bin/python scripts/whole_validation.py out/default out/full-ink      # docs/experiments.md, Part 7
     .venv/bin/python scripts/whole_validation.py --validation-only out/s6-*    # short runs: test stays unseen
 
-A run trained on validation digits (``long``: ``extra_train_digits``) is scored on the held-out rest only.
+A run trained on validation digits (``long``: ``extra_train_digits``) is scored on the held-out rest only;
+``--held-out-from N`` scores every run on those images alone (validation digits N.. lead them), so that a run trained
+on the first N validation digits is compared with one that was not on the same images:
+
+    .venv/bin/python scripts/whole_validation.py --validation-only --held-out-from 5000 out/full-ph out/full-pj
 """
 
 import dataclasses
@@ -32,12 +36,21 @@ def line(name: str, model, split, tau: float | None = None) -> tuple[str, float]
     return text, cam["tau"]
 
 
-validation_only = "--validation-only" in sys.argv
-for run in (Path(a) for a in sys.argv[1:] if a != "--validation-only"):
+args = sys.argv[1:]
+validation_only = "--validation-only" in args
+held_out_from = int(args[args.index("--held-out-from") + 1]) if "--held-out-from" in args else 0
+runs = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or args[i - 1] != "--held-out-from")]
+for run in map(Path, runs):
     config = load_run(run)
     model = keras.models.load_model(run / "model.keras")
-    whole = dataclasses.replace(config, train=dataclasses.replace(config.train, val_size=None))
-    val, all_val = (evaluate.validation_for(c, config.data, DATA_DIR) for c in (config, whole))
+    held_out = max(held_out_from, config.data.extra_train_digits)
+    whole = dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, extra_train_digits=held_out),
+        train=dataclasses.replace(config.train, val_size=None),
+    )
+    val = evaluate.validation_for(config, config.data, DATA_DIR)
+    all_val = evaluate.validation_for(whole, whole.data, DATA_DIR)  # every held-out image
     print(run.name)
     text, tau = line("validation", model, val)  # the tau the run itself chose, applied to test below
     print(text)

@@ -144,31 +144,6 @@ def test_tensorboard_logs_every_step_and_every_heatmap(tiny_run):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), grid)
 
 
-def test_batches_are_made_ahead_in_order_and_no_thread_outlives_the_loop():
-    import threading
-
-    from cam_mnist.train.trainer import made_ahead
-
-    made = []
-
-    def make(step):
-        made.append(step)
-        return step * step
-
-    assert list(made_ahead(make, range(5))) == [0, 1, 4, 9, 16]
-    batches = made_ahead(make, range(100, 200))
-    assert [next(batches), next(batches)] == [10_000, 10_201]
-    batches.close()  # the loop stopped early (a signal): the batch being made is waited for, then nothing more
-    assert made[5:] == [100, 101, 102]
-    assert not [t for t in threading.enumerate() if t.name.startswith("batches")]
-
-    def broken(step):
-        raise ValueError(f"no batch {step}")
-
-    with pytest.raises(ValueError, match="no batch 0"):  # a failure while composing reaches the training loop
-        next(made_ahead(broken, range(3)))
-
-
 def test_every_heatmap_step_scores_localization(tiny_run, data_dir):
     with open(tiny_run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

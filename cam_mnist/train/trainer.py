@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +127,9 @@ class Trainer:
             )
         self._gauge = t.cam_gauge != "none"
         self._train_step = self._compile_train_step()
+        # The schedule's value at the optimizer's step, read every step for TensorBoard: compiled, as eagerly its
+        # ops cost 0.65 ms a step.
+        self._learning_rate = tf.function(lambda: self.optimizer.learning_rate)
         self.predict = batched(tf.function(lambda images: self.model(images, training=False), reduce_retracing=True))
         self._epoch, self._epoch_data = None, None
         self._final_tau = None  # the validation threshold the last step's snapshot chose
@@ -218,7 +220,6 @@ class Trainer:
             return (
                 strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, stops, axis=None),
-                self.optimizer.learning_rate,  # the schedule's value at the step count just reached, for TensorBoard
             )
 
         return train_step
@@ -243,14 +244,23 @@ class Trainer:
         return images, targets
 
     def batches(self, start: int, rows: slice):
-        """The batches (this process's ``rows`` of each) of the steps from ``start``, each composed in a worker
-        thread while the step before it trains (TensorFlow runs a step without holding Python's lock). A plain
-        thread rather than tf.data's ``from_generator``: that hands each batch over in about 3 ms, 6% of a 48 px
-        step (docs/experiments.md, Part 7)."""
-        return made_ahead(lambda step: self.batch(step, rows), range(start, self.config.train.steps))
+        """The batches (this process's ``rows`` of each) of the steps from ``start``, made by a tf.data pipeline one
+        step ahead: the next batch is composed while the current step trains."""
+        import tensorflow as tf
+
+        first = self.batch(start, rows)
+        # Batch and canvas unfixed: the canvas changes where the small-canvas epochs end (data.small_canvas).
+        spec = tuple(tf.TensorSpec((None,) * a.ndim, tf.as_dtype(a.dtype)) for a in first)
+
+        def steps():
+            yield first
+            for step in range(start + 1, self.config.train.steps):
+                yield self.batch(step, rows)
+
+        return iter(tf.data.Dataset.from_generator(steps, output_signature=spec).prefetch(1))
 
     def learning_rate(self) -> float:
-        return float(self.optimizer.learning_rate)
+        return float(self._learning_rate())
 
     def run(self, progress: bool = True) -> dict:
         """Train to ``config.train.steps`` (resuming if possible); returns the summary written to summary.json."""
@@ -279,13 +289,13 @@ class Trainer:
         shard = distribute.local_rows(self.strategy, t.batch_size)  # under multiworker, this worker's rows only
         if shard != slice(0, t.batch_size):
             self.log(f"this worker composes rows {shard.start}:{shard.stop} of each global batch of {t.batch_size}")
-        batches = self.batches(start, shard)
+        batches = self.batches(start, shard) if start < t.steps else iter(())
         step, stopped = start, False
         try:
             while step < t.steps and not stopped:
                 images, targets = distribute.replica_batches(self.strategy, next(batches), t.batch_size, shard.start)
                 began = time.perf_counter()
-                loss, any_stop, lr = self._train_step(images, targets, tf.constant(float(flag.stop)))
+                loss, any_stop = self._train_step(images, targets, tf.constant(float(flag.stop)))
                 loss = float(loss)
                 # One process stops at once; several workers stop together, after the step that told them all.
                 stopped = float(any_stop) > 0 if self.strategy_name == "multiworker" else flag.stop
@@ -296,15 +306,13 @@ class Trainer:
                 acc["elapsed_s"] += spent
                 acc["window_s"] += spent
                 bar.update(1)
-                self.events.scalars(step, {"train/loss": loss, "train/learning_rate": float(lr)})
+                self.events.scalars(step, {"train/loss": loss, "train/learning_rate": self.learning_rate()})
                 if step % t.heatmap_every == 0 or step == t.steps:
                     bar.set_postfix(self._snapshot(drawer, step, acc, rows))
                 if step % t.checkpoint_every == 0 or step == t.steps or stopped:
                     acc["wall_s"] = wall_base + time.perf_counter() - wall_start
-                    self.events.flush()  # every step up to the checkpoint is in the file: a resumed run adds none twice
                     checkpoint.save(run_dir, step, self.model, self.optimizer, acc, t.keep_checkpoints)
         finally:
-            batches.close()  # the worker thread's last batch is waited for, not left running
             flag.restore()
             bar.close()
             self.events.close()
@@ -403,18 +411,6 @@ class Trainer:
             f"{cam['peak_in_box']:.4f}; on {len(self.test)} held-out images"
         )
         return summary
-
-
-def made_ahead(make, keys):
-    """``make(key)`` for each of ``keys`` in order, each made in a worker thread while the caller uses the one
-    before it. A generator: closing it waits for the batch being made, so no thread outlives it."""
-    keys = iter(keys)
-    with ThreadPoolExecutor(1, thread_name_prefix="batches") as pool:
-        coming = next((pool.submit(make, key) for key in keys), None)
-        while coming is not None:
-            made = coming.result()
-            coming = next((pool.submit(make, key) for key in keys), None)
-            yield made
 
 
 def _progress(enabled: bool, start: int, total: int):
