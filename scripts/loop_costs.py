@@ -1,7 +1,7 @@
 """Where a training loop's wall time goes outside the compiled step: each call of the loop timed over a short run
 of the default preset (all its steps on the 48 px canvas), then the counters printed.
 
-    .venv/bin/python scripts/loop_costs.py 800      # docs/experiments.md, Part 7 ("The same run, 58 s sooner")
+    .venv/bin/python scripts/loop_costs.py 800      # docs/experiments.md, Part 7 (where a fresh clone's time goes)
 """
 
 import collections
@@ -37,9 +37,6 @@ def timed_batches(batches):
         class Timed:
             def __next__(self):
                 return timed("waiting for the next batch", next)(source)
-
-            def close(self):
-                getattr(source, "close", lambda: None)()
 
         return Timed()
 
