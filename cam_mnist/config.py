@@ -178,6 +178,11 @@ class TrainConfig:
         "its largest, so a gate open on every cell costs 1 and one open only where its channel's part of a digit "
         "lies costs little; labels only (train/map_terms.py)",
     )
+    label_smoothing: float = _opt(
+        0.0,
+        "the cross-entropy's targets: 1 - e on the true class and e / classes on each (Szegedy et al. 2016, "
+        "section 7), so the logits are not pushed apart without end (0: off)",
+    )
     seed: int = _opt(0, "seeds the weights and the training data order and clutter")
     random_labels: bool = _opt(
         False,
@@ -265,7 +270,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 ADDED_LATER = {
     "data": {"hide_patch": 0, "hide_epochs": 0, "small_canvas": 0, "small_epochs": 0},
     "model": {"precision": "float32", "local_gate": False, "gate_stride": 0, "ink_gate": False},
-    "train": {"cam_gauge": "none", "map_entropy": 0.0, "gate_spread": 0.0},
+    "train": {"cam_gauge": "none", "map_entropy": 0.0, "gate_spread": 0.0, "label_smoothing": 0.0},
 }
 # Fields renamed: the old name and a function of its value giving the new field's value.
 RENAMED = {"train": {"center_logits": ("cam_gauge", lambda centred: "mean" if centred else "none")}}
@@ -530,6 +535,7 @@ def validate(config: RunConfig) -> None:
             "cam_gauge needs the softmax head: a sigmoid per class sees every logit's level (--cam-gauge none)",
         ),
         (t.map_entropy >= 0, f"map_entropy must be >= 0, got {t.map_entropy}"),
+        (0 <= t.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {t.label_smoothing}"),
         (
             t.map_entropy == 0 or (d.digits == 1 and m.head == "softmax"),
             f"map_entropy ({t.map_entropy:g}) needs one digit per image and the softmax head: it sharpens the map of "

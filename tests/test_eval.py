@@ -173,6 +173,7 @@ def test_frontier_plots_each_runs_localization_and_lists_its_newest_row(run_copy
         ({}, {}, "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate + entropy 0.01"),
         ({"ink_gate": True}, {}, "24x4/2 24x3 48x4/2 64x3x1 64x1 + ink gate + entropy 0.01"),
         ({}, {"gate_spread": 0.1}, "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate + entropy 0.01 + gate spread 0.1"),
+        ({}, {"label_smoothing": 0.1}, "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate + entropy 0.01 + label smoothing 0.1"),
         ({"gate_stride": 2}, {"map_entropy": 0.03}, "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate every 2 px + entropy 0.03"),
         ({"arch": "lenet", "layers": [], "local_gate": False, "ink_gate": True}, {}, "lenet + entropy 0.01"),
     ],

@@ -379,7 +379,7 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     old = config.preset("default").to_dict()
     del old["data"]["hide_patch"], old["data"]["hide_epochs"], old["train"]["cam_gauge"], old["model"]["precision"]
     del old["train"]["map_entropy"], old["model"]["local_gate"], old["model"]["gate_stride"], old["model"]["ink_gate"]
-    del old["data"]["small_canvas"], old["data"]["small_epochs"]
+    del old["data"]["small_canvas"], old["data"]["small_epochs"], old["train"]["label_smoothing"]
     old["data"] |= {"rotate": 0.0, "rescale": 0.0}
     old["model"] |= {"widths": [24, 48, 64], "pool_first": True, "stem_stride": 2, "quarter_convs": 2}
     old["train"]["weight_decay"] = 0.0
@@ -387,7 +387,7 @@ def test_config_json_of_an_older_version_rebuilds_its_run_or_is_refused(tmp_path
     path.write_text(json.dumps(old))
     loaded = config.RunConfig.load(path)
     assert (loaded.data.hide_patch, loaded.data.hide_epochs, loaded.train.cam_gauge) == (0, 0, "none")
-    assert loaded.train.map_entropy == 0.0  # trained before the map's entropy was in the loss
+    assert loaded.train.map_entropy == loaded.train.label_smoothing == 0.0  # before these terms were in the loss
     assert loaded.data.small_canvas == loaded.data.small_epochs == 0  # and on the whole canvas throughout
     expected = dataclasses.replace(
         config.preset("default").model, precision="float32", local_gate=False, gate_stride=0, ink_gate=False
@@ -810,6 +810,23 @@ def test_the_map_terms_sharpen_what_they_train(data_dir):
     assert spreads[0.0, 1.0] < spreads[0.0, 0.0] - 0.1, spreads
 
 
+def test_label_smoothing_is_the_cross_entropy_with_smoothed_targets(data_dir):
+    # From numpy: -sum_c q_c log softmax(y)_c with q = (1 - e) one_hot + e / classes; e = 0 is the plain loss.
+    from cam_mnist.data.splits import training_data
+    from cam_mnist.train.trainer import Trainer
+
+    logits = np.random.default_rng(0).normal(size=(5, 10)).astype(np.float32) * 3
+    labels = np.array([0, 3, 9, 3, 7], np.int32)
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    for e in [0.0, 0.1, 0.3]:
+        run = config.preset("tiny")
+        run.train.label_smoothing = e
+        trainer = Trainer(run, data_dir / "unused-run", training_data(run, data_dir), log=lambda m: None)
+        q = (1 - e) * np.eye(10)[labels] + e / 10
+        np.testing.assert_allclose(trainer._loss()(labels, logits), -(q * log_p).sum(1), rtol=1e-5)
+
+
 def test_gate_spread_is_each_channels_mean_gate_over_its_largest():
     # From numpy, on random gates; a gate open alike on every cell spreads 1 however far it is open.
     from cam_mnist.train.map_terms import gate_spread
@@ -833,6 +850,11 @@ def test_map_entropy_is_refused_where_there_is_no_one_true_map():
     run.train.map_entropy = -1.0
     with pytest.raises(UserError, match="map_entropy must be >= 0"):
         config.validate(run)
+    for e in [-0.1, 1.0]:
+        run = config.preset("tiny")
+        run.train.label_smoothing = e
+        with pytest.raises(UserError, match=r"label_smoothing must be in \[0, 1\), got"):
+            config.validate(run)
     run = config.preset("tiny")
     run.train.gate_spread, run.model.ink_gate = 0.1, True
     with pytest.raises(UserError, match=r"gate_spread \(0.1\) acts on the sigmoid local gate"):

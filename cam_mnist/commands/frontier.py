@@ -34,8 +34,9 @@ FIELDS = [
 
 def design(config) -> str:
     """A run's network in one line: its layer specs, or "lenet" for the reference's fixed network, the local gate
-    where it has one (its form, its stride where finer than the stack's), the weights of the map's entropy and of
-    the gate's spread where nonzero, and the small canvas of its first epochs where it has one."""
+    where it has one (its form, its stride where finer than the stack's), the weights of the map's entropy,
+    of the gate's spread and of label smoothing where nonzero, and the small canvas of its first epochs where it has
+    one."""
     m = config.model
     network = " ".join(m.layers) if m.arch == "stack" else m.arch
     if m.local_gate:
@@ -43,6 +44,7 @@ def design(config) -> str:
         network += f" every {m.gate_stride} px" if m.gate_stride else ""
     network += f" + entropy {config.train.map_entropy:g}" if config.train.map_entropy else ""
     network += f" + gate spread {config.train.gate_spread:g}" if config.train.gate_spread else ""
+    network += f" + label smoothing {config.train.label_smoothing:g}" if config.train.label_smoothing else ""
     d = config.data
     return network + (f" + {d.small_epochs} epochs at {d.small_canvas} px" if d.small_canvas else "")
 

@@ -156,10 +156,14 @@ class Trainer:
         """One loss per image: each replica sums its images' losses over the global batch size (distribute.py)."""
         import keras
 
+        smooth = {"from_logits": True, "reduction": None, "label_smoothing": self.config.train.label_smoothing}
         if self.config.model.head == "sigmoid":  # targets: multi-hot (B, classes); one binary cross-entropy per class
-            return keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+            return keras.losses.BinaryCrossentropy(**smooth)
         if self.config.data.digits > 1:  # targets: 1/K on each of the K true classes (B, classes), Mahajan et al. 2018
-            return keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
+            return keras.losses.CategoricalCrossentropy(**smooth)
+        if smooth["label_smoothing"]:  # targets: (B,) classes, made one-hot so that they can be smoothed
+            one_hot = keras.losses.CategoricalCrossentropy(**smooth)
+            return lambda targets, logits: one_hot(keras.ops.one_hot(targets, logits.shape[-1]), logits)
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)  # targets: (B,) classes
 
     def _fix_gauge(self) -> None:
