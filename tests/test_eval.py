@@ -188,7 +188,7 @@ def test_the_frontier_names_each_runs_design_in_one_line(model, train, expected)
 def test_the_frontier_names_the_small_canvas_of_a_runs_first_epochs():
     from cam_mnist.commands.frontier import design
 
-    expected = "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate + entropy 0.01 + gate spread 0.1 + 21 epochs at 48 px"
+    expected = "24x4/2 24x3 48x4/2 64x3x1 64x1 + gate + entropy 0.01 + gate spread 0.1 + 20 epochs at 48 px"
     assert design(config.preset("default")) == expected
     small = config.RunConfig.from_dict({"data": {"small_canvas": 64, "small_epochs": 4}})
     assert design(small).endswith(" + 4 epochs at 64 px")

@@ -439,12 +439,12 @@ def test_every_preset_validates_and_builds_a_cam_model():
     small = {"small_canvas": default.data.small_canvas, "small_epochs": default.data.small_epochs}
     assert dataclasses.replace(v3.data, **small) == default.data
     assert (v3.train.steps, v3.train.gate_spread, default.train.gate_spread) == (7900, 0, 0.1)
-    # default-v5 is the default with 15 of its 19 epochs on 48x48 canvases, not 21 of 23; default-v4 with 6 of 13.5
-    # on 64x64.
-    assert small == {"small_canvas": 48, "small_epochs": 21}
-    v5, v4 = config.preset("default-v5"), config.preset("default-v4")
+    # default-v6 is the default with 21 of its 23 epochs on 48x48 canvases, not 20; default-v5 with 15 of 19;
+    # default-v4 with 6 of 13.5 on 64x64.
+    assert small == {"small_canvas": 48, "small_epochs": 20}
+    v6, v5, v4 = config.preset("default-v6"), config.preset("default-v5"), config.preset("default-v4")
     schedule = {"steps": 17_968, "heatmap_every": 2246, "checkpoint_every": 2246}
-    for old, canvas, epochs, steps in [(v5, 48, 15, 14_840), (v4, 64, 6, 10_560)]:
+    for old, canvas, epochs, steps in [(v6, 48, 21, 17_968), (v5, 48, 15, 14_840), (v4, 64, 6, 10_560)]:
         assert (old.model, dataclasses.replace(old.data, **small)) == (default.model, default.data)
         assert (old.data.small_canvas, old.data.small_epochs, old.train.steps) == (canvas, epochs, steps)
         assert dataclasses.replace(old.train, **schedule) == default.train
