@@ -297,7 +297,7 @@ RETIRED = {
 PRESET_HELP = {
     "default": "ours: 25x25 CAM map, each cell gated by its own pixels, hide-and-seek, CAM weights >= 0 (min gauge), "
     "the map's entropy (0.01) and the gate's spread (0.1) in the loss, the first 20 of 23 epochs on 48x48 "
-    "canvases, bfloat16, 17,968 steps (18 min on 2 cores)",
+    "canvases, bfloat16, 17,968 steps (19 min on 2 cores)",
     "default-v6": "the default before its third whole epoch: the first 21 of 23 epochs on 48x48 (98.96% test "
     "accuracy, 97.74% top-1 localization, the 1s 89.7%)",
     "default-v5": "the default before its 21 small epochs: the first 15 of 19 epochs on 48x48, 14,840 steps (98.90% "
